@@ -1,0 +1,17 @@
+"""Every error that db/ raises on purpose. The CLI prints their messages as `Error: ...`."""
+
+
+class DatabaseError(Exception):
+    """Base class: raised for database failures a user can cause or fix."""
+
+
+class DatabaseURLError(DatabaseError):
+    """Raised when XRQ_DATABASE_URL (or --database-url) is not a URL SQLAlchemy can use."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """Raised when the database cannot be reached or opened (server down, bad credentials, no such file)."""
+
+
+class NotFoundError(DatabaseError):
+    """Raised when a job, study or model id asked for does not exist."""

@@ -1,0 +1,231 @@
+"""Recording jobs and moving their studies through pending -> queued -> running -> done | failed.
+
+Every write here is idempotent: recording the same job twice, claiming a finished study, or storing
+a report that already exists changes nothing. That is what lets a broker deliver a message twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.engine import Database
+from db.errors import NotFoundError
+from db.schema import Image, Job, JobStudy, Model, Report, Study, utcnow
+
+# SQLite and PostgreSQL both cap the parameters of one statement; stay well under both.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class ImageIn:
+    path: str
+    relpath: str
+    sha256: str | None
+    size_bytes: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyIn:
+    fingerprint: str
+    uid: str
+    grouping: str
+    images: Sequence[ImageIn]
+    error: str | None = None  # known at scan time: the study fails without being decoded
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: int
+    created: bool  # False: the same studies with the same model were submitted before
+    to_run: list[int]  # study ids not finished yet, in a stable order
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    id: int
+    path: str
+    relpath: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    study_id: int
+    uid: str
+    images: list[ImageRef]
+
+
+@dataclass
+class BatchOutcome:
+    """What a worker learned about a batch; stored in one transaction by record_results."""
+
+    reports: dict[int, str] = field(default_factory=dict)  # study id -> text
+    failures: dict[int, str] = field(default_factory=dict)  # study id -> reason
+    image_errors: dict[int, str] = field(default_factory=dict)  # image id -> reason
+    image_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image id -> (width, height)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert_ignore(session: Session, table: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, in chunks, on SQLite and PostgreSQL alike."""
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    for chunk in _chunks(rows):
+        stmt = dialect.insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=keys)
+        session.execute(stmt)
+
+
+def upsert_model(db: Database, *, name: str, fingerprint: str, path: str | None, meta: dict[str, Any]) -> int:
+    """The id of the model with these weights, recording it the first time it is seen."""
+    with db.session() as s:
+        _insert_ignore(
+            s, Model, [{"name": name, "fingerprint": fingerprint, "path": path, "meta": meta,
+                        "created_at": utcnow()}], ["fingerprint"],
+        )
+        return s.scalars(select(Model.id).where(Model.fingerprint == fingerprint)).one()
+
+
+def job_fingerprint(model_id: int, studies: Sequence[StudyIn]) -> str:
+    digest = hashlib.sha256(f"model:{model_id}\n".encode())
+    for fp in sorted(s.fingerprint for s in studies):
+        digest.update(f"{fp}\n".encode())
+    return digest.hexdigest()
+
+
+def record_job(
+    db: Database, *, source: str, model_id: int, group_by: str, batch_size: int,
+    settings: dict[str, Any], studies: Sequence[StudyIn],
+) -> JobRecord:
+    """Record a job, its studies and images, in one transaction; or find the identical earlier job.
+
+    Studies the model has already reported are marked skipped; studies with a scan-time error are
+    failed at once. Submitting the same content again returns the earlier job and adds no rows.
+    """
+    fingerprint = job_fingerprint(model_id, studies)
+    with db.session() as s:
+        existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).first()
+        if existing is not None:
+            return JobRecord(existing, False, _unfinished(s, existing))
+        study_ids = _store_studies(s, studies)
+        job = Job(fingerprint=fingerprint, source=source, model_id=model_id, group_by=group_by,
+                  batch_size=batch_size, settings=settings)
+        s.add(job)
+        s.flush()
+        reported = set(s.scalars(select(Report.study_id).where(
+            Report.model_id == model_id, Report.study_id.in_(study_ids.values()))))
+        rows = []
+        for study in studies:
+            sid = study_ids[study.fingerprint]
+            status, error = ("skipped", None) if sid in reported else (
+                ("failed", study.error) if study.error else ("pending", None))
+            rows.append({"job_id": job.id, "study_id": sid, "status": status, "error": error,
+                         "attempts": 0, "updated_at": utcnow()})
+        _insert_ignore(s, JobStudy, rows, ["job_id", "study_id"])
+        return JobRecord(job.id, True, _unfinished(s, job.id))
+
+
+def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
+    """Insert the studies (and their images) not stored yet; map every fingerprint to its id."""
+    now = utcnow()
+    _insert_ignore(s, Study, [{"fingerprint": st.fingerprint, "uid": st.uid, "grouping": st.grouping,
+                               "created_at": now} for st in studies], ["fingerprint"])
+    ids: dict[str, int] = {}
+    fps = [st.fingerprint for st in studies]
+    for chunk in _chunks(fps):
+        ids.update(s.execute(select(Study.fingerprint, Study.id).where(Study.fingerprint.in_(chunk))).all())
+    images = [{"study_id": ids[st.fingerprint], "path": im.path, "relpath": im.relpath, "sha256": im.sha256,
+               "size_bytes": im.size_bytes, "error": im.error} for st in studies for im in st.images]
+    _insert_ignore(s, Image, images, ["study_id", "relpath"])
+    return ids
+
+
+def _unfinished(s: Session, job_id: int) -> list[int]:
+    return list(s.scalars(select(JobStudy.study_id).where(
+        JobStudy.job_id == job_id, JobStudy.status.in_(("pending", "queued", "running")),
+    ).order_by(JobStudy.study_id)))
+
+
+def get_job(db: Database, job_id: int) -> Job:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        return job
+
+
+def set_status(db: Database, job_id: int, study_ids: Sequence[int], status: str) -> None:
+    """Mark unfinished studies of a job (e.g. queued once their message is on the broker)."""
+    with db.session() as s:
+        for chunk in _chunks(study_ids):
+            s.execute(update(JobStudy).where(
+                JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk),
+                JobStudy.status.in_(("pending", "queued", "running")),
+            ).values(status=status, updated_at=utcnow()))
+
+
+def claim_batch(db: Database, job_id: int, study_ids: Sequence[int]) -> list[WorkItem]:
+    """Start work on a batch: the studies still to do, with their images, marked running.
+
+    Studies already finished in this job, or already reported by the job's model (a duplicate
+    delivery, another job), are left alone or marked skipped, and not returned.
+    """
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id}")
+        open_ids = set(s.scalars(select(JobStudy.study_id).where(
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids),
+            JobStudy.status.in_(("pending", "queued", "running")))))
+        reported = set(s.scalars(select(Report.study_id).where(
+            Report.model_id == job.model_id, Report.study_id.in_(open_ids))))
+        if reported:
+            s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(reported))
+                      .values(status="skipped", updated_at=utcnow()))
+        todo = sorted(open_ids - reported)
+        s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(todo)).values(
+            status="running", attempts=JobStudy.attempts + 1, updated_at=utcnow()))
+        uids = dict(s.execute(select(Study.id, Study.uid).where(Study.id.in_(todo))).all())
+        images: dict[int, list[ImageRef]] = {sid: [] for sid in todo}
+        for img in s.scalars(select(Image).where(Image.study_id.in_(todo)).order_by(Image.relpath)):
+            images[img.study_id].append(ImageRef(img.id, img.path, img.relpath))
+        return [WorkItem(sid, uids[sid], images[sid]) for sid in todo]
+
+
+def record_results(
+    db: Database, *, job_id: int, model_id: int, outcome: BatchOutcome, settings: dict[str, Any],
+) -> None:
+    """Store a batch's reports and failures in one transaction. A report that exists is kept."""
+    now = utcnow()
+    with db.session() as s:
+        if outcome.reports:
+            _insert_ignore(s, Report, [
+                {"study_id": sid, "model_id": model_id, "job_id": job_id, "text": text,
+                 "settings": settings, "created_at": now} for sid, text in outcome.reports.items()
+            ], ["study_id", "model_id"])
+            s.execute(update(JobStudy).where(JobStudy.job_id == job_id,
+                                             JobStudy.study_id.in_(list(outcome.reports)))
+                      .values(status="done", error=None, updated_at=now))
+        for sid, reason in outcome.failures.items():
+            s.execute(update(JobStudy).where(and_(JobStudy.job_id == job_id, JobStudy.study_id == sid))
+                      .values(status="failed", error=reason, updated_at=now))
+        for iid, reason in outcome.image_errors.items():
+            s.execute(update(Image).where(Image.id == iid).values(error=reason))
+        for iid, (width, height) in outcome.image_sizes.items():
+            s.execute(update(Image).where(Image.id == iid).values(width=width, height=height))
+
+
+def count_by_status(db: Database, job_id: int) -> dict[str, int]:
+    with db.session() as s:
+        rows = s.execute(select(JobStudy.status, func.count()).where(JobStudy.job_id == job_id)
+                         .group_by(JobStudy.status)).all()
+        return dict(rows)

@@ -1,0 +1,36 @@
+"""Every error that model/ raises on purpose. The CLI prints their messages as `Error: ...`.
+
+Each message says what went wrong and what to do about it.
+"""
+
+
+class ModelError(Exception):
+    """Base class: raised for failures a user can cause or fix in model/."""
+
+
+class ModelNotFoundError(ModelError):
+    """Raised when a model path or hub id names nothing that can be loaded."""
+
+
+class ModelFormatError(ModelError):
+    """Raised when a model directory exists but is not a complete xrq model (no weights, no config...)."""
+
+
+class ImageError(ModelError):
+    """Raised when a file cannot be turned into a picture; `reason` is stored with the failed image."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ScanError(ModelError):
+    """Raised when a submitted folder cannot be scanned: not a folder, a bad --pattern, an unknown grouping."""
+
+
+class TruthFormatError(ModelError):
+    """Raised when a ground-truth or split CSV is missing, unreadable, or lacks a needed column."""
+
+
+class ScoringError(ModelError):
+    """Raised when reports cannot be scored: nothing to score, or hypotheses without a reference."""
