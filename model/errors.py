@@ -25,7 +25,7 @@ class ImageError(ModelError):
 
 
 class ScanError(ModelError):
-    """Raised when a submitted folder cannot be scanned: not a folder, a bad --pattern, an unknown grouping."""
+    """Raised when a submitted folder cannot be scanned: not a folder, bad --pattern, unknown grouping."""
 
 
 class TruthFormatError(ModelError):
