@@ -1,0 +1,136 @@
+"""Batched report generation (greedy or beam search), plus the loss the trainer calls.
+
+One call turns a batch of studies into one report each with a single `model.generate`: every view of
+the batch is encoded in one ViT pass and padded views are masked, so a study's report does not depend
+on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from model.bundle import Bundle, resolve_device
+from model.errors import ModelError
+from model.preprocess import pixel_values
+
+__all__ = ["GenerationSettings", "generate", "loss", "record", "report_labels", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How reports are decoded; `as_dict()` is stored with every report.
+
+    num_beams 1 is greedy search; more is beam search. length_penalty only matters for beams
+    (> 1 favours longer reports). no_repeat_ngram_size 0 is off; n > 0 forbids repeating any n-gram.
+    """
+
+    num_beams: int = 1
+    max_new_tokens: int = 60
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ModelError(f"num_beams must be at least 1, got {self.num_beams}.")
+        if self.max_new_tokens < 1:
+            raise ModelError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if self.no_repeat_ngram_size < 0:
+            raise ModelError(f"no_repeat_ngram_size must be 0 (off) or more: {self.no_repeat_ngram_size}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings, plus the search they amount to ("greedy" or "beam")."""
+        return {**asdict(self), "search": "beam" if self.num_beams > 1 else "greedy"}
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate`; beam-only options are passed only with beams."""
+        kwargs: dict[str, Any] = {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
+                                  "do_sample": False}
+        if self.num_beams > 1:
+            kwargs["length_penalty"] = self.length_penalty
+        if self.no_repeat_ngram_size > 0:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kwargs
+
+
+def record(settings: GenerationSettings, device: torch.device) -> dict[str, Any]:
+    """What to store with a report: the settings, the device and the compute dtype used there."""
+    return {**settings.as_dict(), "device": str(device), "dtype": _compute_dtype(device)}
+
+
+def generate(
+    bundle: Bundle,
+    studies: Sequence[Sequence[Image.Image]],
+    settings: GenerationSettings = GenerationSettings(),  # frozen, so a shared default is safe
+    *,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """One report per study (a study is 1..N images), all studies in one batched generate.
+
+    Runs under `torch.inference_mode()`, in bf16 autocast on CUDA. `device` defaults to where the
+    model already is; naming another one moves the bundle's model there (and it stays there).
+    """
+    if not studies:
+        return []
+    dev = bundle.device if device is None else resolve_device(device)
+    cast(torch.nn.Module, bundle.model).to(dev).eval()
+    pixels, mask = pixel_values(bundle.processor, studies, bundle.max_views)  # (B, V, 3, H, W), (B, V)
+    started = torch.ones(len(studies), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
+    with torch.inference_mode(), _autocast(dev):
+        # attention_mask is the encoder-side mask for encoder-decoders: generate expands it per beam
+        # and passes it to every step, where the model turns it into the (B, V*T) cross-attention mask.
+        ids = bundle.model.generate(
+            pixel_values=pixels.to(dev),
+            attention_mask=mask.to(dev),
+            decoder_attention_mask=started,
+            **settings.generate_kwargs(),
+        )  # (B, 1 + new tokens)
+    texts = bundle.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [" ".join(text.split()) for text in texts]
+
+
+def report_labels(
+    tokenizer: PreTrainedTokenizerFast, reports: Sequence[str], max_length: int
+) -> torch.Tensor:
+    """(B, L) training labels: each report's tokens then eos, padded with -100 (ignored by the loss).
+
+    Generation starts from the decoder start token (<|endoftext|>) and stops at eos, so labels end
+    with eos for the model to learn where a report stops. Reports longer than max_length are cut.
+    """
+    eos = tokenizer.eos_token_id
+    tokens = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in reports]
+    rows = [[*ids[: max_length - 1], eos] for ids in tokens]
+    labels = torch.full((len(rows), max(map(len, rows), default=0)), -100, dtype=torch.long)  # (B, L)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = torch.tensor(row)
+    return labels
+
+
+def loss(
+    bundle: Bundle, pixel_values: torch.Tensor, view_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean token cross-entropy of `labels` (B, L) given the studies' views: the training objective.
+
+    pixel_values (B, V, 3, H, W) and view_mask (B, V) come from `preprocess.pixel_values`; they are
+    moved to the model's device. Gradients flow (call it outside inference mode).
+    """
+    dev = bundle.device
+    out = bundle.model(pixel_values=pixel_values.to(dev), view_mask=view_mask.to(dev), labels=labels.to(dev))
+    return out.loss
+
+
+def _compute_dtype(device: torch.device) -> str:
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (weights stay fp32); plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
