@@ -17,12 +17,12 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 for _name in [k for k in os.environ if k.startswith("XRQ_")]:
     del os.environ[_name]  # a developer's own settings must not leak into tests
 
-import shutil
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
+import shutil  # noqa: E402 (the environment above must be set first)
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "iu"

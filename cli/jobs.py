@@ -1,0 +1,109 @@
+"""`xrq submit`, `xrq status`, `xrq reports`: put folders in, see how they go, get reports out."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from cli import output
+from cli.context import settings_from
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model", envvar="XRQ_MODEL", show_envvar=True, metavar="DIR",
+              help="Model directory (from `xrq model init` or `xrq train`).")
+@click.option("--batch-size", type=click.IntRange(min=1), envvar="XRQ_BATCH_SIZE",
+              help="Studies per generate call  [default: 8]")
+@click.option("--group-by", type=click.Choice(["auto", "image", "folder", "pattern"]), default="auto",
+              help="How images form studies: auto (DICOM StudyInstanceUID, IU file names, else one "
+                   "image each), image, folder (one subfolder per study), pattern (--pattern).")
+@click.option("--pattern", metavar="REGEX",
+              help="With --group-by pattern: a regex on the relative path; group `study` (or 1) is the id.")
+@click.option("--num-beams", type=click.IntRange(min=1), help="Beam search width  [default: 1, greedy]")
+@click.option("--device", help="auto, cpu, cuda, cuda:1 ...  [default: auto]")
+@click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (docs/cli.md).")
+@click.pass_context
+def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | None, group_by: str,
+           pattern: str | None, num_beams: int | None, device: str | None, wait: bool,
+           as_json: bool) -> None:
+    """Draft a report for every study in FOLDER (PNG, JPEG, DICOM; recursive).
+
+    Studies already reported by the same model are skipped; bad files become failed studies
+    with their reason, and the rest of the job goes on.
+
+    \b
+    Example:
+      xrq submit examples/iu --model models/tiny
+    """
+    from worker.submit import submit_folder
+
+    settings = settings_from(ctx, model=model, batch_size=batch_size, num_beams=num_beams, device=device)
+    bar = output.Progress(enabled=not as_json and sys.stderr.isatty())
+    started = time.perf_counter()
+    result = submit_folder(settings, folder, group_by=group_by, pattern=pattern,
+                           on_start=bar.start, progress=bar.update)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps(output.submission_json(result, elapsed)))
+    else:
+        click.echo(output.submission_text(result, elapsed))
+
+
+@click.command()
+@click.argument("job", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, help="Jobs listed without JOB.")
+@click.pass_context
+def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> None:
+    """Show one job (studies by status, failures with reasons) or the latest jobs.
+
+    \b
+    Examples:
+      xrq status
+      xrq status 3 --json
+    """
+    from db.queries import job_summary, list_jobs
+    from worker import runtime
+
+    db = runtime.database(settings_from(ctx).database_url)
+    summaries = [job_summary(db, job)] if job is not None else list_jobs(db, limit=limit)
+    if as_json:
+        data = [s.as_dict() for s in summaries]
+        click.echo(json.dumps(data[0] if job is not None else data))
+    else:
+        click.echo(output.status_text(summaries, detailed=job is not None))
+
+
+@click.command()
+@click.option("--job", type=int, help="Only the reports of this job.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of standard output.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many reports.")
+@click.pass_context
+def reports(ctx: click.Context, job: int | None, fmt: str, out: Path | None, limit: int | None) -> None:
+    """Print stored reports as a table, CSV or JSON lines.
+
+    \b
+    Examples:
+      xrq reports --job 1
+      xrq reports --format jsonl -o reports.jsonl
+    """
+    from db.queries import reports as query_reports
+    from worker import runtime
+
+    db = runtime.database(settings_from(ctx).database_url)
+    rows = query_reports(db, job_id=job, limit=limit)
+    text = output.reports_text(rows, fmt)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"Wrote {len(rows)} reports to {out}", err=True)

@@ -1,0 +1,84 @@
+"""`submit_folder` end to end, in-process, on real X-rays and real bad files, on both databases."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from db.schema import Image, Job, JobStudy, Report, Study
+from tests.badfiles import make_bad_files
+from tests.conftest import EXAMPLES
+from worker import runtime
+from worker.settings import Settings
+from worker.submit import submit_folder
+
+IU_STUDIES = {"1000": 3, "54": 2, "7": 2, "25": 1}
+
+
+def counts(url: str) -> dict[str, int]:
+    with runtime.database(url).session() as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                for t in (Job, Study, Image, JobStudy, Report)}
+
+
+def test_every_readable_study_is_reported_once_and_bad_files_fail_with_reasons(
+    db_url: str, tiny_model: Path, iu_folder: Path, tmp_path: Path
+) -> None:
+    expected = make_bad_files(iu_folder, EXAMPLES / "CXR7_IM-2263-1001.png", tmp_path / "secret.png")
+    settings = Settings(database_url=db_url, model=str(tiny_model), batch_size=3)
+    first = submit_folder(settings, iu_folder)
+
+    summary = first.summary
+    assert first.created and summary.finished
+    assert summary.counts == {"done": len(IU_STUDIES), "failed": len(expected)}
+    reasons = {f.uid: f.reason for f in summary.failures}
+    assert set(reasons) == set(expected)
+    for relpath, fragment in expected.items():
+        assert reasons[relpath].startswith(relpath + ": ") and fragment in reasons[relpath], reasons[relpath]
+
+    with runtime.database(db_url).session() as s:
+        reported = dict(s.execute(select(Study.uid, func.count(Report.id)).join(Report)
+                                  .group_by(Study.uid)).all())
+        views = dict(s.execute(select(Study.uid, func.count(Image.id)).join(Image).group_by(Study.uid)).all())
+        report_texts = list(s.scalars(select(Report.text)))
+    assert reported == dict.fromkeys(IU_STUDIES, 1)
+    assert {uid: views[uid] for uid in IU_STUDIES} == IU_STUDIES
+    assert all(isinstance(t, str) for t in report_texts)
+
+    before = counts(db_url)
+    again = submit_folder(settings, iu_folder)
+    assert (again.job_id, again.created, again.ran) == (first.job_id, False, 0)
+    assert counts(db_url) == before
+
+
+def test_content_already_reported_is_not_redone_from_another_folder(
+    sqlite_url: str, tiny_model: Path, iu_folder: Path, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=sqlite_url, model=str(tiny_model))
+    submit_folder(settings, iu_folder)
+    other = tmp_path / "tonight"
+    shutil.copytree(iu_folder, other)
+    shutil.copy(EXAMPLES / "CXR303_IM-1404-1001.png", other)
+    second = submit_folder(settings, other)
+    assert second.created and second.ran == 1
+    assert second.summary.counts == {"skipped": len(IU_STUDIES), "done": 1}
+
+
+def test_a_job_interrupted_midway_is_finished_by_submitting_again(
+    sqlite_url: str, tiny_model: Path, iu_folder: Path
+) -> None:
+    from db import jobs
+
+    settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=1)
+    first = submit_folder(settings, iu_folder)
+    db = runtime.database(sqlite_url)
+    # Simulate a crash after the first batch: put two finished studies back to running, drop their reports.
+    with db.session() as s:
+        ids = list(s.scalars(select(JobStudy.study_id).order_by(JobStudy.study_id).limit(2)))
+        s.execute(JobStudy.__table__.update().where(JobStudy.study_id.in_(ids)).values(status="running"))
+        s.execute(Report.__table__.delete().where(Report.study_id.in_(ids)))
+    again = submit_folder(settings, iu_folder)
+    assert (again.job_id, again.ran) == (first.job_id, 2)
+    assert jobs.count_by_status(db, first.job_id) == {"done": len(IU_STUDIES)}

@@ -1,0 +1,17 @@
+"""Every error that worker/ raises on purpose. The CLI prints their messages as `Error: ...`."""
+
+
+class WorkerError(Exception):
+    """Base class: raised for failures a user can cause or fix in worker/."""
+
+
+class SettingsError(WorkerError):
+    """Raised when an XRQ_* variable or option has a value xrq cannot use."""
+
+
+class NoModelError(WorkerError):
+    """Raised when work needs a model and none was named (no --model, no XRQ_MODEL)."""
+
+
+class BrokerUnavailableError(WorkerError):
+    """Raised when XRQ_BROKER_URL is set but the broker cannot be reached; the job stays pending."""
