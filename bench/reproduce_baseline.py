@@ -30,7 +30,7 @@ from model.iu import benchmark_findings, benchmark_split, read_iu, split_texts  
 from model.scoring import most_frequent_report, score  # noqa: E402
 from model.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary  # noqa: E402
 
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "iu"
+DEFAULT_DATA_DIR = REPO / "data" / "iu"
 PUBLISHED = {"bleu_1": 0.242, "bleu_4": 0.081, "meteor": 0.120, "rouge_l": 0.312, "cider": 0.344}
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from cli import evaluate as evaluate_commands
 from cli import jobs as job_commands
 from cli import models as model_commands
 from db.errors import DatabaseError
@@ -46,6 +47,8 @@ cli.add_command(job_commands.submit)
 cli.add_command(job_commands.status)
 cli.add_command(job_commands.reports)
 cli.add_command(model_commands.model)
+cli.add_command(evaluate_commands.truth)
+cli.add_command(evaluate_commands.evaluate)
 
 
 def main() -> None:

@@ -108,3 +108,30 @@ def reports_text(rows: list[ReportRow], fmt: str) -> str:
         text = r.text if len(r.text) <= width else r.text[: width - 1] + "…"
         lines.append(f"{r.job_id:>4}  {r.uid[:14]:14}  {text}")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_text(run: Any) -> str:
+    """An evaluation as a small table: the field's metrics, then what published tools don't show."""
+    s = run.result.scores
+    c = s.corpus
+    split = f", split {run.split}" if run.split else ""
+    lines = [f"Evaluation {run.evaluation_id}: {run.source} {run.source_ref} against {run.collection}{split} "
+             f"({run.text}), {s.n_studies} studies"]
+    if run.without_truth:
+        lines.append(f"  ({run.without_truth} reports without ground truth here were left out)")
+    names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    keys = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
+    lines.append("  " + "  ".join(f"{n:>7}" for n in names))
+    lines.append("  " + "  ".join(f"{'n/a':>7}" if c[k] is None else f"{c[k]:>7.3f}" for k in keys))
+    if s.meteor_error:
+        lines.append(f"  METEOR unavailable: {s.meteor_error}")
+    lines.append("  NLTK BLEU-1..4: " + " ".join(f"{c[f'nltk_bleu_{i}']:.3f}" for i in range(1, 5)))
+    lines.append(f"  distinct reports: {s.distinct_reports} of {s.n_studies}")
+    labels = run.result.labels
+    lines.append(f"  clinical findings F1 (14 CheXpert observations): micro {labels.micro.f1:.3f}, "
+                 f"macro {labels.macro.f1:.3f}")
+    if run.result.normal is not None:
+        n = run.result.normal
+        lines.append(f"  normal vs abnormal (MeSH): accuracy {n.accuracy:.3f}, F1 {n.f1:.3f}, kappa {n.kappa:.3f}")
+    lines += [f"  wrote {p}" for p in run.files]
+    return "\n".join(lines)

@@ -7,20 +7,17 @@ a report that already exists changes nothing. That is what lets a broker deliver
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.bulk import chunks, insert_ignore
 from db.engine import Database
 from db.errors import NotFoundError
 from db.schema import Image, Job, JobStudy, Model, Report, Study, utcnow
-
-# SQLite and PostgreSQL both cap the parameters of one statement; stay well under both.
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -72,23 +69,10 @@ class BatchOutcome:
     image_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image id -> (width, height)
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _insert_ignore(session: Session, table: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING, in chunks, on SQLite and PostgreSQL alike."""
-    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
-    for chunk in _chunks(rows):
-        stmt = dialect.insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=keys)
-        session.execute(stmt)
-
-
 def upsert_model(db: Database, *, name: str, fingerprint: str, path: str | None, meta: dict[str, Any]) -> int:
     """The id of the model with these weights, recording it the first time it is seen."""
     with db.session() as s:
-        _insert_ignore(
+        insert_ignore(
             s, Model, [{"name": name, "fingerprint": fingerprint, "path": path, "meta": meta,
                         "created_at": utcnow()}], ["fingerprint"],
         )
@@ -130,22 +114,22 @@ def record_job(
                 ("failed", study.error) if study.error else ("pending", None))
             rows.append({"job_id": job.id, "study_id": sid, "status": status, "error": error,
                          "attempts": 0, "updated_at": utcnow()})
-        _insert_ignore(s, JobStudy, rows, ["job_id", "study_id"])
+        insert_ignore(s, JobStudy, rows, ["job_id", "study_id"])
         return JobRecord(job.id, True, _unfinished(s, job.id))
 
 
 def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
     """Insert the studies (and their images) not stored yet; map every fingerprint to its id."""
     now = utcnow()
-    _insert_ignore(s, Study, [{"fingerprint": st.fingerprint, "uid": st.uid, "grouping": st.grouping,
+    insert_ignore(s, Study, [{"fingerprint": st.fingerprint, "uid": st.uid, "grouping": st.grouping,
                                "created_at": now} for st in studies], ["fingerprint"])
     ids: dict[str, int] = {}
     fps = [st.fingerprint for st in studies]
-    for chunk in _chunks(fps):
+    for chunk in chunks(fps):
         ids.update(s.execute(select(Study.fingerprint, Study.id).where(Study.fingerprint.in_(chunk))).all())
     images = [{"study_id": ids[st.fingerprint], "path": im.path, "relpath": im.relpath, "sha256": im.sha256,
                "size_bytes": im.size_bytes, "error": im.error} for st in studies for im in st.images]
-    _insert_ignore(s, Image, images, ["study_id", "relpath"])
+    insert_ignore(s, Image, images, ["study_id", "relpath"])
     return ids
 
 
@@ -166,7 +150,7 @@ def get_job(db: Database, job_id: int) -> Job:
 def set_status(db: Database, job_id: int, study_ids: Sequence[int], status: str) -> None:
     """Mark unfinished studies of a job (e.g. queued once their message is on the broker)."""
     with db.session() as s:
-        for chunk in _chunks(study_ids):
+        for chunk in chunks(study_ids):
             s.execute(update(JobStudy).where(
                 JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk),
                 JobStudy.status.in_(("pending", "queued", "running")),
@@ -208,7 +192,7 @@ def record_results(
     now = utcnow()
     with db.session() as s:
         if outcome.reports:
-            _insert_ignore(s, Report, [
+            insert_ignore(s, Report, [
                 {"study_id": sid, "model_id": model_id, "job_id": job_id, "text": text,
                  "settings": settings, "created_at": now} for sid, text in outcome.reports.items()
             ], ["study_id", "model_id"])

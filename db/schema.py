@@ -100,3 +100,81 @@ class Report(Base):
 
 STATUSES = ("pending", "queued", "running", "done", "failed", "skipped")
 FINISHED = ("done", "failed", "skipped")
+
+
+class Truth(Base):
+    """Ground truth: the reference report of a study in a collection (IU, or any imported CSV)."""
+
+    __tablename__ = "truth"
+    __table_args__ = (UniqueConstraint("collection", "uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64))
+    uid: Mapped[str] = mapped_column(String(255), index=True)
+    findings: Mapped[str] = mapped_column(Text, default="")
+    impression: Mapped[str] = mapped_column(Text, default="")
+    mesh: Mapped[str] = mapped_column(Text, default="")
+    indication: Mapped[str] = mapped_column(Text, default="")
+    comparison: Mapped[str] = mapped_column(Text, default="")
+    split: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TruthImage(Base):
+    """The image files of a ground-truth study, with their projection (Frontal, Lateral)."""
+
+    __tablename__ = "truth_images"
+    __table_args__ = (UniqueConstraint("collection", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64))
+    uid: Mapped[str] = mapped_column(String(255), index=True)
+    filename: Mapped[str] = mapped_column(Text)
+    projection: Mapped[str] = mapped_column(String(32), default="")
+
+
+class Evaluation(Base):
+    """One scoring run: what was scored against which ground truth, and the corpus scores."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # job | model | predictions | baseline
+    source_ref: Mapped[str] = mapped_column(Text)  # the job id, model name, file, or baseline name
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    collection: Mapped[str] = mapped_column(String(64))
+    split: Mapped[str | None] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(String(16))  # findings | impression | both
+    n_studies: Mapped[int] = mapped_column(Integer)
+    bleu_1: Mapped[float] = mapped_column()
+    bleu_2: Mapped[float] = mapped_column()
+    bleu_3: Mapped[float] = mapped_column()
+    bleu_4: Mapped[float] = mapped_column()
+    meteor: Mapped[float | None] = mapped_column()
+    rouge_l: Mapped[float] = mapped_column()
+    cider: Mapped[float] = mapped_column()
+    distinct_reports: Mapped[int] = mapped_column(Integer)
+    clinical_f1_micro: Mapped[float | None] = mapped_column()
+    clinical_f1_macro: Mapped[float | None] = mapped_column()
+    normal_accuracy: Mapped[float | None] = mapped_column()
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # everything, incl. NLTK BLEU
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvaluationScore(Base):
+    """Per-study scores of an evaluation, with the exact (normalised) texts that were compared."""
+
+    __tablename__ = "evaluation_scores"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(255), primary_key=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    hypothesis: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str] = mapped_column(Text)
+    bleu_1: Mapped[float | None] = mapped_column()
+    bleu_4: Mapped[float | None] = mapped_column()
+    meteor: Mapped[float | None] = mapped_column()
+    rouge_l: Mapped[float | None] = mapped_column()
+    cider: Mapped[float | None] = mapped_column()

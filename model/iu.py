@@ -7,6 +7,7 @@ pandas objects. Cells are read as text with no NaN: a blank cell is "".
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,38 @@ def read_reports_csv(
         if study_id in seen:
             raise TruthFormatError(f"Reports CSV {path} lists study {study_id!r} twice; keep one row.")
         seen.add(study_id)
+        if text:
+            out[study_id] = text
+    return out
+
+
+def read_reports_file(
+    path: str | Path, id_column: str = "study_id", report_column: str = "report"
+) -> dict[str, str]:
+    """{study id: report} from a CSV, or from JSON lines (`.jsonl`/`.json`: one object per line).
+
+    This is how another system's predictions come in, so that systems are compared on one footing.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        return read_reports_csv(path, id_column, report_column)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TruthFormatError(f"Cannot read reports file {path}: {exc.strerror or exc}.") from exc
+    out: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            study_id, text = str(row[id_column]).strip(), str(row[report_column] or "").strip()
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TruthFormatError(
+                f"{path}:{number}: expected a JSON object with {id_column!r} and {report_column!r} ({exc})."
+            ) from exc
+        if study_id in out:
+            raise TruthFormatError(f"{path} lists study {study_id!r} twice; keep one line.")
         if text:
             out[study_id] = text
     return out

@@ -27,6 +27,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "iu"
 DATA = REPO / "tests" / "data"
+IU_CSV = REPO / "data" / "iu"  # the IU reports, projections and benchmark split
 SHARED_DATA = REPO.parent / "shared" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("XRQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI") == "true"

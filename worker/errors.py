@@ -15,3 +15,7 @@ class NoModelError(WorkerError):
 
 class BrokerUnavailableError(WorkerError):
     """Raised when XRQ_BROKER_URL is set but the broker cannot be reached; the job stays pending."""
+
+
+class EvaluationInputError(WorkerError):
+    """Raised when an evaluation is asked for something it cannot score (no source, no ground truth)."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from model.errors import ScoringError
@@ -19,8 +16,7 @@ from model.labeller import (
     label,
     normal_agreement,
 )
-
-IU_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu"
+from tests.conftest import IU_CSV as IU_DIR
 
 # (sentence from indiana_reports.csv, the labels it must get; every other observation is None,
 # except No Finding, which is checked separately where given).
@@ -123,10 +119,6 @@ def test_labels_of_real_iu_sentences(sentence: str, expected: dict[str, Label]) 
 
 def test_cases_are_real_iu_sentences() -> None:
     path = IU_DIR / "indiana_reports.csv"
-    if not path.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"IU data missing in CI: {IU_DIR}")
-        pytest.skip(f"IU data not present at {IU_DIR}")
     text = path.read_text(encoding="utf-8")
     assert [s for s, _ in CASES if s not in text] == []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ import model.scoring as scoring
 from model.errors import ScoringError
 from model.scoring import CORPUS_KEYS, PER_STUDY_KEYS, most_frequent_report, score
 from model.text import Vocabulary
+from tests.conftest import IU_CSV as IU_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-IU_DIR = REPO.parent / "shared" / "data" / "iu"
+
 TOLERANCE = 0.002
 
 REFS = {
@@ -36,11 +36,7 @@ HYPS = {
 
 
 def need_iu() -> Path:
-    """The IU CSV folder; skip without it, but fail in CI, where it must be present."""
-    if not (IU_DIR / "indiana_reports.csv").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"IU data missing in CI: {IU_DIR}")
-        pytest.skip(f"IU data not present at {IU_DIR}")
+    """The IU CSV folder shipped in the repository (data/iu)."""
     return IU_DIR
 
 

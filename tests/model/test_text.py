@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from model.text import MAX_REFERENCE_TOKENS, UNK, Vocabulary, normalise, tokenize, truncate
-
-IU_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu"
+from tests.conftest import IU_CSV as IU_DIR
 
 
 def need_iu() -> Path:
-    """The IU CSV folder; skip without it, but fail in CI, where it must be present."""
-    if not (IU_DIR / "indiana_reports.csv").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"IU data missing in CI: {IU_DIR}")
-        pytest.skip(f"IU data not present at {IU_DIR}")
+    """The IU CSV folder shipped in the repository (data/iu)."""
     return IU_DIR
 
 

@@ -1,0 +1,154 @@
+"""Ground truth in, evaluations out: moves texts between db/ and model/'s scoring, for CLI and Celery alike."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from db import evaluations as db_evals
+from db import queries
+from db import truth as db_truth
+from db.engine import Database
+from db.jobs import get_job
+from model.evaluation import EvaluationResult, constant_baseline, evaluate, reference_text
+from model.iu import benchmark_split, random_split, read_iu, read_reports_csv, read_reports_file
+from worker import runtime
+from worker.errors import EvaluationInputError
+from worker.settings import Settings
+
+BASELINES = ("most-frequent",)
+
+
+def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str | Path | None, *,
+              split_file: str | Path | None = None, seed: int = 0,
+              collection: str = "iu") -> db_truth.ImportCounts:
+    """Load the IU CSVs as ground truth: benchmark split from `split_file`, else a seeded random 80/20."""
+    studies = read_iu(reports_csv, projections_csv)
+    split = benchmark_split(split_file) if split_file else random_split(studies, seed)
+    rows = [db_truth.TruthIn(uid=s.uid, findings=s.findings, impression=s.impression, mesh=s.mesh,
+                             indication=s.indication, comparison=s.comparison, split=split.get(s.uid),
+                             images=s.images) for s in studies.values()]
+    return db_truth.import_truth(runtime.database(settings.database_url), collection, rows)
+
+
+def import_csv(settings: Settings, path: str | Path, *, collection: str, id_column: str = "study_id",
+               report_column: str = "report", seed: int = 0) -> db_truth.ImportCounts:
+    """Any CSV with a study id and a report: the report is stored as findings, with a seeded 80/20 split."""
+    reports = read_reports_csv(path, id_column, report_column)
+    split = random_split(reports, seed)
+    rows = [db_truth.TruthIn(uid=uid, findings=text, split=split[uid]) for uid, text in reports.items()]
+    return db_truth.import_truth(runtime.database(settings.database_url), collection, rows)
+
+
+@dataclass
+class EvaluationRun:
+    evaluation_id: int
+    result: EvaluationResult
+    source: str
+    source_ref: str
+    collection: str
+    split: str | None
+    text: str
+    without_truth: int  # reports left out: no ground truth (or not in the split)
+    files: list[Path]
+
+    def summary(self) -> dict[str, Any]:
+        return {"evaluation_id": self.evaluation_id, "source": self.source, "source_ref": self.source_ref,
+                "collection": self.collection, "split": self.split, "text": self.text,
+                "without_truth": self.without_truth, **self.result.summary(),
+                "files": [str(p) for p in self.files]}
+
+
+def run_evaluation(
+    settings: Settings, *, job_id: int | None = None, model: str | None = None, predictions: str | None = None,
+    baseline: str | None = None, split: str | None = None, text: str = "findings", collection: str | None = None,
+    id_column: str = "study_id", report_column: str = "report", with_meteor: bool = True,
+    out_dir: str | Path | None = None,
+) -> EvaluationRun:
+    """Score one system's reports against the stored ground truth and store the run."""
+    chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
+                             ("baseline", baseline)) if v is not None]
+    if len(chosen) != 1:
+        raise EvaluationInputError("say what to score: exactly one of --job, --model, --predictions, --baseline")
+    db = runtime.database(settings.database_url)
+    coll = db_truth.default_collection(db, collection)
+    truth = db_truth.truth_rows(db, coll, split=split)
+    references = {uid: t for uid, t in ((u, reference_text(r.findings, r.impression, text))
+                                        for u, r in truth.items()) if t}
+    train = [t for t in (reference_text(r.findings, r.impression, text)
+                         for r in db_truth.truth_rows(db, coll, split="train").values()) if t]
+    source, ref, hyps, study_ids, model_id = _hypotheses(db, chosen[0], job_id, model, predictions, baseline,
+                                                         references, train, id_column, report_column)
+    scored = {uid: h for uid, h in hyps.items() if uid in references}
+    if not scored:
+        where = f"split {split!r} of " if split else ""
+        raise EvaluationInputError(f"none of the {len(hyps)} reports has ground truth in {where}collection "
+                                   f"{coll!r} ({text}); check --split/--text or import the ground truth")
+    result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
+                      with_meteor=with_meteor)
+    evaluation_id = _store(db, result, source, ref, coll, split, text, study_ids, model_id, job_id)
+    run = EvaluationRun(evaluation_id, result, source, ref, coll, split, text, len(hyps) - len(scored), [])
+    if out_dir is not None:
+        run.files = write_outputs(run, Path(out_dir))
+    return run
+
+
+def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, predictions: str | None,
+                baseline: str | None, references: dict[str, str], train: list[str], id_column: str,
+                report_column: str) -> tuple[str, str, dict[str, str], dict[str, int], int | None]:
+    """(source, source_ref, uid -> report, uid -> study id, model id) for the system being scored."""
+    if kind == "job":
+        assert job_id is not None
+        rows = queries.reports(db, job_id=job_id)
+        model_id = _job_model(db, job_id)
+        return "job", str(job_id), {r.uid: r.text for r in rows}, {r.uid: r.study_id for r in rows}, model_id
+    if kind == "model":
+        assert model is not None
+        found = db_evals.find_model(db, model)
+        by_uid = db_evals.reports_of_model(db, found.id)
+        return ("model", found.name, {u: t for u, (_, t) in by_uid.items()},
+                {u: sid for u, (sid, _) in by_uid.items()}, found.id)
+    if kind == "predictions":
+        assert predictions is not None
+        return "predictions", str(predictions), read_reports_file(predictions, id_column, report_column), {}, None
+    if baseline not in BASELINES:
+        raise EvaluationInputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if not train:
+        raise EvaluationInputError("the most-frequent baseline needs a train split in the ground truth")
+    return "baseline", str(baseline), constant_baseline(train, references), {}, None
+
+
+def _job_model(db: Database, job_id: int) -> int:
+    return get_job(db, job_id).model_id
+
+
+def _store(db: Database, result: EvaluationResult, source: str, ref: str, coll: str, split: str | None,
+           text: str, study_ids: dict[str, int], model_id: int | None, job_id: int | None) -> int:
+    s = result.scores
+    return db_evals.store_evaluation(db, db_evals.EvaluationIn(
+        source=source, source_ref=ref, collection=coll, split=split, text=text, corpus=s.corpus,
+        distinct_reports=s.distinct_reports, scores=result.summary(), settings=result.protocol,
+        per_study=s.per_study, references=s.references, hypotheses=s.hypotheses,
+        study_ids={u: i for u, i in study_ids.items() if u in s.hypotheses},
+        clinical_f1_micro=result.labels.micro.f1, clinical_f1_macro=result.labels.macro.f1,
+        normal_accuracy=result.normal.accuracy if result.normal else None, model_id=model_id,
+        job_id=job_id if source == "job" else None,
+    ))
+
+
+def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
+    """evaluation.json (corpus and per-study scores) and evaluation.png (the figure)."""
+    from model.plots import plot_evaluation
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {**run.summary(), "per_study": {
+        uid: {"reference": run.result.scores.references[uid], "hypothesis": run.result.scores.hypotheses[uid],
+              **scores} for uid, scores in run.result.scores.per_study.items()}}
+    json_path = out_dir / "evaluation.json"
+    json_path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    split = f", split {run.split}" if run.split else ""
+    title = f"xrq evaluation {run.evaluation_id}: {run.source} {run.source_ref} ({run.collection}{split}, {run.text})"
+    figure = plot_evaluation(run.result, out_dir / "evaluation.png", title=title)
+    return [json_path, figure]
