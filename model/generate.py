@@ -78,15 +78,29 @@ def generate(
     """
     if not studies:
         return []
+    pixels, mask = pixel_values(bundle.processor, studies, bundle.max_views)  # (B, V, 3, H, W), (B, V)
+    return generate_from_pixels(bundle, pixels, mask, settings, device=device)
+
+
+def generate_from_pixels(
+    bundle: Bundle,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask."""
+    if not len(pixels):
+        return []
     dev = bundle.device if device is None else resolve_device(device)
     cast(torch.nn.Module, bundle.model).to(dev).eval()
-    pixels, mask = pixel_values(bundle.processor, studies, bundle.max_views)  # (B, V, 3, H, W), (B, V)
-    started = torch.ones(len(studies), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
+    started = torch.ones(len(pixels), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
     with torch.inference_mode(), _autocast(dev):
         # attention_mask is the encoder-side mask for encoder-decoders: generate expands it per beam
         # and passes it to every step, where the model turns it into the (B, V*T) cross-attention mask.
         ids = bundle.model.generate(
-            pixel_values=pixels.to(dev),
+            pixel_values=pixels.to(dev, non_blocking=True),
             attention_mask=mask.to(dev),
             decoder_attention_mask=started,
             **settings.generate_kwargs(),

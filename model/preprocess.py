@@ -41,3 +41,29 @@ def pixel_values(
     pixels = flat.new_zeros(b, v, *flat.shape[1:])  # (B, V, 3, H, W)
     pixels[mask] = flat  # row-major order of the mask matches the order images were flattened in
     return pixels, mask
+
+
+def view_tensor(processor: ViTImageProcessorPil, image: Image.Image) -> torch.Tensor:
+    """One decoded view as the (3, H, W) float tensor the encoder takes.
+
+    Resizing a 2048-px X-ray is most of preprocessing; done per image, it can run in the decode
+    threads (Pillow releases the GIL) while the model works on the previous batch.
+    """
+    return processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+
+
+def stack_views(studies: Sequence[Sequence[torch.Tensor]], max_views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Studies of (3, H, W) view tensors → (B, V, 3, H, W) pixels and the (B, V) mask, as `pixel_values`."""
+    kept = [list(views)[:max_views] for views in studies]
+    if any(not views for views in kept):
+        raise ModelError("Every study needs at least one view.")
+    b, v = len(kept), max((len(views) for views in kept), default=0)
+    if not b:
+        return torch.zeros(0, 0, 3, 0, 0), torch.zeros(0, 0, dtype=torch.bool)
+    first = kept[0][0]
+    pixels = first.new_zeros(b, v, *first.shape)  # (B, V, 3, H, W)
+    mask = torch.zeros(b, v, dtype=torch.bool)  # (B, V)
+    for i, views in enumerate(kept):
+        pixels[i, : len(views)] = torch.stack(views)
+        mask[i, : len(views)] = True
+    return pixels, mask

@@ -1,8 +1,8 @@
 """The task bodies: take a batch of study ids, decode, generate, store. Shared by every way of running.
 
 A batch goes through two phases:
-- `prepare`: claim the studies in the database and decode their images (threads: Pillow, zlib and
-  pydicom release the GIL), turning unreadable images into failed studies;
+- `prepare`: claim the studies in the database, decode and resize their images into tensors
+  (threads: Pillow, zlib and pydicom release the GIL), turning unreadable images into failed studies;
 - `finish`: one batched `generate` for the readable studies, then one transaction for the results.
 
 In-process (`run_batches`) the next batch is prepared while the current one is generated, so the
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from db import jobs
@@ -23,7 +24,8 @@ from model.errors import ImageError
 from model.images import decode
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
+    import torch
+    from transformers import ViTImageProcessorPil
 
     from model.bundle import Bundle
     from model.generate import GenerationSettings
@@ -53,28 +55,33 @@ class Timings:
 class Prepared:
     job_id: int
     items: list[jobs.WorkItem]
-    views: dict[int, list[Image]] = field(default_factory=dict)  # study id -> decoded views
+    views: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # study id -> (3, H, W) per view
     outcome: jobs.BatchOutcome = field(default_factory=jobs.BatchOutcome)
     timings: Timings = field(default_factory=Timings)
 
 
-def _decode_one(path: str, max_pixels: int) -> Image | ImageError:
+def _load_view(path: str, processor: ViTImageProcessorPil,
+               max_pixels: int) -> tuple[tuple[int, int], torch.Tensor] | ImageError:
+    """Decode and preprocess one image: its (width, height) and model input, or why it can't be used."""
+    from model.preprocess import view_tensor
+
     try:
-        return decode(path, max_pixels=max_pixels)
+        image = decode(path, max_pixels=max_pixels)
     except ImageError as exc:
         return exc
+    return image.size, view_tensor(processor, image)
 
 
-def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, max_pixels: int,
-            pool: ThreadPoolExecutor) -> Prepared:
-    """Claim the batch and decode its images; a study with any unreadable image fails with the reason."""
+def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, processor: ViTImageProcessorPil,
+            max_pixels: int, pool: ThreadPoolExecutor) -> Prepared:
+    """Claim the batch and load its images; a study with any unreadable image fails with the reason."""
     t0 = time.perf_counter()
     items = jobs.claim_batch(db, job_id, study_ids)
     prepared = Prepared(job_id, items)
     t1 = time.perf_counter()
     refs = [ref for item in items for ref in item.images]
-    decoded = dict(zip((r.id for r in refs), pool.map(lambda r: _decode_one(r.path, max_pixels), refs),
-                       strict=True))
+    loaded = pool.map(lambda r: _load_view(r.path, processor, max_pixels), refs)
+    decoded = dict(zip((r.id for r in refs), loaded, strict=True))
     for item in items:
         errors = [(ref, decoded[ref.id]) for ref in item.images if isinstance(decoded[ref.id], ImageError)]
         for ref, err in errors:
@@ -86,9 +93,9 @@ def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, max_pixels: 
             prepared.outcome.failures[item.study_id] = f"{ref.relpath}: {err}"
         else:
             views = [decoded[ref.id] for ref in item.images]
-            prepared.views[item.study_id] = views  # type: ignore[assignment]
-            for ref, im in zip(item.images, views, strict=True):
-                prepared.outcome.image_sizes[ref.id] = im.size  # type: ignore[union-attr]
+            prepared.views[item.study_id] = [tensor for _, tensor in views]  # type: ignore[misc]
+            for ref, (size, _) in zip(item.images, views, strict=True):  # type: ignore[misc]
+                prepared.outcome.image_sizes[ref.id] = size
     t2 = time.perf_counter()
     prepared.timings = Timings(decode=t2 - t1, db=t1 - t0, studies=len(items))
     return prepared
@@ -97,12 +104,14 @@ def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, max_pixels: 
 def finish(db: Database, bundle: Bundle, model_id: int, prepared: Prepared,
            generation: GenerationSettings) -> Prepared:
     """Generate the reports of the readable studies in one batch and store everything in one transaction."""
-    from model.generate import generate, record
+    from model.generate import generate_from_pixels, record
+    from model.preprocess import stack_views
 
     t0 = time.perf_counter()
     study_ids = list(prepared.views)
     if study_ids:
-        texts = generate(bundle, [prepared.views[sid] for sid in study_ids], generation)
+        pixels, mask = stack_views([prepared.views[sid] for sid in study_ids], bundle.max_views)
+        texts = generate_from_pixels(bundle, pixels, mask, generation)
         prepared.outcome.reports.update(zip(study_ids, texts, strict=True))
     t1 = time.perf_counter()
     settings = {**record(generation, bundle.device), "model": bundle.name,
@@ -119,7 +128,7 @@ def process_batch(db: Database, bundle: Bundle, model_id: int, job_id: int, stud
                   generation: GenerationSettings, max_pixels: int, decode_threads: int) -> Prepared:
     """One batch, start to end: what a worker task runs for each message."""
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool:
-        prepared = prepare(db, job_id, study_ids, max_pixels=max_pixels, pool=pool)
+        prepared = prepare(db, job_id, study_ids, processor=bundle.processor, max_pixels=max_pixels, pool=pool)
     return finish(db, bundle, model_id, prepared, generation)
 
 
@@ -137,11 +146,12 @@ def run_batches(db: Database, bundle: Bundle, model_id: int, job_id: int, study_
         return total
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="xrq-prepare") as ahead:
-        upcoming = ahead.submit(prepare, db, job_id, todo[0], max_pixels=max_pixels, pool=pool)
+        load = partial(prepare, db, job_id, processor=bundle.processor, max_pixels=max_pixels, pool=pool)
+        upcoming = ahead.submit(load, todo[0])
         for index in range(len(todo)):
             prepared = upcoming.result()
             if index + 1 < len(todo):
-                upcoming = ahead.submit(prepare, db, job_id, todo[index + 1], max_pixels=max_pixels, pool=pool)
+                upcoming = ahead.submit(load, todo[index + 1])
             finish(db, bundle, model_id, prepared, generation)
             total.add(prepared.timings)
             if progress is not None:

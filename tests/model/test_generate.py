@@ -157,3 +157,16 @@ def test_loss_trains_with_padded_views(single: list[Image.Image], triple: list[I
     assert value.ndim == 0 and torch.isfinite(value)
     grad = bundle.model.decoder.transformer.h[0].crossattention.c_attn.weight.grad
     assert grad is not None and grad.abs().sum() > 0  # the images reach the loss
+
+
+def test_views_preprocessed_one_by_one_stack_to_the_batched_pixels() -> None:
+    """The worker preprocesses each image in its decode threads; the result must equal the batch path."""
+    from model.bundle import build
+    from model.preprocess import pixel_values, stack_views, view_tensor
+
+    bundle = build("tiny")
+    studies = [[_xray("CXR7_IM-2263-1001.png"), _xray("CXR7_IM-2263-2001.png")], [_xray("CXR25_IM-1024-2001.png")]]
+    batched, mask = pixel_values(bundle.processor, studies, bundle.max_views)
+    stacked, stacked_mask = stack_views([[view_tensor(bundle.processor, im) for im in s] for s in studies],
+                                        bundle.max_views)
+    assert torch.equal(mask, stacked_mask) and torch.equal(batched, stacked)
