@@ -11,7 +11,8 @@ from sqlalchemy import inspect
 from db.engine import normalise_url, open_database
 from db.errors import DatabaseUnavailableError, DatabaseURLError
 
-TABLES = {"models", "jobs", "studies", "images", "job_studies", "reports", "alembic_version"}
+TABLES = {"models", "jobs", "studies", "images", "job_studies", "reports", "truth", "truth_images", "evaluations",
+          "evaluation_scores", "alembic_version"}
 
 
 def test_migrations_create_the_documented_tables(db_url: str) -> None:
