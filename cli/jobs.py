@@ -79,31 +79,3 @@ def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> No
         click.echo(json.dumps(data[0] if job is not None else data))
     else:
         click.echo(output.status_text(summaries, detailed=job is not None))
-
-
-@click.command()
-@click.option("--job", type=int, help="Only the reports of this job.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to this file instead of standard output.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many reports.")
-@click.pass_context
-def reports(ctx: click.Context, job: int | None, fmt: str, out: Path | None, limit: int | None) -> None:
-    """Print stored reports as a table, CSV or JSON lines.
-
-    \b
-    Examples:
-      xrq reports --job 1
-      xrq reports --format jsonl -o reports.jsonl
-    """
-    from db.queries import reports as query_reports
-    from worker import runtime
-
-    db = runtime.database(settings_from(ctx).database_url)
-    rows = query_reports(db, job_id=job, limit=limit)
-    text = output.reports_text(rows, fmt)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"Wrote {len(rows)} reports to {out}", err=True)

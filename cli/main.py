@@ -9,6 +9,7 @@ import click
 from cli import evaluate as evaluate_commands
 from cli import jobs as job_commands
 from cli import models as model_commands
+from cli import reports as report_commands
 from db.errors import DatabaseError
 from model.errors import ModelError
 from worker.errors import WorkerError
@@ -45,7 +46,9 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
 
 cli.add_command(job_commands.submit)
 cli.add_command(job_commands.status)
-cli.add_command(job_commands.reports)
+cli.add_command(report_commands.reports)
+cli.add_command(report_commands.export)
+cli.add_command(report_commands.show)
 cli.add_command(model_commands.model)
 cli.add_command(evaluate_commands.truth)
 cli.add_command(evaluate_commands.evaluate)

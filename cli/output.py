@@ -97,15 +97,17 @@ def reports_text(rows: list[ReportRow], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "report"])
+        failed = any(r.status == "failed" for r in rows)
+        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
         for r in rows:
             writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(),
-                             ";".join(r.images), r.text])
+                             ";".join(r.images), r.error if failed else r.text])
         return buf.getvalue()
     width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
     lines = [f"{'job':>4}  {'study':14}  report"]
     for r in rows:
-        text = r.text if len(r.text) <= width else r.text[: width - 1] + "…"
+        shown = r.text if r.status == "done" else f"FAILED: {r.error}"
+        text = shown if len(shown) <= width else shown[: width - 1] + "…"
         lines.append(f"{r.job_id:>4}  {r.uid[:14]:14}  {text}")
     return "\n".join(lines) + "\n"
 

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
+from sqlalchemy.orm import Session
 
+from db.bulk import chunks
 from db.engine import Database
 from db.errors import NotFoundError
-from db.schema import STATUSES, Image, Job, JobStudy, Model, Report, Study
+from db.schema import STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,16 @@ class ReportRow:
     created_at: datetime
     images: list[str]
     settings: dict[str, Any]
+    status: str = "done"
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
+        data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
                 "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
                 "settings": self.settings}
+        if self.status != "done":
+            data.update(status=self.status, error=self.error)
+        return data
 
 
 def job_summary(db: Database, job_id: int, *, with_failures: bool = True) -> JobSummary:
@@ -86,27 +93,159 @@ def list_jobs(db: Database, *, limit: int = 20) -> list[JobSummary]:
     return [job_summary(db, i, with_failures=False) for i in ids]
 
 
-def reports(db: Database, *, job_id: int | None = None, limit: int | None = None) -> list[ReportRow]:
-    """Reports, newest job first. With a job: every study of it that has a report by its model,
-    including studies skipped because an earlier job had already reported them."""
+@dataclass(frozen=True)
+class ReportFilter:
+    """What `xrq reports` and `xrq export` narrow the listing to; every field is optional."""
+
+    job_id: int | None = None
+    model: str | None = None  # model name
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
+    status: str = "done"  # done: reports; failed: failed studies with their reasons
+
+
+def reports(db: Database, *, job_id: int | None = None, limit: int | None = None,
+            where: ReportFilter | None = None) -> list[ReportRow]:
+    """Reports (or failed studies), newest job first.
+
+    With a job: every study of it that has a report by its model, including studies skipped because
+    an earlier job had already reported them.
+    """
+    f = where or ReportFilter(job_id=job_id)
     with db.session() as s:
-        stmt = (select(Report, Study.uid, Model.name).join(Study, Study.id == Report.study_id)
-                .join(Model, Model.id == Report.model_id))
-        if job_id is not None:
-            if s.get(Job, job_id) is None:
-                raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
-            stmt = stmt.join(JobStudy, JobStudy.study_id == Report.study_id).join(
-                Job, (Job.id == JobStudy.job_id) & (Job.model_id == Report.model_id)
-            ).where(JobStudy.job_id == job_id)
-        stmt = stmt.order_by(Report.job_id.desc(), Study.uid, Report.id)
+        if f.job_id is not None and s.get(Job, f.job_id) is None:
+            raise NotFoundError(f"no job {f.job_id}; `xrq status` lists the jobs")
+        stmt = _failed_query(f) if f.status == "failed" else _reports_query(f)
         if limit:
             stmt = stmt.limit(limit)
         rows = s.execute(stmt).all()
-        study_ids = [row[0].study_id for row in rows]
-        images: dict[int, list[str]] = {sid: [] for sid in study_ids}
-        if study_ids:
-            for sid, rel in s.execute(select(Image.study_id, Image.relpath)
-                                      .where(Image.study_id.in_(study_ids)).order_by(Image.relpath)).all():
-                images[sid].append(rel)
-        return [ReportRow(r.study_id, uid, r.job_id, name, r.text, r.created_at, images[r.study_id], r.settings)
-                for r, uid, name in rows]
+        images = _images_of(s, [row.study_id for row in rows])
+        return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", row.created_at,
+                          images[row.study_id], row.settings or {}, f.status, row.error) for row in rows]
+
+
+def _reports_query(f: ReportFilter) -> Any:
+    stmt = (select(Report.study_id, Study.uid, Report.job_id, Model.name.label("model"), Report.text,
+                   Report.created_at, Report.settings, literal(None).label("error"))
+            .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
+    if f.job_id is not None:
+        stmt = stmt.join(JobStudy, JobStudy.study_id == Report.study_id).join(
+            Job, (Job.id == JobStudy.job_id) & (Job.model_id == Report.model_id)
+        ).where(JobStudy.job_id == f.job_id)
+    if f.model is not None:
+        stmt = stmt.where(Model.name == f.model)
+    if f.since is not None:
+        stmt = stmt.where(Report.created_at >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(Report.created_at < f.until)
+    if f.text:
+        stmt = stmt.where(func.lower(Report.text).contains(f.text.lower(), autoescape=True))
+    return stmt.order_by(Report.job_id.desc(), Study.uid, Report.id)
+
+
+def _failed_query(f: ReportFilter) -> Any:
+    stmt = (select(JobStudy.study_id, Study.uid, JobStudy.job_id, Model.name.label("model"),
+                   literal(None).label("text"), JobStudy.updated_at.label("created_at"),
+                   literal(None).label("settings"), JobStudy.error)
+            .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
+            .join(Model, Model.id == Job.model_id).where(JobStudy.status == "failed"))
+    if f.job_id is not None:
+        stmt = stmt.where(JobStudy.job_id == f.job_id)
+    if f.model is not None:
+        stmt = stmt.where(Model.name == f.model)
+    if f.since is not None:
+        stmt = stmt.where(JobStudy.updated_at >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(JobStudy.updated_at < f.until)
+    if f.text:
+        stmt = stmt.where(func.lower(JobStudy.error).contains(f.text.lower(), autoescape=True))
+    return stmt.order_by(JobStudy.job_id.desc(), Study.uid)
+
+
+def _images_of(s: Session, study_ids: list[int]) -> dict[int, list[str]]:
+    images: dict[int, list[str]] = {sid: [] for sid in study_ids}
+    for chunk in chunks(sorted(set(study_ids))):
+        for sid, rel in s.execute(select(Image.study_id, Image.relpath)
+                                  .where(Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
+            images[sid].append(rel)
+    return images
+
+
+def export_rows(db: Database, job_ids: list[int]) -> list[dict[str, Any]]:
+    """Every study of the jobs, whatever its status, with its report by the job's model when there is one."""
+    with db.session() as s:
+        for job_id in job_ids:
+            if s.get(Job, job_id) is None:
+                raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        rows = s.execute(
+            select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
+                   JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
+                   Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
+            .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
+            .join(Model, Model.id == Job.model_id)
+            .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
+            .where(JobStudy.job_id.in_(job_ids)).order_by(JobStudy.job_id, Study.uid)
+        ).all()
+        images = _images_of(s, [r.study_id for r in rows])
+        return [{**r._asdict(), "images": ";".join(images[r.study_id])} for r in rows]
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    """Everything a picture of a study shows: its images, its report, the ground truth, the scores."""
+
+    study_id: int
+    uid: str
+    images: list[tuple[str, str]]  # (path, relpath)
+    model: str | None
+    report: str | None
+    error: str | None  # why the study failed, when it did
+    truth_findings: str | None
+    truth_impression: str | None
+    scores: dict[str, float | None] | None  # per-study scores from the newest evaluation of this report
+
+
+def study_detail(db: Database, study: str, *, job_id: int | None = None) -> StudyDetail:
+    """A study by id (digits that name a stored study) or uid; with a job, its report by the job's model."""
+    with db.session() as s:
+        row = _find_study(s, study)
+        model_id = s.scalar(select(Job.model_id).where(Job.id == job_id)) if job_id is not None else None
+        reports = select(Report, Model.name).join(Model, Model.id == Report.model_id).where(Report.study_id == row.id)
+        if model_id is not None:
+            reports = reports.where(Report.model_id == model_id)
+        found = s.execute(reports.order_by(Report.created_at.desc(), Report.id.desc())).first()
+        report, model = (found[0], found[1]) if found else (None, None)
+        error = s.scalar(select(JobStudy.error).where(JobStudy.study_id == row.id, JobStudy.status == "failed")
+                         .order_by(JobStudy.updated_at.desc()))
+        truth = s.scalars(select(Truth).where(Truth.uid == row.uid).order_by(Truth.id)).first()
+        scores = None
+        if report is not None:
+            scored = s.scalars(select(EvaluationScore).join(Evaluation, Evaluation.id == EvaluationScore.evaluation_id)
+                               .where(EvaluationScore.study_id == row.id, Evaluation.model_id == report.model_id)
+                               .order_by(EvaluationScore.evaluation_id.desc())).first()
+            if scored is not None:
+                scores = {k: getattr(scored, k) for k in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")}
+        images = [(i.path, i.relpath) for i in s.scalars(select(Image).where(Image.study_id == row.id)
+                                                         .order_by(Image.relpath))]
+        return StudyDetail(row.id, row.uid, images, model, report.text if report else None, error,
+                           truth.findings if truth else None, truth.impression if truth else None, scores)
+
+
+def _find_study(s: Session, key: str) -> Study:
+    if key.isdigit():
+        by_id = s.get(Study, int(key))
+        if by_id is not None:
+            return by_id
+    by_uid = s.scalars(select(Study).where(Study.uid == key).order_by(Study.id.desc())).first()
+    if by_uid is None:
+        raise NotFoundError(f"no study {key!r}: give a study id or uid from `xrq reports`")
+    return by_uid
+
+
+def job_study_ids(db: Database, job_id: int) -> list[int]:
+    with db.session() as s:
+        if s.get(Job, job_id) is None:
+            raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        return list(s.scalars(select(JobStudy.study_id).join(Study, Study.id == JobStudy.study_id)
+                              .where(JobStudy.job_id == job_id).order_by(Study.uid)))
