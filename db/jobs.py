@@ -65,6 +65,7 @@ class BatchOutcome:
 
     reports: dict[int, str] = field(default_factory=dict)  # study id -> text
     failures: dict[int, str] = field(default_factory=dict)  # study id -> reason
+    retryable: set[int] = field(default_factory=set)  # failed study ids worth another try later
     image_errors: dict[int, str] = field(default_factory=dict)  # image id -> reason
     image_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image id -> (width, height)
 
@@ -198,10 +199,10 @@ def record_results(
             ], ["study_id", "model_id"])
             s.execute(update(JobStudy).where(JobStudy.job_id == job_id,
                                              JobStudy.study_id.in_(list(outcome.reports)))
-                      .values(status="done", error=None, updated_at=now))
+                      .values(status="done", error=None, retryable=False, updated_at=now))
         for sid, reason in outcome.failures.items():
             s.execute(update(JobStudy).where(and_(JobStudy.job_id == job_id, JobStudy.study_id == sid))
-                      .values(status="failed", error=reason, updated_at=now))
+                      .values(status="failed", error=reason, retryable=sid in outcome.retryable, updated_at=now))
         for iid, reason in outcome.image_errors.items():
             s.execute(update(Image).where(Image.id == iid).values(error=reason))
         for iid, (width, height) in outcome.image_sizes.items():

@@ -19,9 +19,10 @@ class ModelFormatError(ModelError):
 class ImageError(ModelError):
     """Raised when a file cannot be turned into a picture; `reason` is stored with the failed image."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.transient = transient  # True: trying again later may work (I/O error, memory), not bad content
 
 
 class ScanError(ModelError):

@@ -121,7 +121,7 @@ def decode(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
     except ImageError:
         raise
     except MemoryError:
-        raise ImageError(f"not enough memory to decode this {_NAME[kind]} file") from None
+        raise ImageError(f"not enough memory to decode this {_NAME[kind]} file", transient=True) from None
     except Exception as e:  # the boundary: whatever a decoder throws at bad bytes becomes a reason
         raise ImageError(f"truncated or corrupt {_NAME[kind]} ({_describe(e, path)})") from e
 
@@ -151,7 +151,7 @@ def _read_head(path: str | os.PathLike[str]) -> bytes:
         with os.fdopen(fd, "rb") as f:
             return f.read(_HEAD_BYTES)
     except OSError as e:
-        raise ImageError(f"cannot read file: {e.strerror or e}") from e
+        raise ImageError(f"cannot read file: {e.strerror or e}", transient=True) from e
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -91,6 +91,8 @@ def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, processor: V
         elif errors:
             ref, err = errors[0]
             prepared.outcome.failures[item.study_id] = f"{ref.relpath}: {err}"
+            if all(e.transient for _, e in errors):  # type: ignore[union-attr]
+                prepared.outcome.retryable.add(item.study_id)
         else:
             views = [decoded[ref.id] for ref in item.images]
             prepared.views[item.study_id] = [tensor for _, tensor in views]  # type: ignore[misc]

@@ -1,0 +1,102 @@
+"""What the nightly backlog job looks for, and the lock that keeps two runs from overlapping."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from db.engine import Database
+from db.schema import Evaluation, JobStudy, Lock, Report, Study, Truth, utcnow
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Study ids to queue again, by job, and why."""
+
+    pending: dict[int, list[int]]  # never queued (the broker was down, the submitter died)
+    stuck: dict[int, list[int]]  # queued or running for longer than the timeout (a lost message or worker)
+    retry: dict[int, list[int]]  # failed for a transient reason, attempts below the limit
+    exhausted: int  # retryable failures that reached the attempt limit: left alone
+
+    def by_job(self) -> dict[int, list[int]]:
+        merged: dict[int, list[int]] = {}
+        for part in (self.pending, self.stuck, self.retry):
+            for job_id, ids in part.items():
+                merged.setdefault(job_id, []).extend(ids)
+        return {job_id: sorted(set(ids)) for job_id, ids in sorted(merged.items())}
+
+
+def find_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
+                 now: datetime | None = None) -> Backlog:
+    now = now or utcnow()
+    cutoff = now - stuck_after
+    with db.session() as s:
+        def grouped(*conditions: ColumnElement[bool]) -> dict[int, list[int]]:
+            rows = s.execute(select(JobStudy.job_id, JobStudy.study_id).where(*conditions)
+                             .order_by(JobStudy.job_id, JobStudy.study_id)).all()
+            out: dict[int, list[int]] = {}
+            for job_id, study_id in rows:
+                out.setdefault(job_id, []).append(study_id)
+            return out
+
+        failed_retryable = and_(JobStudy.status == "failed", JobStudy.retryable.is_(True))
+        return Backlog(
+            pending=grouped(JobStudy.status == "pending"),
+            stuck=grouped(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
+            retry=grouped(failed_retryable, JobStudy.attempts < max_attempts),
+            exhausted=len(grouped(failed_retryable, JobStudy.attempts >= max_attempts)),
+        )
+
+
+def reopen(db: Database, job_id: int, study_ids: list[int]) -> None:
+    """Put studies back to pending so that they can be queued (or run) again; done ones are left alone."""
+    with db.session() as s:
+        s.execute(update(JobStudy).where(
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids),
+            JobStudy.status.in_(("queued", "running", "failed", "pending")),
+        ).values(status="pending", error=None, retryable=False, updated_at=utcnow()))
+
+
+def jobs_to_score(db: Database) -> list[int]:
+    """Jobs with reports of studies that have ground truth, and no evaluation since their newest such report."""
+    with db.session() as s:
+        reported = dict(s.execute(
+            select(Report.job_id, func.max(Report.created_at)).join(Study, Study.id == Report.study_id)
+            .where(Study.uid.in_(select(Truth.uid))).group_by(Report.job_id)).all())
+        scored = dict(s.execute(select(Evaluation.job_id, func.max(Evaluation.created_at))
+                                .where(Evaluation.job_id.is_not(None)).group_by(Evaluation.job_id)).all())
+    return sorted(job for job, last in reported.items()
+                  if job not in scored or _aware(scored[job]) < _aware(last))
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back; everything xrq writes is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire(db: Database, name: str, *, ttl: timedelta, holder: str | None = None) -> bool:
+    """Take the lock unless someone holds it and it has not expired. Atomic on SQLite and PostgreSQL."""
+    holder = holder or holder_name()
+    now = utcnow()
+    with db.session() as s:
+        s.execute(delete(Lock).where(Lock.name == name, Lock.expires_at < now))
+    try:
+        with db.session() as s:
+            s.add(Lock(name=name, holder=holder, acquired_at=now, expires_at=now + ttl))
+        return True
+    except IntegrityError:
+        return False
+
+
+def release(db: Database, name: str, *, holder: str | None = None) -> None:
+    with db.session() as s:
+        s.execute(delete(Lock).where(Lock.name == name, Lock.holder == (holder or holder_name())))
