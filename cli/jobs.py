@@ -6,11 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cli import output
 from cli.context import settings_from
+
+if TYPE_CHECKING:
+    from db.queries import JobSummary
+    from worker.settings import Settings
+    from worker.submit import Submission
 
 
 @click.command()
@@ -49,11 +55,52 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
     result = submit_folder(settings, folder, group_by=group_by, pattern=pattern,
                            on_start=bar.start, progress=bar.update)
     bar.close()
+    if wait and settings.broker_url and not result.summary.finished:
+        result = _follow(settings, result, show_bar=not as_json and sys.stderr.isatty())
     elapsed = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps(output.submission_json(result, elapsed)))
     else:
         click.echo(output.submission_text(result, elapsed))
+
+
+def _follow(settings: Settings, result: Submission, *, show_bar: bool) -> Submission:
+    """`submit --wait` with a broker: a progress bar fed from the database until the job is finished."""
+    from dataclasses import replace
+
+    from worker import runtime
+    from worker.follow import finished_count, follow_job
+
+    bar = output.Progress(enabled=show_bar)
+    seen = [finished_count(result.summary)]
+    bar.start(result.summary.total - seen[0])
+
+    def advance(summary: JobSummary) -> None:
+        bar.update(finished_count(summary) - seen[0])
+        seen[0] = finished_count(summary)
+
+    final = follow_job(runtime.database(settings.database_url), result.job_id, on_change=advance)
+    bar.close()
+    return replace(result, summary=final)
+
+
+def _distributed_text(settings: Settings, summaries: list[JobSummary]) -> str:
+    """With a broker: where the waiting studies are (pending, queued, running) and which workers answer."""
+    from worker.errors import BrokerUnavailableError
+    from worker.follow import alive_workers, queue_depths
+
+    lines = [f"job {s.job_id} waiting: {s.counts.get('pending', 0)} pending, {s.counts.get('queued', 0)} "
+             f"queued, {s.counts.get('running', 0)} running" for s in summaries if not s.finished]
+    try:
+        depths = queue_depths(settings)
+        lines.append("queues: " + ", ".join(f"{name} {n} waiting" for name, n in depths.items()))
+        found = alive_workers(settings)
+    except BrokerUnavailableError as exc:
+        return "\n".join([*lines, f"workers: unknown, {exc}"])
+    if not found:
+        return "\n".join([*lines, "workers: none answered within 1 s (start one with `xrq worker`)"])
+    return "\n".join([*lines, f"workers: {len(found)} alive"] +
+                     [f"  {w.name}  queues: {', '.join(w.queues)}" for w in found])
 
 
 @click.command()
@@ -72,10 +119,20 @@ def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> No
     from db.queries import job_summary, list_jobs
     from worker import runtime
 
-    db = runtime.database(settings_from(ctx).database_url)
+    settings = settings_from(ctx)
+    db = runtime.database(settings.database_url)
     summaries = [job_summary(db, job)] if job is not None else list_jobs(db, limit=limit)
     if as_json:
         data = [s.as_dict() for s in summaries]
         click.echo(json.dumps(data[0] if job is not None else data))
     else:
         click.echo(output.status_text(summaries, detailed=job is not None))
+        if job is None:
+            from datetime import timedelta
+
+            from db.queries import activity
+            from db.schema import utcnow
+
+            click.echo(output.activity_text(activity(db, utcnow() - timedelta(hours=1))))
+        if settings.broker_url:
+            click.echo(_distributed_text(settings, summaries))

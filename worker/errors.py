@@ -17,5 +17,9 @@ class BrokerUnavailableError(WorkerError):
     """Raised when XRQ_BROKER_URL is set but the broker cannot be reached; the job stays pending."""
 
 
+class ModelMismatchError(WorkerError):
+    """Raised when a worker cannot load the weights a job was submitted with (fingerprint differs)."""
+
+
 class EvaluationInputError(WorkerError):
     """Raised when an evaluation is asked for something it cannot score (no source, no ground truth)."""

@@ -43,7 +43,7 @@ def model_id(db: Database, loaded: Bundle) -> int:
     if key not in _model_ids:
         _model_ids[key] = jobs.upsert_model(
             db, name=loaded.name, fingerprint=loaded.fingerprint,
-            path=str(loaded.path) if loaded.path else None, meta=loaded.meta,
+            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta,
         )
     return _model_ids[key]
 

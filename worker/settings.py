@@ -11,6 +11,19 @@
 | XRQ_MAX_NEW_TOKENS    | 60                 | report length cap, in tokens                              |
 | XRQ_MAX_PIXELS        | 50000000           | larger images are refused (decompression bombs)           |
 | XRQ_DECODE_THREADS    | 4                  | threads decoding images while the model runs              |
+| XRQ_BACKLOG_CRON      | 0 2 * * *          | when beat runs the backlog job (cron: min hour dom mon dow) |
+| XRQ_STUCK_AFTER       | 7200               | seconds after which a queued/running study counts as lost |
+| XRQ_MAX_ATTEMPTS      | 3                  | tries of a study that failed for a transient reason       |
+| XRQ_INBOX             | (unset)            | a folder the backlog job submits new files from           |
+
+Broker-only settings (read by `BrokerOptions`, used by the Celery app and `xrq submit` with a broker):
+
+| variable                | default | meaning                                                              |
+|-------------------------|---------|----------------------------------------------------------------------|
+| XRQ_VISIBILITY_TIMEOUT  | 3600    | seconds before Redis redelivers an unacknowledged batch              |
+| XRQ_TASK_MAX_RETRIES    | 10      | retries of a batch after transient database errors (backoff, jitter) |
+| XRQ_RETRY_BACKOFF_MAX   | 120     | longest wait between two retries, in seconds                         |
+| XRQ_BROKER_PREFIX       | (none)  | prefix for every Redis key: several deployments on one Redis         |
 
 This module imports neither celery nor torch: the CLI reads settings without starting either.
 """
@@ -36,6 +49,10 @@ class Settings:
     max_new_tokens: int = 60
     max_pixels: int = 50_000_000
     decode_threads: int = 4
+    backlog_cron: str = "0 2 * * *"
+    stuck_after: int = 7200
+    max_attempts: int = 3
+    inbox: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -51,9 +68,13 @@ class Settings:
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None}).checked()
 
     def checked(self) -> Settings:
-        for name in ("batch_size", "num_beams", "max_new_tokens", "max_pixels", "decode_threads"):
+        for name in ("batch_size", "num_beams", "max_new_tokens", "max_pixels", "decode_threads", "stuck_after",
+                     "max_attempts"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"XRQ_{name.upper()} must be at least 1, not {getattr(self, name)}")
+        if len(self.backlog_cron.split()) != 5:
+            raise SettingsError(f"XRQ_BACKLOG_CRON must have five fields (minute hour day month weekday), "
+                                f"not {self.backlog_cron!r}")
         return self
 
 
@@ -64,3 +85,33 @@ def _convert(name: str, raw: str, kind: type) -> Any:
         except ValueError:
             raise SettingsError(f"XRQ_{name.upper()} must be a whole number, not {raw!r}") from None
     return raw
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """The broker-only settings of the table above."""
+
+    visibility_timeout: int = 3600
+    task_max_retries: int = 10
+    retry_backoff_max: int = 120
+    broker_prefix: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerOptions:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, kind in (("visibility_timeout", int), ("task_max_retries", int),
+                           ("retry_backoff_max", int), ("broker_prefix", str)):
+            raw = env.get(f"XRQ_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if kind is int:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"XRQ_{name.upper()} must be a whole number, not {raw!r}") from None
+                if values[name] < (0 if name == "task_max_retries" else 1):
+                    raise SettingsError(f"XRQ_{name.upper()} is too small: {raw}")
+            else:
+                values[name] = raw
+        return cls(**values)

@@ -1,0 +1,135 @@
+"""The Celery app's configuration, the task body without a broker, `xrq worker`'s checks, compose.
+
+Everything here runs without Redis: the settings that make the distributed path safe are asserted
+directly, and the task body is run in-process on a real SQLite file with the tiny model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli.main import cli
+from db import jobs
+from model.scan import scan_folder
+from tests.conftest import REPO, service_missing
+from worker import runtime
+from worker.app import make_app
+from worker.errors import ModelMismatchError, SettingsError
+from worker.settings import BrokerOptions, Settings
+from worker.submit import to_study_in
+from worker.tasks import GENERATE_TASK, backoff, job_generation, run_batch
+
+
+def test_the_app_accepts_json_only_acknowledges_late_and_prefetches_one() -> None:
+    app = make_app(Settings(broker_url="redis://example:6379/0"),
+                   BrokerOptions(visibility_timeout=7200, broker_prefix="site-a:"))
+    conf = app.conf
+    assert (conf.task_serializer, conf.result_serializer, conf.event_serializer) == ("json",) * 3
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] == 7200
+    assert conf.broker_transport_options["global_keyprefix"] == "site-a:"
+    assert conf.task_ignore_result and conf.result_backend is None
+    assert {q.name for q in conf.task_queues} == {"gpu", "cpu"} and conf.task_default_queue == "cpu"
+    assert app.amqp.router.route({}, GENERATE_TASK)["queue"].name == "gpu"
+    task = app.tasks[GENERATE_TASK]
+    assert task.acks_late and task.reject_on_worker_lost
+
+
+def test_broker_options_come_from_the_environment_and_bad_values_are_named() -> None:
+    assert BrokerOptions.from_env({}) == BrokerOptions()
+    opts = BrokerOptions.from_env({"XRQ_VISIBILITY_TIMEOUT": "600", "XRQ_TASK_MAX_RETRIES": "0"})
+    assert (opts.visibility_timeout, opts.task_max_retries) == (600, 0)
+    with pytest.raises(SettingsError, match="XRQ_VISIBILITY_TIMEOUT must be a whole number"):
+        BrokerOptions.from_env({"XRQ_VISIBILITY_TIMEOUT": "1h"})
+
+
+def test_retries_back_off_exponentially_with_jitter_up_to_a_cap() -> None:
+    for retries in range(12):
+        wait = backoff(retries, 60)
+        cap = min(60, 2**retries)
+        assert cap / 2 <= wait <= cap
+
+
+def test_a_job_is_generated_with_the_settings_it_was_submitted_with() -> None:
+    stored = {"num_beams": 3, "max_new_tokens": 20, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+              "search": "beam"}
+    gen = job_generation(stored)
+    assert (gen.num_beams, gen.max_new_tokens) == (3, 20)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["worker"], {}, "Error: xrq worker needs a broker: set XRQ_BROKER_URL"),
+    (["worker", "--queues", "gpu,video"], {"XRQ_BROKER_URL": "redis://x"}, "Error: unknown queue video"),
+    (["worker", "--device", "gpu0"], {"XRQ_BROKER_URL": "redis://x"}, "Error: device 'gpu0' is not one of"),
+])
+def test_xrq_worker_refuses_settings_it_cannot_use(args: list[str], env: dict[str, str], message: str) -> None:
+    result = CliRunner().invoke(cli, args, env={"XRQ_BROKER_URL": None, **env})
+    assert result.exit_code == 1
+    assert message in result.output, result.output
+
+
+def _record(url: str, folder: Path, fingerprint: str, path: str | None) -> tuple[int, list[int]]:
+    db = runtime.database(url)
+    model_id = jobs.upsert_model(db, name="tiny", fingerprint=fingerprint, path=path, meta={})
+    record = jobs.record_job(db, source=str(folder), model_id=model_id, group_by="auto", batch_size=8,
+                             settings={"num_beams": 1, "max_new_tokens": 5},
+                             studies=[to_study_in(s) for s in scan_folder(folder)])
+    return record.job_id, record.to_run
+
+
+def test_a_worker_finds_the_jobs_model_by_its_recorded_path(
+    sqlite_url: str, tiny_model: Path, iu_folder: Path
+) -> None:
+    fingerprint = runtime.bundle(str(tiny_model), "cpu").fingerprint
+    job_id, ids = _record(sqlite_url, iu_folder, fingerprint, str(tiny_model))
+    done = run_batch(Settings(database_url=sqlite_url, device="cpu"), job_id, ids)  # no XRQ_MODEL
+    assert (done["claimed"], done["reported"]) == (4, 4)
+    again = run_batch(Settings(database_url=sqlite_url, device="cpu"), job_id, ids)  # a redelivery
+    assert (again["claimed"], again["reported"]) == (0, 0)
+    assert jobs.count_by_status(runtime.database(sqlite_url), job_id) == {"done": 4}
+
+
+def test_a_worker_with_other_weights_refuses_the_job_instead_of_reporting_with_them(
+    sqlite_url: str, tiny_model: Path, iu_folder: Path
+) -> None:
+    job_id, ids = _record(sqlite_url, iu_folder, "f" * 64, None)
+    with pytest.raises(ModelMismatchError, match=r"no copy of model tiny \(fingerprint ffffffffffff\)"):
+        run_batch(Settings(database_url=sqlite_url, model=str(tiny_model), device="cpu"), job_id, ids)
+    assert jobs.count_by_status(runtime.database(sqlite_url), job_id) == {"pending": 4}
+
+
+def test_docker_compose_has_the_services_and_shared_volumes() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "worker", "beat", "cli"} <= set(services)
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert services["cli"]["profiles"] == ["cli"]
+    for name in ("worker", "beat", "cli", "cpu-worker"):
+        volumes = services[name]["volumes"]  # HOST:/data/...[:ro]; HOST may hold ${VAR:-default}
+        for path in ("/data/images", "/data/models"):
+            assert any(f":{path}" in v for v in volumes), (name, path)
+    assert (REPO / ".env.example").is_file() and (REPO / "Dockerfile").is_file()
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    """`docker compose config` where the plugin is installed, else Debian's docker-compose (CI installs it)."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                 capture_output=True).returncode == 0:
+        cmd = ["docker", "compose"]
+    elif shutil.which("docker-compose"):
+        cmd = ["docker-compose"]
+    else:
+        service_missing("docker compose", FileNotFoundError("neither `docker compose` nor `docker-compose`"))
+        return
+    done = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "--profile", "cli", "config", "-q"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,175 @@
+"""The Celery app: how messages are carried between `xrq submit` and the GPU workers.
+
+The broker only carries work; the database says what is done. So every choice here is about never
+losing a message and never minding a duplicate:
+
+- JSON only, never pickle: a message is `(job_id, [study ids])`, and a broker is no code path.
+- Late acknowledgement, and reject when the worker process is lost: a batch is acknowledged after
+  its reports are committed; a pool process killed mid-batch puts its message back at once, a whole
+  worker killed (machine gone) gets its message back from Redis after the visibility timeout.
+- Prefetch of one message per process: a slow GPU batch never holds other batches hostage.
+- A visibility timeout longer than the slowest batch (`XRQ_VISIBILITY_TIMEOUT`), or Redis hands a
+  batch that is still running to a second worker (harmless, but twice the work).
+- Queues: `gpu` for generation, `cpu` (the default) for evaluation and housekeeping.
+- No result backend: results are in the database.
+
+Broker settings (`XRQ_VISIBILITY_TIMEOUT`, `XRQ_TASK_MAX_RETRIES`, ...) are read in `worker/settings.py`.
+
+The model is never loaded here, and CUDA never touched: a worker's pool processes are forked from
+its parent, and CUDA does not survive a fork. Each pool process loads its model on its first batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from celery import Celery
+from celery.schedules import crontab
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from worker import tasks
+from worker.errors import SettingsError
+from worker.settings import BrokerOptions, Settings
+from worker.tasks import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE
+
+log = logging.getLogger(__name__)
+
+QUEUES = (GPU_QUEUE, CPU_QUEUE)
+
+
+class XrqCelery(Celery):
+    """A Celery app that carries xrq's settings to the tasks (read in the pool processes after fork)."""
+
+    xrq_settings: Settings
+    xrq_options: BrokerOptions
+
+
+def transport_options(options: BrokerOptions) -> dict[str, Any]:
+    # Sweep for abandoned messages often enough to notice them soon after the visibility timeout,
+    # not kombu's default of about 100 s; each sweep is one cheap ZRANGE on Redis.
+    interval = max(1, min(60, options.visibility_timeout // 4))
+    opts: dict[str, Any] = {
+        "visibility_timeout": options.visibility_timeout,
+        "unacked_restore_interval": interval,
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 3,  # `xrq submit` fails fast when Redis is down
+        "socket_timeout": 30,  # a publish never hangs on a half-open connection
+    }
+    if options.broker_prefix:
+        opts["global_keyprefix"] = options.broker_prefix
+    return opts
+
+
+def make_app(settings: Settings | None = None, options: BrokerOptions | None = None) -> XrqCelery:
+    """A configured app for these settings; registers xrq's tasks. Creating it connects to nothing."""
+    settings = settings or Settings.from_env()
+    options = options or BrokerOptions.from_env()
+    app = XrqCelery("xrq", set_as_current=False)
+    app.xrq_settings = settings
+    app.xrq_options = options
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options(options),
+        broker_connection_timeout=3,
+        broker_connection_retry_on_startup=True,  # workers wait for the broker to come up
+        broker_pool_limit=4,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,  # the database is the result
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,  # they come back by redelivery
+        task_queues=[Queue(GPU_QUEUE), Queue(CPU_QUEUE)],
+        task_default_queue=CPU_QUEUE,
+        task_routes={GENERATE_TASK: {"queue": GPU_QUEUE}, BACKLOG_TASK: {"queue": CPU_QUEUE},
+                     EVALUATE_TASK: {"queue": CPU_QUEUE}},
+        # Beat: the nightly backlog run (XRQ_BACKLOG_CRON, UTC); the task's lock stops overlaps.
+        beat_schedule={"backlog": {"task": BACKLOG_TASK, "schedule": backlog_schedule(settings.backlog_cron)}},
+        # Publishing: a couple of quick retries, then an error the CLI can show, never a hang.
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                                   "interval_max": 1},
+        worker_send_task_events=True,  # Flower and `celery events` can watch
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    tasks.register(app)
+    return app
+
+
+def backlog_schedule(cron: str) -> crontab:
+    """`XRQ_BACKLOG_CRON` ("minute hour day month weekday") as Celery's crontab."""
+    minute, hour, day_of_month, month_of_year, day_of_week = cron.split()
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                   day_of_week=day_of_week)
+
+
+@worker_process_init.connect
+def _init_pool_process(**_: Any) -> None:
+    """A fresh pool process: no engines or models inherited across the fork, one torch thread on CPUs."""
+    from worker import runtime
+
+    runtime.clear()
+    set_torch_threads()
+
+
+def set_torch_threads() -> None:
+    """One intra-op thread per process unless OMP_NUM_THREADS says otherwise: on a CPU host the
+    processes are the parallelism, and more threads per process only fight over the cores."""
+    import torch
+
+    wanted = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, pool: str = "prefork",
+               hostname: str | None = None, loglevel: str = "info") -> None:
+    """Start a worker in this process (blocks until it is stopped): what `xrq worker` runs.
+
+    The database is opened (and migrated) once here, before any pool process exists, so a wrong
+    XRQ_DATABASE_URL fails now rather than on the first batch; then it is closed again so no
+    connection is shared across the fork. Nothing here imports torch or touches CUDA.
+    """
+    from worker import runtime
+
+    if not settings.broker_url:
+        raise SettingsError("xrq worker needs a broker: set XRQ_BROKER_URL (e.g. redis://localhost:6379/0) "
+                            "or pass --broker-url")
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise SettingsError(f"unknown queue {', '.join(unknown) or '(none)'}; choose from {', '.join(QUEUES)}")
+    if not _DEVICE.fullmatch(settings.device):
+        raise SettingsError(f"device {settings.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if pool not in ("prefork", "solo", "threads"):
+        raise SettingsError(f"pool {pool!r} is not one of prefork, solo, threads")
+    options = BrokerOptions.from_env()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    runtime.database(settings.database_url)
+    runtime.clear()
+    worker_app = make_app(settings, options)
+    worker_app.set_current()
+    argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}", f"--pool={pool}",
+            f"--loglevel={loglevel}", f"--hostname={hostname or f'xrq-{os.getpid()}@%h'}",
+            # Mingle and gossip sync state xrq keeps in the database; skipping them starts faster.
+            "--without-mingle", "--without-gossip"]
+    log.info("starting worker: queues %s, device %s, %d process(es)", queues, settings.device, concurrency)
+    worker_app.worker_main(argv)
+
+
+# `celery -A worker.app worker|beat|inspect ...` finds this; `xrq worker` builds its own from its options.
+app = make_app()

@@ -1,0 +1,91 @@
+"""Watching distributed work: a job's progress from the database, and which workers answer.
+
+Progress comes from the database, never from the broker: it is the truth about what is done, and it
+keeps working when the broker, or the process that submitted, is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from db.engine import Database
+from db.queries import JobSummary, job_summary
+from worker.errors import BrokerUnavailableError, WorkerError
+from worker.settings import Settings
+
+
+class WaitTimeoutError(WorkerError):
+    """Raised when a job followed with a time limit is not finished by then (the job goes on)."""
+
+
+def follow_job(db: Database, job_id: int, *, interval: float = 0.5, timeout: float | None = None,
+               on_change: Callable[[JobSummary], None] | None = None) -> JobSummary:
+    """Poll the job's counts until no study is pending, queued or running; return the final summary.
+
+    `on_change(summary)` is called whenever the counts change (a progress bar). Polling is one
+    small GROUP BY per interval, cheap enough for any number of followers.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: dict[str, int] | None = None
+    while True:
+        summary = job_summary(db, job_id, with_failures=False)
+        if summary.counts != last:
+            last = summary.counts
+            if on_change is not None:
+                on_change(summary)
+        if summary.finished:
+            return job_summary(db, job_id)
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = sum(summary.counts.get(s, 0) for s in ("pending", "queued", "running"))
+            raise WaitTimeoutError(f"job {job_id} still has {waiting} studies to do after {timeout:.0f} s; "
+                                   f"it goes on: `xrq status {job_id}` follows it")
+        time.sleep(interval)
+
+
+def finished_count(summary: JobSummary) -> int:
+    return sum(summary.counts.get(s, 0) for s in ("done", "failed", "skipped"))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    queues: list[str]
+
+
+def alive_workers(settings: Settings, *, timeout: float = 1.0) -> list[WorkerInfo]:
+    """The workers that answer a broadcast within `timeout` seconds, with the queues they consume.
+
+    A worker's main process answers even while its pool processes are busy with a batch, so a
+    silent worker is a dead or unreachable one (with the `solo` pool, also a busy one).
+    """
+    from worker.enqueue import app_for, broker_errors
+
+    if not settings.broker_url:
+        return []
+    app = app_for(settings)
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except broker_errors(app) as exc:
+        raise BrokerUnavailableError(f"cannot reach the broker to ask for workers: {exc}") from exc
+    return sorted((WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
+                  key=lambda w: w.name)
+
+
+def queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting on each xrq queue (not yet taken by a worker)."""
+    from worker.app import QUEUES
+    from worker.enqueue import app_for, broker_errors
+
+    if not settings.broker_url:
+        return {}
+    app = app_for(settings)
+    depths: dict[str, int] = {}
+    try:
+        with app.connection_for_read() as conn, conn.channel() as channel:
+            for queue in QUEUES:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+    except broker_errors(app) as exc:
+        raise BrokerUnavailableError(f"cannot reach the broker to measure queues: {exc}") from exc
+    return depths
