@@ -137,3 +137,12 @@ def evaluation_text(run: Any) -> str:
         lines.append(f"  normal vs abnormal (MeSH): accuracy {n.accuracy:.3f}, F1 {n.f1:.3f}, kappa {n.kappa:.3f}")
     lines += [f"  wrote {p}" for p in run.files]
     return "\n".join(lines)
+
+
+def activity_text(act: Any) -> str:
+    """The last hour's throughput and the most common failure reasons."""
+    lines = [f"last hour: {act.reports} reports ({act.reports / 60:.1f}/min), {act.failures} failures"]
+    if act.by_reason:
+        lines.append("failures by reason:")
+        lines += [f"  {n:>6}  {reason}" for reason, n in act.by_reason]
+    return "\n".join(lines)

@@ -49,7 +49,7 @@ def find_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
             pending=grouped(JobStudy.status == "pending"),
             stuck=grouped(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
             retry=grouped(failed_retryable, JobStudy.attempts < max_attempts),
-            exhausted=len(grouped(failed_retryable, JobStudy.attempts >= max_attempts)),
+            exhausted=sum(map(len, grouped(failed_retryable, JobStudy.attempts >= max_attempts).values())),
         )
 
 

@@ -249,3 +249,34 @@ def job_study_ids(db: Database, job_id: int) -> list[int]:
             raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
         return list(s.scalars(select(JobStudy.study_id).join(Study, Study.id == JobStudy.study_id)
                               .where(JobStudy.job_id == job_id).order_by(Study.uid)))
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the system has been doing: throughput over a window and failures by reason."""
+
+    since: datetime
+    reports: int  # reports written since `since`
+    failures: int  # studies failed since `since`
+    by_reason: list[tuple[str, int]]  # all failed studies, by the reason their first bad image gave
+
+
+def activity(db: Database, since: datetime, *, top: int = 5) -> Activity:
+    with db.session() as s:
+        reports = s.scalar(select(func.count()).select_from(Report).where(Report.created_at >= since)) or 0
+        failures = s.scalar(select(func.count()).select_from(JobStudy).where(
+            JobStudy.status == "failed", JobStudy.updated_at >= since)) or 0
+        rows = s.execute(select(JobStudy.error, func.count()).where(JobStudy.status == "failed")
+                         .group_by(JobStudy.error)).all()
+    counts: dict[str, int] = {}
+    for error, n in rows:
+        reason = _bare_reason(error or "unknown")
+        counts[reason] = counts.get(reason, 0) + n
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return Activity(since, reports, failures, ranked[:top])
+
+
+def _bare_reason(error: str) -> str:
+    """'scans/a.png: empty file (0 bytes)' -> 'empty file (0 bytes)'; details in parentheses dropped."""
+    reason = error.split(": ", 1)[1] if ": " in error else error
+    return reason.split(" (", 1)[0]
