@@ -1,5 +1,5 @@
 # xrq: the two commands of the README, and the checks CI runs.
-#   make demo   set up .venv, make a model, report the bundled example X-rays, print the reports
+#   make demo   set up .venv, report the bundled example X-rays with the shipped demo model, print the reports
 #   make test   set up .venv and run the whole test suite
 #   make lint   ruff and mypy
 
@@ -26,8 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	mkdir -p demo
-	$(BIN)/xrq model init --out demo/model --force
-	XRQ_DATABASE_URL=sqlite:///demo/xrq.db $(BIN)/xrq submit examples/iu --model demo/model
+	XRQ_DATABASE_URL=sqlite:///demo/xrq.db XRQ_MAX_NEW_TOKENS=128 $(BIN)/xrq submit examples/iu --model models/demo
 	XRQ_DATABASE_URL=sqlite:///demo/xrq.db $(BIN)/xrq reports --format table
 
 test: setup

@@ -11,6 +11,7 @@ from cli import evaluate as evaluate_commands
 from cli import jobs as job_commands
 from cli import models as model_commands
 from cli import reports as report_commands
+from cli import train as train_commands
 from cli import workers as worker_commands
 from db.errors import DatabaseError
 from model.errors import ModelError
@@ -54,6 +55,7 @@ cli.add_command(report_commands.show)
 cli.add_command(model_commands.model)
 cli.add_command(evaluate_commands.truth)
 cli.add_command(evaluate_commands.evaluate)
+cli.add_command(train_commands.train)
 cli.add_command(worker_commands.worker)
 cli.add_command(backlog_commands.backlog)
 
