@@ -133,14 +133,7 @@ def _reports_query(f: ReportFilter) -> Any:
         stmt = stmt.join(JobStudy, JobStudy.study_id == Report.study_id).join(
             Job, (Job.id == JobStudy.job_id) & (Job.model_id == Report.model_id)
         ).where(JobStudy.job_id == f.job_id)
-    if f.model is not None:
-        stmt = stmt.where(Model.name == f.model)
-    if f.since is not None:
-        stmt = stmt.where(Report.created_at >= f.since)
-    if f.until is not None:
-        stmt = stmt.where(Report.created_at < f.until)
-    if f.text:
-        stmt = stmt.where(func.lower(Report.text).contains(f.text.lower(), autoescape=True))
+    stmt = _narrow(stmt, f, when=Report.created_at, text=Report.text)
     return stmt.order_by(Report.job_id.desc(), Study.uid, Report.id)
 
 
@@ -152,15 +145,21 @@ def _failed_query(f: ReportFilter) -> Any:
             .join(Model, Model.id == Job.model_id).where(JobStudy.status == "failed"))
     if f.job_id is not None:
         stmt = stmt.where(JobStudy.job_id == f.job_id)
+    stmt = _narrow(stmt, f, when=JobStudy.updated_at, text=JobStudy.error)
+    return stmt.order_by(JobStudy.job_id.desc(), Study.uid)
+
+
+def _narrow(stmt: Any, f: ReportFilter, *, when: Any, text: Any) -> Any:
+    """The filters both listings share: model name, a time window on `when`, a substring of `text`."""
     if f.model is not None:
         stmt = stmt.where(Model.name == f.model)
     if f.since is not None:
-        stmt = stmt.where(JobStudy.updated_at >= f.since)
+        stmt = stmt.where(when >= f.since)
     if f.until is not None:
-        stmt = stmt.where(JobStudy.updated_at < f.until)
+        stmt = stmt.where(when < f.until)
     if f.text:
-        stmt = stmt.where(func.lower(JobStudy.error).contains(f.text.lower(), autoescape=True))
-    return stmt.order_by(JobStudy.job_id.desc(), Study.uid)
+        stmt = stmt.where(func.lower(text).contains(f.text.lower(), autoescape=True))
+    return stmt
 
 
 def _images_of(s: Session, study_ids: list[int]) -> dict[int, list[str]]:

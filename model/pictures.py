@@ -6,11 +6,10 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from PIL import Image
+
+from model.plots import save_figure  # importing it selects the file-only Agg backend
 
 MAX_IMAGES = 4
 WRAP = 95  # characters per line of report text
@@ -47,12 +46,7 @@ def render_study(
     ax_text.axis("off")
     ax_text.text(0.0, 1.0, text, va="top", ha="left", family="monospace", fontsize=9.5, transform=ax_text.transAxes)
     fig.suptitle(title, fontsize=12, x=0.01, ha="left")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _text_block(report: str | None, truth: str | None, scores: Mapping[str, float | None] | None,

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window; set before pyplot is imported
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from model.evaluation import EvaluationResult
 
@@ -25,6 +26,11 @@ def plot_evaluation(result: EvaluationResult, out: str | Path, *, title: str = "
     _clinical(axes[1][0], result)
     _summary(axes[1][1], result)
     fig.suptitle(title or "xrq evaluation", fontsize=14)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Figure, out: str | Path) -> Path:
+    """Lay the figure out, write it as PNG (making the folder), and free it: pyplot keeps figures alive."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
