@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	mkdir -p demo
-	XRQ_DATABASE_URL=sqlite:///demo/xrq.db XRQ_MAX_NEW_TOKENS=128 $(BIN)/xrq submit examples/iu --model models/demo
+	XRQ_DATABASE_URL=sqlite:///demo/xrq.db $(BIN)/xrq submit examples/iu --model models/demo
 	XRQ_DATABASE_URL=sqlite:///demo/xrq.db $(BIN)/xrq reports --format table
 
 test: setup

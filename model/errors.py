@@ -35,3 +35,7 @@ class TruthFormatError(ModelError):
 
 class ScoringError(ModelError):
     """Raised when reports cannot be scored: nothing to score, or hypotheses without a reference."""
+
+
+class TrainingError(ModelError):
+    """Raised when training cannot start: no usable study, a bad option combination, a stale checkpoint."""

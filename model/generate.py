@@ -89,14 +89,18 @@ def generate_from_pixels(
     settings: GenerationSettings = GenerationSettings(),
     *,
     device: str | torch.device | None = None,
+    bf16: bool = True,
 ) -> list[str]:
-    """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask."""
+    """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask.
+
+    `bf16=False` keeps fp32 on CUDA too (the trainer's --no-bf16); on a CPU it changes nothing.
+    """
     if not len(pixels):
         return []
     dev = bundle.device if device is None else resolve_device(device)
     cast(torch.nn.Module, bundle.model).to(dev).eval()
     started = torch.ones(len(pixels), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
-    with torch.inference_mode(), _autocast(dev):
+    with torch.inference_mode(), _autocast(dev) if bf16 else contextlib.nullcontext():
         # attention_mask is the encoder-side mask for encoder-decoders: generate expands it per beam
         # and passes it to every step, where the model turns it into the (B, V*T) cross-attention mask.
         ids = bundle.model.generate(

@@ -30,7 +30,7 @@ import torch
 
 from model.bundle import PRESETS, Bundle, build, load, resolve_device, save
 from model.evaluation import evaluate
-from model.generate import GenerationSettings, report_labels
+from model.generate import GenerationSettings, generate_from_pixels, report_labels
 from model.tokenizer_train import save_trained_tokenizer
 from model.train_config import BEST_METRICS, TrainConfig
 from model.train_curves import plot_curves
@@ -335,14 +335,9 @@ def _validate(run: _Run) -> dict[str, Any]:
 
 
 def _generate(run: _Run, pixels: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Greedy reports from already preprocessed views, as `generate.generate` makes them from images."""
-    dev = run.device
-    started = torch.ones(pixels.shape[0], 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
+    """Greedy reports from already preprocessed views: the inference path, at the training's precision."""
     settings = GenerationSettings(max_new_tokens=run.config.max_tokens)
-    with _autocast(dev, run.config.bf16):
-        ids = run.bundle.model.generate(pixel_values=pixels.to(dev), attention_mask=mask.to(dev),
-                                        decoder_attention_mask=started, **settings.generate_kwargs())
-    return [" ".join(t.split()) for t in run.bundle.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return generate_from_pixels(run.bundle, pixels, mask, settings, device=run.device, bf16=run.config.bf16)
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -385,5 +380,7 @@ def _describe(run: _Run, step: int, scores: dict[str, Any]) -> None:
     }
     run.bundle.meta["scores"] = {"split": "val" if config.split != "all" else "all (= train)", "step": step,
                                  **scores}
+    # What inference should use unless told otherwise: reports as long as the ones it learned.
+    run.bundle.meta["generation"] = {"max_new_tokens": config.max_tokens}
 
 

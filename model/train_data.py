@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from model.errors import ImageError, ModelError
+from model.errors import ImageError, TrainingError
 from model.evaluation import reference_text
 from model.images import decode
 from model.iu import benchmark_split, random_split, read_iu
@@ -36,10 +36,6 @@ from model.preprocess import pixel_values
 SPLITS = ("benchmark", "random", "all")
 VIEWS = ("frontal", "all")
 _IU_KEY = re.compile(r"^(?:CXR)?(\d+_IM-\d+-\d+(?:-\d+)?)(?:\.dcm)?\.(?:png|jpe?g|dcm)$", re.IGNORECASE)
-
-
-class TrainingError(ModelError):
-    """Raised when training cannot start: no usable study, a bad option combination, a stale checkpoint."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.train_data import TrainingError
+from model.errors import TrainingError
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"

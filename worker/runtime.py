@@ -6,7 +6,8 @@ process before a fork (CUDA cannot survive one).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.engine import Database, open_database
@@ -48,10 +49,16 @@ def model_id(db: Database, loaded: Bundle) -> int:
     return _model_ids[key]
 
 
-def generation(settings: Settings) -> GenerationSettings:
+DEFAULT_MAX_NEW_TOKENS = 60  # the field's report length (R2Gen: 60 tokens)
+
+
+def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSettings:
+    """The generation settings asked for; unset ones from what the model recommends, then defaults."""
     from model.generate import GenerationSettings
 
-    return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=settings.max_new_tokens)
+    recommended = (loaded.meta.get("generation") or {}) if loaded is not None else {}
+    max_new_tokens = settings.max_new_tokens or recommended.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
 
 
 def clear() -> None:
@@ -61,3 +68,11 @@ def clear() -> None:
     _databases.clear()
     _bundles.clear()
     _model_ids.clear()
+
+
+def job_generation(stored: dict[str, Any]) -> GenerationSettings:
+    """The generation settings the job was submitted with (stored on the job row), not the worker's."""
+    from model.generate import GenerationSettings
+
+    known = {f.name for f in fields(GenerationSettings)}
+    return GenerationSettings(**{k: v for k, v in stored.items() if k in known})

@@ -8,7 +8,7 @@
 | XRQ_BATCH_SIZE        | 8                  | studies per batch (one `generate` call)                   |
 | XRQ_DEVICE            | auto               | auto (CUDA if present), cpu, cuda, cuda:1 ...             |
 | XRQ_NUM_BEAMS         | 1                  | 1: greedy decoding; more: beam search                     |
-| XRQ_MAX_NEW_TOKENS    | 60                 | report length cap, in tokens                              |
+| XRQ_MAX_NEW_TOKENS    | (the model's, or 60) | report length cap, in tokens; a trained model recommends one |
 | XRQ_MAX_PIXELS        | 50000000           | larger images are refused (decompression bombs)           |
 | XRQ_DECODE_THREADS    | 4                  | threads decoding images while the model runs              |
 | XRQ_BACKLOG_CRON      | 0 2 * * *          | when beat runs the backlog job (cron: min hour dom mon dow) |
@@ -46,7 +46,7 @@ class Settings:
     batch_size: int = 8
     device: str = "auto"
     num_beams: int = 1
-    max_new_tokens: int = 60
+    max_new_tokens: int | None = None  # None: what the model recommends (xrq.json), else 60
     max_pixels: int = 50_000_000
     decode_threads: int = 4
     backlog_cron: str = "0 2 * * *"
@@ -63,14 +63,14 @@ class Settings:
             raw = env.get(f"XRQ_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[f.name] = _convert(f.name, raw, int if f.type in ("int", int) else str)
+            values[f.name] = _convert(f.name, raw, int if str(f.type).startswith("int") else str)
         settings = cls(**values)
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None}).checked()
 
     def checked(self) -> Settings:
         for name in ("batch_size", "num_beams", "max_new_tokens", "max_pixels", "decode_threads", "stuck_after",
                      "max_attempts"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"XRQ_{name.upper()} must be at least 1, not {getattr(self, name)}")
         if len(self.backlog_cron.split()) != 5:
             raise SettingsError(f"XRQ_BACKLOG_CRON must have five fields (minute hour day month weekday), "

@@ -55,7 +55,7 @@ def submit_folder(
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
         db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
-        batch_size=settings.batch_size, settings=runtime.generation(settings).as_dict(),
+        batch_size=settings.batch_size, settings=runtime.generation(settings, bundle).as_dict(),
         studies=[to_study_in(s) for s in studies],
     )
     timings = Timings()
@@ -81,6 +81,6 @@ def run_job(settings: Settings, db: Database, job_id: int, study_ids: list[int],
     job = jobs.get_job(db, job_id)
     return run_batches(
         db, bundle, model_id, job_id, study_ids, batch_size=job.batch_size,
-        generation=runtime.generation(settings), max_pixels=settings.max_pixels,
+        generation=runtime.job_generation(job.settings), max_pixels=settings.max_pixels,
         decode_threads=settings.decode_threads, progress=progress,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import exc as sa_exc
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from celery import Task
 
     from model.bundle import Bundle
-    from model.generate import GenerationSettings
     from worker.app import XrqCelery
     from worker.settings import Settings
 
@@ -93,7 +91,7 @@ def run_batch(settings: Settings, job_id: int, study_ids: list[int]) -> dict[str
     job, model_row = _job_and_model(db, job_id)
     bundle = _bundle_for(settings.model, settings.device, model_row)
     prepared = process_batch(
-        db, bundle, model_row.id, job_id, study_ids, generation=job_generation(job.settings),
+        db, bundle, model_row.id, job_id, study_ids, generation=runtime.job_generation(job.settings),
         max_pixels=settings.max_pixels, decode_threads=settings.decode_threads,
     )
     outcome = prepared.outcome
@@ -136,14 +134,6 @@ def _bundle_for(worker_model: str | None, device: str, model_row: Model) -> Bund
         f"tried {', '.join(tried) or 'nothing (no XRQ_MODEL, no recorded path)'}. Put the model on the "
         "shared models volume at its recorded path, or point the worker's XRQ_MODEL at a copy."
     )
-
-
-def job_generation(stored: dict[str, Any]) -> GenerationSettings:
-    """The generation settings the job was submitted with (stored on the job row), not the worker's."""
-    from model.generate import GenerationSettings
-
-    known = {f.name for f in fields(GenerationSettings)}
-    return GenerationSettings(**{k: v for k, v in stored.items() if k in known})
 
 
 def fail_open_studies(db: Database, job_id: int, study_ids: list[int], reason: str) -> None:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from model import train as train_module
 from model.bundle import build, load
+from model.errors import TrainingError
 from model.generate import GenerationSettings, generate
 from model.images import decode
 from model.iu import read_iu
@@ -20,7 +21,7 @@ from model.scoring import score
 from model.text import normalise
 from model.tokenizer_train import train_tokenizer
 from model.train import TrainConfig, resume, train
-from model.train_data import TrainingError, iu_key, load_data
+from model.train_data import iu_key, load_data
 from tests.conftest import EXAMPLES, IU_CSV
 
 REPORTS, PROJECTIONS = str(IU_CSV / "indiana_reports.csv"), str(IU_CSV / "indiana_projections.csv")

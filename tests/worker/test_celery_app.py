@@ -21,9 +21,10 @@ from tests.conftest import REPO, service_missing
 from worker import runtime
 from worker.app import make_app
 from worker.errors import ModelMismatchError, SettingsError
+from worker.runtime import job_generation
 from worker.settings import BrokerOptions, Settings
 from worker.submit import to_study_in
-from worker.tasks import GENERATE_TASK, backoff, job_generation, run_batch
+from worker.tasks import GENERATE_TASK, backoff, run_batch
 
 
 def test_the_app_accepts_json_only_acknowledges_late_and_prefetches_one() -> None:

@@ -82,3 +82,24 @@ def test_a_job_interrupted_midway_is_finished_by_submitting_again(
     again = submit_folder(settings, iu_folder)
     assert (again.job_id, again.ran) == (first.job_id, 2)
     assert jobs.count_by_status(db, first.job_id) == {"done": len(IU_STUDIES)}
+
+
+def test_the_model_recommends_the_report_length_unless_the_user_sets_it(sqlite_url: str, tiny_model: Path,
+                                                                       tmp_path: Path) -> None:
+    from model.bundle import load, save
+    from worker.runtime import generation
+
+    bundle = load(tiny_model)
+    bundle.meta["generation"] = {"max_new_tokens": 17}
+    recommending = save(bundle, tmp_path / "recommending")
+    loaded = runtime.bundle(str(recommending))
+    assert generation(Settings(), loaded).max_new_tokens == 17
+    assert generation(Settings(max_new_tokens=5), loaded).max_new_tokens == 5
+    assert generation(Settings(), runtime.bundle(str(tiny_model))).max_new_tokens == 60
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "CXR25_IM-1024-2001.png", folder)
+    submit_folder(Settings(database_url=sqlite_url, model=str(recommending)), folder)
+    with runtime.database(sqlite_url).session() as s:
+        stored = s.scalars(select(Report.settings)).one()
+    assert stored["max_new_tokens"] == 17
