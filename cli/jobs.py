@@ -93,7 +93,7 @@ def _distributed_text(settings: Settings, summaries: list[JobSummary]) -> str:
              f"queued, {s.counts.get('running', 0)} running" for s in summaries if not s.finished]
     try:
         depths = queue_depths(settings)
-        lines.append("queues: " + ", ".join(f"{name} {n} waiting" for name, n in depths.items()))
+        lines.append("waiting on the broker: " + ", ".join(f"{n} in {name}" for name, n in depths.items()))
         found = alive_workers(settings)
     except BrokerUnavailableError as exc:
         return "\n".join([*lines, f"workers: unknown, {exc}"])

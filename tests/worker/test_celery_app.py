@@ -134,3 +134,32 @@ def test_docker_compose_config_accepts_the_file() -> None:
     done = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "--profile", "cli", "config", "-q"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.redis
+def test_queue_depth_counts_what_no_worker_has_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the real Redis, under a key prefix of its own; a queue never used counts as empty."""
+    import uuid
+
+    import redis
+
+    from worker.enqueue import app_for
+    from worker.follow import queue_depths
+
+    prefix = f"xrq-test-{uuid.uuid4().hex[:8]}:"
+    monkeypatch.setenv("XRQ_BROKER_PREFIX", prefix)
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis(socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", exc)
+    try:
+        assert queue_depths(settings) == {"gpu": 0, "cpu": 0}
+        app = app_for(settings)
+        for _ in range(3):
+            app.send_task(GENERATE_TASK, args=[1, [1]])
+        assert queue_depths(settings) == {"gpu": 3, "cpu": 0}
+    finally:
+        client = redis.Redis()
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
