@@ -306,3 +306,40 @@ def test_postgres_restarted_during_a_run_the_worker_retries_and_finishes(
     finally:
         runtime.clear()
         pg.destroy()
+
+
+def test_a_cpu_worker_runs_evaluations_and_the_backlog(
+    broker_env: dict[str, str], tiny_model: Path, iu_folder: Path, tmp_path: Path
+) -> None:
+    """The cpu queue: `xrq evaluate` and the nightly backlog as Celery tasks, as beat sends them."""
+    from db import jobs
+    from db.schema import Evaluation
+    from model.scan import scan_folder
+    from tests.conftest import IU_CSV
+    from worker.enqueue import app_for
+    from worker.evaluate import import_iu
+    from worker.follow import queue_depths
+    from worker.submit import to_study_in
+    from worker.tasks import BACKLOG_TASK, EVALUATE_TASK
+
+    url = broker_env["XRQ_DATABASE_URL"]
+    settings = Settings.from_env()
+    import_iu(settings, IU_CSV / "indiana_reports.csv", None, split_file=IU_CSV / "r2gen_split.csv")
+    db = runtime.database(url)
+    model_id = runtime.model_id(db, runtime.bundle(str(tiny_model)))
+    job = jobs.record_job(db, source=str(iu_folder), model_id=model_id, group_by="auto", batch_size=2,
+                          settings={}, studies=[to_study_in(s) for s in scan_folder(iu_folder)]).job_id
+    app = app_for(settings)
+    with workers(tmp_path, broker_env, 1, "--queues", "cpu"):
+        app.send_task(EVALUATE_TASK, kwargs={"baseline": "most-frequent", "split": "test", "with_meteor": False})
+
+        def stored() -> Evaluation | None:
+            with db.session() as s:
+                return s.scalars(select(Evaluation)).first()
+
+        evaluation = wait_for(stored, timeout=SLOW, what="the evaluation task to store its run")
+        assert evaluation.n_studies == 590 and round(evaluation.bleu_4, 3) == 0.081
+
+        app.send_task(BACKLOG_TASK)  # the pending job goes to the gpu queue, where no worker listens
+        wait_for(lambda: statuses(url, job) == {"queued": 4}, timeout=SLOW, what="the backlog to queue the job")
+        assert queue_depths(settings)["gpu"] == 2  # two batches of two
