@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.bulk import chunks, insert_ignore
@@ -97,6 +98,17 @@ def record_job(
     failed at once. Submitting the same content again returns the earlier job and adds no rows.
     """
     fingerprint = job_fingerprint(model_id, studies)
+    try:
+        return _record_job(db, fingerprint, source, model_id, group_by, batch_size, settings, studies)
+    except IntegrityError:
+        # The same submission, recorded at the same moment by another process: theirs stands.
+        with db.session() as s:
+            existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).one()
+            return JobRecord(existing, False, _unfinished(s, existing))
+
+
+def _record_job(db: Database, fingerprint: str, source: str, model_id: int, group_by: str, batch_size: int,
+                settings: dict[str, Any], studies: Sequence[StudyIn]) -> JobRecord:
     with db.session() as s:
         existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).first()
         if existing is not None:

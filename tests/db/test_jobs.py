@@ -95,3 +95,21 @@ def test_a_study_claimed_twice_at_once_is_reported_once(db: Database) -> None:
     assert [r.text for r in queries.reports(db)] == ["first"]
     with db.session() as s:
         assert s.scalar(select(JobStudy.attempts)) == 2
+
+
+def test_the_same_submission_recorded_at_once_by_several_processes_is_one_job(db: Database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    model = jobs.upsert_model(db, name="m", fingerprint="f" * 64, path=None, meta={})
+    studies = [study(f"s{i}", str(i), 2) for i in range(50)]
+    start = Barrier(4)
+
+    def submit(_: int) -> jobs.JobRecord:
+        start.wait()
+        return record(db, model, studies)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(submit, range(4)))
+    assert len({r.job_id for r in results}) == 1 and sum(r.created for r in results) == 1
+    assert row_counts(db) == {"jobs": 1, "studies": 50, "images": 100, "job_studies": 50, "reports": 0}
