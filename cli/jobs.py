@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 @click.option("--pattern", metavar="REGEX",
               help="With --group-by pattern: a regex on the relative path; group `study` (or 1) is the id.")
 @click.option("--num-beams", type=click.IntRange(min=1), help="Beam search width  [default: 1, greedy]")
+@click.option("--max-new-tokens", type=click.IntRange(min=1),
+              help="Report length cap in tokens  [default: the model's recommendation, else 60]")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...  [default: auto]")
 @click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (docs/cli.md).")
 @click.pass_context
 def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | None, group_by: str,
-           pattern: str | None, num_beams: int | None, device: str | None, wait: bool,
+           pattern: str | None, num_beams: int | None, max_new_tokens: int | None, device: str | None, wait: bool,
            as_json: bool) -> None:
     """Draft a report for every study in FOLDER (PNG, JPEG, DICOM; recursive).
 
@@ -49,7 +51,8 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
     """
     from worker.submit import submit_folder
 
-    settings = settings_from(ctx, model=model, batch_size=batch_size, num_beams=num_beams, device=device)
+    settings = settings_from(ctx, model=model, batch_size=batch_size, num_beams=num_beams,
+                             max_new_tokens=max_new_tokens, device=device)
     bar = output.Progress(enabled=not as_json and sys.stderr.isatty())
     started = time.perf_counter()
     result = submit_folder(settings, folder, group_by=group_by, pattern=pattern,

@@ -226,3 +226,15 @@ def count_by_status(db: Database, job_id: int) -> dict[str, int]:
         rows = s.execute(select(JobStudy.status, func.count()).where(JobStudy.job_id == job_id)
                          .group_by(JobStudy.status)).all()
         return dict(rows)
+
+
+def fail_open(db: Database, job_id: int, study_ids: Sequence[int], reason: str) -> None:
+    """Fail a batch's unfinished studies with the reason, as worth another try (the backlog retries them).
+
+    For failures of the machinery (a worker error, a model missing on this host), not of the images.
+    """
+    with db.session() as s:
+        s.execute(update(JobStudy).where(
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)),
+            JobStudy.status.in_(("queued", "running")),
+        ).values(status="failed", error=reason, retryable=True, updated_at=utcnow()))

@@ -59,6 +59,15 @@ class GenerationSettings:
         return kwargs
 
 
+def check_fits(bundle: Bundle, settings: GenerationSettings) -> None:
+    """Refuse, before any work, reports longer than the decoder has positions for (it would crash mid-batch)."""
+    decoder = bundle.model.config.decoder
+    positions = getattr(decoder, "n_positions", None) or getattr(decoder, "max_position_embeddings", None)
+    if positions and settings.max_new_tokens + 1 > positions:  # + the start token
+        raise ModelError(f"this model's decoder writes at most {positions - 1} tokens, not "
+                         f"{settings.max_new_tokens}: lower XRQ_MAX_NEW_TOKENS (--max-new-tokens)")
+
+
 def record(settings: GenerationSettings, device: torch.device) -> dict[str, Any]:
     """What to store with a report: the settings, the device and the compute dtype used there."""
     return {**settings.as_dict(), "device": str(device), "dtype": _compute_dtype(device)}
@@ -97,6 +106,7 @@ def generate_from_pixels(
     """
     if not len(pixels):
         return []
+    check_fits(bundle, settings)
     dev = bundle.device if device is None else resolve_device(device)
     cast(torch.nn.Module, bundle.model).to(dev).eval()
     started = torch.ones(len(pixels), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real

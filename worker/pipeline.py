@@ -11,6 +11,7 @@ model never waits for the disk. A Celery task calls `process_batch`, which runs 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
     from model.bundle import Bundle
     from model.generate import GenerationSettings
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,7 +158,13 @@ def run_batches(db: Database, bundle: Bundle, model_id: int, job_id: int, study_
             prepared = upcoming.result()
             if index + 1 < len(todo):
                 upcoming = ahead.submit(load, todo[index + 1])
-            finish(db, bundle, model_id, prepared, generation)
+            try:
+                finish(db, bundle, model_id, prepared, generation)
+            except Exception as exc:
+                # As a Celery worker does: the batch fails with the reason (retryable, so the backlog
+                # tries again), and the job goes on, rather than leaving its studies running for ever.
+                log.exception("batch of job %s failed", job_id)
+                jobs.fail_open(db, job_id, todo[index], f"worker error: {type(exc).__name__}: {exc}")
             total.add(prepared.timings)
             if progress is not None:
                 progress(len(todo[index]))

@@ -12,6 +12,7 @@ from pathlib import Path
 from db import jobs
 from db.engine import Database
 from db.queries import JobSummary, job_summary
+from model.generate import check_fits
 from model.scan import ScannedStudy, scan_folder
 from worker import runtime
 from worker.errors import NoModelError
@@ -52,10 +53,12 @@ def submit_folder(
     studies = scan_folder(folder, group_by=group_by, pattern=pattern)
     db = runtime.database(settings.database_url)
     bundle = runtime.bundle(settings.model, settings.device)
+    generation = runtime.generation(settings, bundle)
+    check_fits(bundle, generation)  # a setting the model cannot honour fails now, not in every batch
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
         db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
-        batch_size=settings.batch_size, settings=runtime.generation(settings, bundle).as_dict(),
+        batch_size=settings.batch_size, settings=generation.as_dict(),
         studies=[to_study_in(s) for s in studies],
     )
     timings = Timings()

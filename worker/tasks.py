@@ -14,12 +14,11 @@ import random
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import update
 
 from db import jobs
 from db.engine import Database
 from db.errors import DatabaseUnavailableError
-from db.schema import Job, JobStudy, Model, utcnow
+from db.schema import Job, Model
 from worker import runtime
 from worker.errors import ModelMismatchError
 from worker.pipeline import process_batch
@@ -101,7 +100,7 @@ def run_batch(settings: Settings, job_id: int, study_ids: list[int]) -> dict[str
 
 def _fail_quietly(url: str, job_id: int, study_ids: list[int], reason: str) -> None:
     try:
-        fail_open_studies(runtime.database(url), job_id, study_ids, reason)
+        jobs.fail_open(runtime.database(url), job_id, study_ids, reason)
     except TRANSIENT_DB_ERRORS:
         log.warning("could not record the failure of job %s's batch (database unreachable)", job_id)
 
@@ -134,15 +133,6 @@ def _bundle_for(worker_model: str | None, device: str, model_row: Model) -> Bund
         f"tried {', '.join(tried) or 'nothing (no XRQ_MODEL, no recorded path)'}. Put the model on the "
         "shared models volume at its recorded path, or point the worker's XRQ_MODEL at a copy."
     )
-
-
-def fail_open_studies(db: Database, job_id: int, study_ids: list[int], reason: str) -> None:
-    """Mark the studies of a batch that are not finished as failed, with the reason."""
-    with db.session() as s:
-        s.execute(update(JobStudy).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids),
-            JobStudy.status.in_(("queued", "running")),
-        ).values(status="failed", error=reason, retryable=True, updated_at=utcnow()))
 
 
 _process_ready = False

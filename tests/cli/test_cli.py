@@ -88,14 +88,17 @@ def test_submit_status_reports_round_trip(db_url: str, tiny_model: Path, iu_fold
         (["status", "7"], {}, "Error: no job 7; `xrq status` lists the jobs"),
         (["submit", "{examples}", "--model", "m", "--batch-size", "0"], {}, "Error: Invalid value for "
                                                                             "'--batch-size'"),
+        (["submit", "{examples}", "--model", "{tiny}", "--max-new-tokens", "300"], {},
+         "Error: this model's decoder writes at most 255 tokens, not 300: lower XRQ_MAX_NEW_TOKENS"),
     ],
 )
 def test_user_errors_say_what_to_do_without_a_traceback(
-    args: list[str], env: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny_model: Path,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    args = [a.format(examples=EXAMPLES, tmp=tmp_path) for a in args]
+    args = [a.format(examples=EXAMPLES, tmp=tmp_path, tiny=tiny_model) for a in args]
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code != 0
     assert "Traceback" not in result.output
