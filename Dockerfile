@@ -14,6 +14,10 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1
 
 WORKDIR /app
+# Java runs METEOR (pycocoevalcap's jar) for evaluations on the cpu queue; without it METEOR is
+# reported as unavailable.
+RUN apt-get update && apt-get install -y --no-install-recommends default-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
 # torch first and on its own layer: it is most of the image and changes least.
 RUN pip install "${TORCH}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
@@ -21,6 +25,8 @@ COPY cli ./cli
 COPY worker ./worker
 COPY model ./model
 COPY db ./db
+COPY data ./data
+COPY models/demo ./models/demo
 RUN pip install . && python -c "import cli.main, worker.app"
 
 # Not root: a worker only needs to read images and models, and write nothing on the host.
