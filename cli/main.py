@@ -39,10 +39,10 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
     """xrq: draft chest X-ray reports for folders of images, stored in SQL.
 
     \b
-    Quick start:
-      xrq model init --out models/tiny
-      xrq submit examples/iu --model models/tiny
+    Quick start (from the repository; models/demo is a tiny trained model):
+      xrq submit examples/iu --model models/demo
       xrq reports --format jsonl
+      xrq show 1000 -o study1000.png
     """
     ctx.obj = {"database_url": database_url}
 
