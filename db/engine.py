@@ -9,12 +9,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseUnavailableError, DatabaseURLError
+from db.errors import DatabaseError, DatabaseUnavailableError, DatabaseURLError
 
 DEFAULT_URL = "sqlite:///xrq.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -84,7 +86,7 @@ def create(url: str) -> Engine:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
+    except SADatabaseError as exc:  # server down, bad credentials, a file that is not a database
         shown = engine.url.render_as_string(hide_password=True)
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseUnavailableError(
@@ -102,7 +104,11 @@ def migrate(engine: Engine) -> None:
             # Workers start together; one of them migrates, the others wait for it here.
             conn.execute(text("SELECT pg_advisory_xact_lock(7468201)"))
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        try:
+            command.upgrade(config, "head")
+        except CommandError as exc:  # e.g. a revision this xrq does not know: a newer xrq migrated it
+            raise DatabaseError(f"cannot use the database {engine.url.render_as_string(hide_password=True)}: "
+                                f"{exc}. Was it made by a newer xrq? Upgrade xrq, or use another database.") from exc
 
 
 def open_database(url: str = DEFAULT_URL, *, upgrade: bool = True) -> Database:

@@ -20,6 +20,8 @@ from db.engine import Database
 from db.errors import NotFoundError
 from db.schema import Image, Job, JobStudy, Model, Report, Study, utcnow
 
+OPEN = ("pending", "queued", "running")  # statuses of a study still to be done
+
 
 @dataclass(frozen=True)
 class ImageIn:
@@ -51,6 +53,7 @@ class ImageRef:
     id: int
     path: str
     relpath: str
+    sha256: str | None = None  # what the file held when submitted; a worker checks it still does
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class WorkItem:
     study_id: int
     uid: str
     images: list[ImageRef]
+    root: str = ""  # the folder the job was submitted from: nothing outside it is read
 
 
 @dataclass
@@ -103,7 +107,9 @@ def record_job(
     except IntegrityError:
         # The same submission, recorded at the same moment by another process: theirs stands.
         with db.session() as s:
-            existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).one()
+            existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).first()
+            if existing is None:
+                raise  # another constraint: not a race, a real error
             return JobRecord(existing, False, _unfinished(s, existing))
 
 
@@ -118,6 +124,7 @@ def _record_job(db: Database, fingerprint: str, source: str, model_id: int, grou
                   batch_size=batch_size, settings=settings)
         s.add(job)
         s.flush()
+        _store_images(s, job.id, study_ids, studies)
         reported = set(s.scalars(select(Report.study_id).where(
             Report.model_id == model_id, Report.study_id.in_(study_ids.values()))))
         rows = []
@@ -132,7 +139,7 @@ def _record_job(db: Database, fingerprint: str, source: str, model_id: int, grou
 
 
 def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
-    """Insert the studies (and their images) not stored yet; map every fingerprint to its id."""
+    """Insert the studies not stored yet; map every fingerprint to its id."""
     now = utcnow()
     insert_ignore(s, Study, [{"fingerprint": st.fingerprint, "uid": st.uid, "grouping": st.grouping,
                                "created_at": now} for st in studies], ["fingerprint"])
@@ -140,15 +147,20 @@ def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
     fps = [st.fingerprint for st in studies]
     for chunk in chunks(fps):
         ids.update(s.execute(select(Study.fingerprint, Study.id).where(Study.fingerprint.in_(chunk))).all())
-    images = [{"study_id": ids[st.fingerprint], "path": im.path, "relpath": im.relpath, "sha256": im.sha256,
-               "size_bytes": im.size_bytes, "error": im.error} for st in studies for im in st.images]
-    insert_ignore(s, Image, images, ["study_id", "relpath"])
     return ids
+
+
+def _store_images(s: Session, job_id: int, study_ids: dict[str, int], studies: Sequence[StudyIn]) -> None:
+    """This job's files of each study: the ones its workers will read, wherever earlier jobs found them."""
+    images = [{"job_id": job_id, "study_id": study_ids[st.fingerprint], "path": im.path, "relpath": im.relpath,
+               "sha256": im.sha256, "size_bytes": im.size_bytes, "error": im.error}
+              for st in studies for im in st.images]
+    insert_ignore(s, Image, images, ["job_id", "study_id", "relpath"])
 
 
 def _unfinished(s: Session, job_id: int) -> list[int]:
     return list(s.scalars(select(JobStudy.study_id).where(
-        JobStudy.job_id == job_id, JobStudy.status.in_(("pending", "queued", "running")),
+        JobStudy.job_id == job_id, JobStudy.status.in_(OPEN),
     ).order_by(JobStudy.study_id)))
 
 
@@ -160,42 +172,44 @@ def get_job(db: Database, job_id: int) -> Job:
         return job
 
 
-def set_status(db: Database, job_id: int, study_ids: Sequence[int], status: str) -> None:
-    """Mark unfinished studies of a job (e.g. queued once their message is on the broker)."""
-    with db.session() as s:
-        for chunk in chunks(study_ids):
-            s.execute(update(JobStudy).where(
-                JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk),
-                JobStudy.status.in_(("pending", "queued", "running")),
-            ).values(status=status, updated_at=utcnow()))
-
-
-def claim_batch(db: Database, job_id: int, study_ids: Sequence[int]) -> list[WorkItem]:
-    """Start work on a batch: the studies still to do, with their images, marked running.
+def claim_batch(db: Database, job_id: int, study_ids: Sequence[int], *,
+                max_attempts: int | None = None) -> list[WorkItem]:
+    """Start work on a batch: the studies still to do, with this job's files, marked running.
 
     Studies already finished in this job, or already reported by the job's model (a duplicate
-    delivery, another job), are left alone or marked skipped, and not returned.
+    delivery, another job), are left alone or closed, and not returned. A study already started
+    `max_attempts` times fails instead: a batch that kills its worker must not come back for ever.
     """
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFoundError(f"no job {job_id}")
-        open_ids = set(s.scalars(select(JobStudy.study_id).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids),
-            JobStudy.status.in_(("pending", "queued", "running")))))
-        reported = set(s.scalars(select(Report.study_id).where(
-            Report.model_id == job.model_id, Report.study_id.in_(open_ids))))
-        if reported:
-            s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(reported))
-                      .values(status="skipped", updated_at=utcnow()))
-        todo = sorted(open_ids - reported)
+        open_ids = dict(s.execute(select(JobStudy.study_id, JobStudy.attempts).where(
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids), JobStudy.status.in_(OPEN))).all())
+        reported = dict(s.execute(select(Report.study_id, Report.job_id).where(
+            Report.model_id == job.model_id, Report.study_id.in_(open_ids))).all())
+        for status, ids in (("done", [i for i, j in reported.items() if j == job_id]),
+                            ("skipped", [i for i, j in reported.items() if j != job_id])):
+            if ids:
+                s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(ids))
+                          .values(status=status, error=None, updated_at=utcnow()))
+        todo = sorted(set(open_ids) - set(reported))
+        if max_attempts is not None:
+            spent = [i for i in todo if open_ids[i] >= max_attempts]
+            if spent:
+                s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(spent)).values(
+                    status="failed", retryable=False, updated_at=utcnow(),
+                    error=f"gave up after {max_attempts} attempts: the worker stopped each time "
+                          "(out of memory, or a crash while decoding?)"))
+                todo = [i for i in todo if i not in set(spent)]
         s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(todo)).values(
             status="running", attempts=JobStudy.attempts + 1, updated_at=utcnow()))
         uids = dict(s.execute(select(Study.id, Study.uid).where(Study.id.in_(todo))).all())
         images: dict[int, list[ImageRef]] = {sid: [] for sid in todo}
-        for img in s.scalars(select(Image).where(Image.study_id.in_(todo)).order_by(Image.relpath)):
-            images[img.study_id].append(ImageRef(img.id, img.path, img.relpath))
-        return [WorkItem(sid, uids[sid], images[sid]) for sid in todo]
+        for img in s.scalars(select(Image).where(Image.job_id == job_id, Image.study_id.in_(todo))
+                             .order_by(Image.relpath)):
+            images[img.study_id].append(ImageRef(img.id, img.path, img.relpath, img.sha256))
+        return [WorkItem(sid, uids[sid], images[sid], job.source) for sid in todo]
 
 
 def record_results(
@@ -213,7 +227,9 @@ def record_results(
                                              JobStudy.study_id.in_(list(outcome.reports)))
                       .values(status="done", error=None, retryable=False, updated_at=now))
         for sid, reason in outcome.failures.items():
-            s.execute(update(JobStudy).where(and_(JobStudy.job_id == job_id, JobStudy.study_id == sid))
+            # Only an open study fails: a duplicate delivery must not undo another's finished work.
+            s.execute(update(JobStudy).where(and_(JobStudy.job_id == job_id, JobStudy.study_id == sid,
+                                                  JobStudy.status.in_(OPEN)))
                       .values(status="failed", error=reason, retryable=sid in outcome.retryable, updated_at=now))
         for iid, reason in outcome.image_errors.items():
             s.execute(update(Image).where(Image.id == iid).values(error=reason))
@@ -235,6 +251,5 @@ def fail_open(db: Database, job_id: int, study_ids: Sequence[int], reason: str) 
     """
     with db.session() as s:
         s.execute(update(JobStudy).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)),
-            JobStudy.status.in_(("queued", "running")),
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status.in_(OPEN),
         ).values(status="failed", error=reason, retryable=True, updated_at=utcnow()))

@@ -120,9 +120,10 @@ def reports(db: Database, *, job_id: int | None = None, limit: int | None = None
         if limit:
             stmt = stmt.limit(limit)
         rows = s.execute(stmt).all()
-        images = _images_of(s, [row.study_id for row in rows])
+        images = _images_of(s, [(row.study_id, row.job_id) for row in rows])
         return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", row.created_at,
-                          images[row.study_id], row.settings or {}, f.status, row.error) for row in rows]
+                          images[(row.study_id, row.job_id)], row.settings or {}, f.status, row.error)
+                for row in rows]
 
 
 def _reports_query(f: ReportFilter) -> Any:
@@ -162,12 +163,14 @@ def _narrow(stmt: Any, f: ReportFilter, *, when: Any, text: Any) -> Any:
     return stmt
 
 
-def _images_of(s: Session, study_ids: list[int]) -> dict[int, list[str]]:
-    images: dict[int, list[str]] = {sid: [] for sid in study_ids}
-    for chunk in chunks(sorted(set(study_ids))):
-        for sid, rel in s.execute(select(Image.study_id, Image.relpath)
-                                  .where(Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
-            images[sid].append(rel)
+def _images_of(s: Session, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+    """(study id, job id) -> the relative paths of the files that job found for the study."""
+    images: dict[tuple[int, int], list[str]] = {pair: [] for pair in pairs}
+    for chunk in chunks(sorted({sid for sid, _ in pairs})):
+        for sid, job_id, rel in s.execute(select(Image.study_id, Image.job_id, Image.relpath)
+                                          .where(Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
+            if (sid, job_id) in images:
+                images[(sid, job_id)].append(rel)
     return images
 
 
@@ -186,8 +189,8 @@ def export_rows(db: Database, job_ids: list[int]) -> list[dict[str, Any]]:
             .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
             .where(JobStudy.job_id.in_(job_ids)).order_by(JobStudy.job_id, Study.uid)
         ).all()
-        images = _images_of(s, [r.study_id for r in rows])
-        return [{**r._asdict(), "images": ";".join(images[r.study_id])} for r in rows]
+        images = _images_of(s, [(r.study_id, r.job_id) for r in rows])
+        return [{**r._asdict(), "images": ";".join(images[(r.study_id, r.job_id)])} for r in rows]
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class StudyDetail:
 
     study_id: int
     uid: str
-    images: list[tuple[str, str]]  # (path, relpath)
+    images: list[tuple[str, str, str | None]]  # (path, relpath, sha256) as the job found them
+    root: str  # the folder that job was submitted from
     model: str | None
     report: str | None
     error: str | None  # why the study failed, when it did
@@ -225,9 +229,13 @@ def study_detail(db: Database, study: str, *, job_id: int | None = None) -> Stud
                                .order_by(EvaluationScore.evaluation_id.desc())).first()
             if scored is not None:
                 scores = {k: getattr(scored, k) for k in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")}
-        images = [(i.path, i.relpath) for i in s.scalars(select(Image).where(Image.study_id == row.id)
-                                                         .order_by(Image.relpath))]
-        return StudyDetail(row.id, row.uid, images, model, report.text if report else None, error,
+        # The files of the job asked for, else of the job that wrote the report, else of the newest job.
+        source_job = job_id or (report.job_id if report is not None else None) or s.scalar(
+            select(func.max(Image.job_id)).where(Image.study_id == row.id))
+        images = [(i.path, i.relpath, i.sha256) for i in s.scalars(
+            select(Image).where(Image.study_id == row.id, Image.job_id == source_job).order_by(Image.relpath))]
+        root = s.scalar(select(Job.source).where(Job.id == source_job)) or ""
+        return StudyDetail(row.id, row.uid, images, root, model, report.text if report else None, error,
                            truth.findings if truth else None, truth.impression if truth else None, scores)
 
 

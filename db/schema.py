@@ -58,10 +58,14 @@ class Study(Base):
 
 
 class Image(Base):
+    """A file of a study as one job found it: the same content submitted from another folder is the
+    same study, but its own files (workers read the files of the job they work for, nothing else)."""
+
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("study_id", "relpath"),)
+    __table_args__ = (UniqueConstraint("job_id", "study_id", "relpath"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     path: Mapped[str] = mapped_column(Text)
     relpath: Mapped[str] = mapped_column(Text)

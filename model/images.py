@@ -17,11 +17,13 @@ inverted so that bones are bright and lungs dark, as in every other format.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import stat
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -108,7 +110,43 @@ def decode(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
     than `max_pixels` (checked from the header, before any pixel is decoded), truncated or corrupt.
     No other exception escapes for bad content.
     """
-    head = _read_head(path)
+    return _decode(path, _read_head(path), os.fspath(path), max_pixels)
+
+
+def read_submitted(path: str | os.PathLike[str], *, root: str | os.PathLike[str],
+                   sha256: str | None = None) -> bytes:
+    """A submitted file's bytes, read once, if it is still inside `root` and still holds `sha256`.
+
+    Scanning checked both when the folder was submitted; a worker reads the file hours later, and
+    must neither follow a link swapped in since to somewhere else nor report on other content.
+    """
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise ImageError("symbolic link points outside the submitted folder")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO can never hang us
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ImageError("not a regular file")
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}", transient=True) from e
+    if sha256 is not None and data and hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageError("the file changed after it was submitted: submit the folder again")
+    return data
+
+
+def decode_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "") -> Image.Image:
+    """`decode` for content already read: a worker reads a file once, checks its hash, decodes it.
+
+    Same rules and reasons as `decode`; `name` is the file's name, kept out of decoder messages.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), data[:_HEAD_BYTES], name or "<bytes>", max_pixels)
+
+
+def _decode(source: str | os.PathLike[str] | BinaryIO, head: bytes, label: str, max_pixels: int) -> Image.Image:
     kind = sniff_bytes(head)
     if kind is None:
         if _looks_like_text(head):
@@ -116,14 +154,14 @@ def decode(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
         raise ImageError("not a PNG, JPEG or DICOM file")
     try:
         if kind == "dicom":
-            return _decode_dicom(path, max_pixels)
-        return _decode_pillow(path, kind, head, max_pixels)
+            return _decode_dicom(source, label, max_pixels)
+        return _decode_pillow(source, kind, head, max_pixels)
     except ImageError:
         raise
     except MemoryError:
         raise ImageError(f"not enough memory to decode this {_NAME[kind]} file", transient=True) from None
     except Exception as e:  # the boundary: whatever a decoder throws at bad bytes becomes a reason
-        raise ImageError(f"truncated or corrupt {_NAME[kind]} ({_describe(e, path)})") from e
+        raise ImageError(f"truncated or corrupt {_NAME[kind]} ({_describe(e, label)})") from e
 
 
 def dicom_study_uid(path: str | os.PathLike[str]) -> str | None:
@@ -199,7 +237,7 @@ def _bomb_reason(kind: str, head: bytes, error: Exception, max_pixels: int) -> s
     return f"image too large: {size} pixels, above the decoder's safety limit of {limit:,}"
 
 
-def _decode_pillow(path: str | os.PathLike[str], kind: str, head: bytes, max_pixels: int) -> Image.Image:
+def _decode_pillow(path: str | os.PathLike[str] | BinaryIO, kind: str, head: bytes, max_pixels: int) -> Image.Image:
     """Decode with Pillow, restricted to the sniffed format; the size is checked on the lazily opened
     header before `load()` decodes any pixel."""
     try:
@@ -227,13 +265,13 @@ def _to_gray(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def _decode_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _decode_dicom(path: str | os.PathLike[str] | BinaryIO, label: str, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM file through pydicom, respecting its display conventions.
     Large elements are read lazily, so an oversized image is refused before its pixel data is read."""
     try:
         ds = pydicom.dcmread(path, force=True, defer_size="64 KB")
     except Exception as e:
-        raise ImageError(f"not a valid DICOM file ({_describe(e, path)})") from e
+        raise ImageError(f"not a valid DICOM file ({_describe(e, label)})") from e
     if len(ds) == 0:  # pydicom gives up silently on an element cut short by the end of the file
         raise ImageError("truncated or corrupt DICOM (no data elements could be read)")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -247,7 +285,7 @@ def _decode_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
     try:
         arr = ds.pixel_array
     except Exception as e:
-        raise ImageError(f"cannot decode the DICOM pixel data ({_describe(e, path)})") from e
+        raise ImageError(f"cannot decode the DICOM pixel data ({_describe(e, label)})") from e
     return Image.fromarray(_dicom_to_8bit(_first_frame(arr, ds), ds), "L")
 
 

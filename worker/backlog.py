@@ -77,23 +77,39 @@ def _count(groups: dict[int, list[int]]) -> int:
 
 
 def _redo(settings: Settings, by_job: dict[int, list[int]], run: BacklogRun) -> None:
+    """Queue each job's studies again (or run them here); one job's trouble never stops the others."""
     db = runtime.database(settings.database_url)
     for job_id, study_ids in by_job.items():
         db_backlog.reopen(db, job_id, study_ids)
-        try:
-            if settings.broker_url:
-                from worker.enqueue import enqueue_job
+        if settings.broker_url:
+            from worker.enqueue import enqueue_job
 
+            try:
                 enqueue_job(settings, db, job_id, study_ids)
-            else:
-                from worker.tasks import run_batch
+            except BrokerUnavailableError as exc:  # the rest stays pending for the next run
+                run.errors.append(str(exc))
+                log.warning("backlog: %s", exc)
+                return
+        else:
+            _run_here(settings, job_id, study_ids, run)
+        run.requeued[job_id] = len(study_ids)
 
-                for batch in batches(study_ids, jobs.get_job(db, job_id).batch_size):
-                    run_batch(settings, job_id, batch)
-            run.requeued[job_id] = len(study_ids)
-        except BrokerUnavailableError as exc:  # the rest stays pending for the next run
-            run.errors.append(str(exc))
-            log.warning("backlog: %s", exc)
+
+def _run_here(settings: Settings, job_id: int, study_ids: list[int], run: BacklogRun) -> None:
+    """No broker: run the batches in this process, failing a batch that breaks (retryably) and going on."""
+    from worker.tasks import run_batch
+
+    db = runtime.database(settings.database_url)
+    for batch in batches(study_ids, jobs.get_job(db, job_id).batch_size):
+        try:
+            run_batch(settings, job_id, batch)
+        except Exception as exc:  # a missing model, a worker error: recorded, and the next job goes on
+            reason = f"worker error: {type(exc).__name__}: {exc}"
+            log.warning("backlog: job %s: %s", job_id, reason)
+            # The job's other batches would meet the same trouble: they fail with it too (retryably,
+            # so a later run tries again once the model is back or the bug fixed).
+            jobs.fail_open(db, job_id, study_ids, reason)
+            run.errors.append(f"job {job_id}: {exc}")
             return
 
 

@@ -12,6 +12,7 @@ model never waits for the disk. A Celery task calls `process_batch`, which runs 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from db import jobs
 from db.engine import Database
 from model.errors import ImageError
-from model.images import decode
+from model.images import decode_bytes, read_submitted
 
 if TYPE_CHECKING:
     import torch
@@ -64,27 +65,30 @@ class Prepared:
     timings: Timings = field(default_factory=Timings)
 
 
-def _load_view(path: str, processor: ViTImageProcessorPil,
+def _load_view(ref: jobs.ImageRef, root: str, processor: ViTImageProcessorPil,
                max_pixels: int) -> tuple[tuple[int, int], torch.Tensor] | ImageError:
-    """Decode and preprocess one image: its (width, height) and model input, or why it can't be used."""
+    """Read (inside the submitted folder, with the submitted content), decode and preprocess one image:
+    its (width, height) and model input, or why it can't be used."""
     from model.preprocess import view_tensor
 
     try:
-        image = decode(path, max_pixels=max_pixels)
+        data = read_submitted(ref.path, root=root, sha256=ref.sha256)
+        image = decode_bytes(data, max_pixels=max_pixels, name=os.path.basename(ref.path))
     except ImageError as exc:
         return exc
     return image.size, view_tensor(processor, image)
 
 
 def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, processor: ViTImageProcessorPil,
-            max_pixels: int, pool: ThreadPoolExecutor) -> Prepared:
+            max_pixels: int, pool: ThreadPoolExecutor, max_attempts: int | None = None) -> Prepared:
     """Claim the batch and load its images; a study with any unreadable image fails with the reason."""
     t0 = time.perf_counter()
-    items = jobs.claim_batch(db, job_id, study_ids)
+    items = jobs.claim_batch(db, job_id, study_ids, max_attempts=max_attempts)
     prepared = Prepared(job_id, items)
     t1 = time.perf_counter()
     refs = [ref for item in items for ref in item.images]
-    loaded = pool.map(lambda r: _load_view(r.path, processor, max_pixels), refs)
+    roots = {ref.id: item.root for item in items for ref in item.images}
+    loaded = pool.map(lambda r: _load_view(r, roots[r.id], processor, max_pixels), refs)
     decoded = dict(zip((r.id for r in refs), loaded, strict=True))
     for item in items:
         errors = [(ref, decoded[ref.id]) for ref in item.images if isinstance(decoded[ref.id], ImageError)]
@@ -131,10 +135,12 @@ def finish(db: Database, bundle: Bundle, model_id: int, prepared: Prepared,
 
 
 def process_batch(db: Database, bundle: Bundle, model_id: int, job_id: int, study_ids: Sequence[int], *,
-                  generation: GenerationSettings, max_pixels: int, decode_threads: int) -> Prepared:
+                  generation: GenerationSettings, max_pixels: int, decode_threads: int,
+                  max_attempts: int | None = None) -> Prepared:
     """One batch, start to end: what a worker task runs for each message."""
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool:
-        prepared = prepare(db, job_id, study_ids, processor=bundle.processor, max_pixels=max_pixels, pool=pool)
+        prepared = prepare(db, job_id, study_ids, processor=bundle.processor, max_pixels=max_pixels, pool=pool,
+                           max_attempts=max_attempts)
     return finish(db, bundle, model_id, prepared, generation)
 
 
@@ -144,7 +150,7 @@ def batches(study_ids: Sequence[int], size: int) -> list[list[int]]:
 
 def run_batches(db: Database, bundle: Bundle, model_id: int, job_id: int, study_ids: Sequence[int], *,
                 batch_size: int, generation: GenerationSettings, max_pixels: int, decode_threads: int,
-                progress: Callable[[int], None] | None = None) -> Timings:
+                max_attempts: int | None = None, progress: Callable[[int], None] | None = None) -> Timings:
     """Process a job's studies in this process, decoding batch k+1 while batch k is generated."""
     total = Timings()
     todo = batches(study_ids, batch_size)
@@ -152,7 +158,8 @@ def run_batches(db: Database, bundle: Bundle, model_id: int, job_id: int, study_
         return total
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="xrq-prepare") as ahead:
-        load = partial(prepare, db, job_id, processor=bundle.processor, max_pixels=max_pixels, pool=pool)
+        load = partial(prepare, db, job_id, processor=bundle.processor, max_pixels=max_pixels, pool=pool,
+                       max_attempts=max_attempts)
         upcoming = ahead.submit(load, todo[0])
         for index in range(len(todo)):
             prepared = upcoming.result()

@@ -9,7 +9,7 @@ from PIL.Image import Image
 
 from db.queries import StudyDetail, job_study_ids, study_detail
 from model.errors import ImageError
-from model.images import decode
+from model.images import decode_bytes, read_submitted
 from model.pictures import render_study
 from worker import runtime
 from worker.settings import Settings
@@ -38,9 +38,10 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path) -> Path:
 
 def _render(detail: StudyDetail, out: Path, max_pixels: int) -> Path:
     images: list[Image | str] = []
-    for path, relpath in detail.images:
-        try:
-            images.append(decode(path, max_pixels=max_pixels))
+    for path, relpath, sha256 in detail.images:
+        try:  # the same rules as a worker: inside the submitted folder, the submitted content
+            data = read_submitted(path, root=detail.root, sha256=sha256)
+            images.append(decode_bytes(data, max_pixels=max_pixels, name=relpath))
         except ImageError as exc:
             images.append(f"{relpath}: {exc}")
     truth = " ".join(t for t in (detail.truth_findings, detail.truth_impression) if t) or None

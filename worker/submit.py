@@ -85,5 +85,5 @@ def run_job(settings: Settings, db: Database, job_id: int, study_ids: list[int],
     return run_batches(
         db, bundle, model_id, job_id, study_ids, batch_size=job.batch_size,
         generation=runtime.job_generation(job.settings), max_pixels=settings.max_pixels,
-        decode_threads=settings.decode_threads, progress=progress,
+        decode_threads=settings.decode_threads, max_attempts=settings.max_attempts, progress=progress,
     )

@@ -91,7 +91,7 @@ def run_batch(settings: Settings, job_id: int, study_ids: list[int]) -> dict[str
     bundle = _bundle_for(settings.model, settings.device, model_row)
     prepared = process_batch(
         db, bundle, model_row.id, job_id, study_ids, generation=runtime.job_generation(job.settings),
-        max_pixels=settings.max_pixels, decode_threads=settings.decode_threads,
+        max_pixels=settings.max_pixels, decode_threads=settings.decode_threads, max_attempts=settings.max_attempts,
     )
     outcome = prepared.outcome
     return {"job_id": job_id, "claimed": len(prepared.items), "reported": len(outcome.reports),

@@ -126,3 +126,24 @@ def test_model_init_writes_a_loadable_directory(tmp_path: Path) -> None:
     assert info["preset"] == "tiny" and (tmp_path / "m" / "model.safetensors").is_file()
     again = CliRunner().invoke(cli, ["model", "init", "--out", str(tmp_path / "m")])
     assert again.exit_code == 1 and again.output.startswith("Error: ")
+
+
+def test_a_file_that_is_not_a_database_and_a_newer_schema_are_named_errors(tmp_path: Path) -> None:
+    import sqlite3
+
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database\n" * 100)
+    result = CliRunner().invoke(cli, ["--database-url", f"sqlite:///{junk}", "status"])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: cannot open the database sqlite:///{junk}: file is not a database. "
+                             "Check XRQ_DATABASE_URL and that the server runs.\n")
+    newer = tmp_path / "newer.db"
+    assert CliRunner().invoke(cli, ["--database-url", f"sqlite:///{newer}", "status"]).exit_code == 0
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    from worker import runtime
+
+    runtime.clear()  # a new `xrq` process: nothing cached from the first command
+    result = CliRunner().invoke(cli, ["--database-url", f"sqlite:///{newer}", "status"])
+    assert result.exit_code == 1 and "Was it made by a newer xrq? Upgrade xrq" in result.output
+    assert "Traceback" not in result.output

@@ -49,3 +49,46 @@ def test_unreachable_server_is_a_named_error() -> None:
 def test_sqlite_file_in_missing_folder_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseUnavailableError):
         open_database(f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}")
+
+
+def test_images_of_an_older_database_go_to_the_first_job_of_their_study(db_url: str) -> None:
+    """Migration 0005 on a database with data: images move from per-study to per-job rows."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from db.engine import MIGRATIONS, create, migrate
+
+    engine = create(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0004")
+        conn.execute(text("INSERT INTO models (id, name, fingerprint, meta, created_at) "
+                          "VALUES (1, 'm', 'f', '{}', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO studies (id, fingerprint, uid, grouping, created_at) "
+                          "VALUES (1, 'a', '1', 'iu', CURRENT_TIMESTAMP)"))
+        for job in (1, 2):
+            conn.execute(text("INSERT INTO jobs (id, fingerprint, source, model_id, group_by, batch_size, settings, "
+                              f"created_at) VALUES ({job}, 'j{job}', '/d', 1, 'auto', 8, '{{}}', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO job_studies (job_id, study_id, status, attempts, updated_at) "
+                              f"VALUES ({job}, 1, 'done', 1, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO images (id, study_id, path, relpath, sha256) VALUES (7, 1, '/d/1_IM.png', "
+                          "'1_IM.png', 'abc')"))
+        if engine.dialect.name == "postgresql":  # rows inserted with explicit ids: move the sequences on
+            for table in ("models", "studies", "jobs"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)"))
+    migrate(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, job_id, study_id, relpath FROM images")).all()
+        assert [tuple(r) for r in rows] == [(7, 1, 1, "1_IM.png")]
+    engine.dispose()
+    db = open_database(db_url)  # new rows get new ids after the copied ones
+    from db import jobs
+
+    rec = jobs.record_job(db, source="/e", model_id=1, group_by="auto", batch_size=8, settings={}, studies=[
+        jobs.StudyIn("a", "1", "iu", [jobs.ImageIn("/e/1_IM.png", "1_IM.png", "abc", 3)])])
+    with db.session() as s:
+        assert s.execute(text("SELECT job_id, id > 7 FROM images WHERE job_id = :j"), {"j": rec.job_id}).one() \
+            == (rec.job_id, True)

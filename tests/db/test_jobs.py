@@ -113,3 +113,38 @@ def test_the_same_submission_recorded_at_once_by_several_processes_is_one_job(db
         results = list(pool.map(submit, range(4)))
     assert len({r.job_id for r in results}) == 1 and sum(r.created for r in results) == 1
     assert row_counts(db) == {"jobs": 1, "studies": 50, "images": 100, "job_studies": 50, "reports": 0}
+
+
+def test_a_late_failure_never_undoes_a_report(db: Database) -> None:
+    """Two deliveries of one batch: the first stored the report, the second then fails to decode."""
+    model = jobs.upsert_model(db, name="m", fingerprint="f" * 64, path=None, meta={})
+    rec = record(db, model, [study("a", "1")])
+    sid = rec.to_run[0]
+    jobs.claim_batch(db, rec.job_id, [sid])
+    jobs.record_results(db, job_id=rec.job_id, model_id=model, settings={},
+                        outcome=jobs.BatchOutcome(reports={sid: "ok"}))
+    jobs.record_results(db, job_id=rec.job_id, model_id=model, settings={},
+                        outcome=jobs.BatchOutcome(failures={sid: "1_0.png: cannot read file"}))
+    assert jobs.count_by_status(db, rec.job_id) == {"done": 1}
+
+
+def test_a_study_that_keeps_killing_its_worker_is_given_up(db: Database) -> None:
+    model = jobs.upsert_model(db, name="m", fingerprint="f" * 64, path=None, meta={})
+    rec = record(db, model, [study("a", "1"), study("b", "2")])
+    a, b = rec.to_run
+    for _ in range(3):  # three deliveries of a, each ending with the worker killed (no results stored)
+        assert [i.study_id for i in jobs.claim_batch(db, rec.job_id, [a], max_attempts=3)] == [a]
+    assert jobs.claim_batch(db, rec.job_id, [a, b], max_attempts=3)[0].study_id == b
+    failure = queries.job_summary(db, rec.job_id).failures
+    assert [f.study_id for f in failure] == [a] and failure[0].reason.startswith("gave up after 3 attempts")
+
+
+def test_a_redelivered_batch_whose_report_this_job_wrote_is_done_not_skipped(db: Database) -> None:
+    model = jobs.upsert_model(db, name="m", fingerprint="f" * 64, path=None, meta={})
+    rec = record(db, model, [study("a", "1")])
+    sid = rec.to_run[0]
+    jobs.claim_batch(db, rec.job_id, [sid])
+    with db.session() as s:  # the report is in, the worker died before marking the study done
+        s.add(Report(study_id=sid, model_id=model, job_id=rec.job_id, text="x", settings={}))
+    assert jobs.claim_batch(db, rec.job_id, [sid]) == []
+    assert jobs.count_by_status(db, rec.job_id) == {"done": 1}

@@ -154,3 +154,22 @@ def test_beat_runs_the_backlog_at_the_configured_time() -> None:
     assert app.conf.task_routes[BACKLOG_TASK] == {"queue": "cpu"}
     default = make_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf.beat_schedule["backlog"]
     assert default["schedule"].hour == {2} and default["schedule"].minute == {0}
+
+
+def test_one_jobs_trouble_does_not_stop_the_others(sqlite_url: str, tiny_model: Path, iu_folder: Path,
+                                                   tmp_path: Path) -> None:
+    """A job whose model has vanished from this host comes first; the next job is still done."""
+    from model.bundle import build, save
+
+    gone = save(build("tiny", seed=2), tmp_path / "gone-model")
+    broken = record_only(Settings(database_url=sqlite_url, model=str(gone)), iu_folder)
+    runtime.clear()
+    shutil.rmtree(gone)
+    other = tmp_path / "other"
+    shutil.copytree(iu_folder, other)
+    settings = Settings(database_url=sqlite_url, model=str(tiny_model))
+    fine = record_only(settings, other)
+    run = run_backlog(settings)
+    assert statuses(settings, fine) == {"done": 4}
+    assert statuses(settings, broken) == {"failed": 4} and len(run.errors) == 1
+    assert "no copy of model gone-model" in run.errors[0]

@@ -138,3 +138,45 @@ def jobs_count(url: str, job_id: int) -> dict[str, int]:
     from db import jobs
 
     return jobs.count_by_status(runtime.database(url), job_id)
+
+
+def test_the_same_studies_from_another_folder_are_read_from_that_folder(
+    sqlite_url: str, tiny_model: Path, iu_folder: Path, tmp_path: Path
+) -> None:
+    """Same content, other file names, another model: the new job reads its own files only."""
+    from model.bundle import build, save
+
+    other_model = save(build("tiny", seed=1), tmp_path / "other-model")
+    first = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), iu_folder)
+    second_folder = tmp_path / "elsewhere" / "sub"
+    second_folder.mkdir(parents=True)
+    for f in iu_folder.iterdir():
+        shutil.copy(f, second_folder / f.name.replace(".png", "-copy.png"))
+    shutil.rmtree(iu_folder)  # the first folder is gone: nothing may be read from it
+    second = submit_folder(Settings(database_url=sqlite_url, model=str(other_model)), second_folder.parent)
+    assert second.job_id != first.job_id and second.summary.counts == {"done": 4}
+    from db.queries import reports
+
+    rows = reports(runtime.database(sqlite_url), job_id=second.job_id)
+    assert all(rel.startswith("sub/") and rel.endswith("-copy.png") for r in rows for rel in r.images)
+
+
+def test_a_file_swapped_after_submission_is_not_read(sqlite_url: str, tiny_model: Path, iu_folder: Path,
+                                                      tmp_path: Path) -> None:
+    """Between scan and decode: one file becomes a link out of the folder, another gets new content."""
+    outside = tmp_path / "outside.png"
+    shutil.copy(EXAMPLES / "CXR303_IM-1404-1001.png", outside)
+    linked, changed = iu_folder / "CXR25_IM-1024-2001.png", iu_folder / "CXR54_IM-2145-1002.png"
+
+    def swap(_: int) -> None:
+        linked.unlink()
+        linked.symlink_to(outside)
+        shutil.copy(EXAMPLES / "CXR303_IM-1404-1001.png", changed)
+
+    result = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), iu_folder, on_start=swap)
+    reasons = {f.uid: f.reason for f in result.summary.failures}
+    assert reasons == {
+        "25": "CXR25_IM-1024-2001.png: symbolic link points outside the submitted folder",
+        "54": "CXR54_IM-2145-1002.png: the file changed after it was submitted: submit the folder again",
+    }
+    assert result.summary.counts == {"done": 2, "failed": 2}
