@@ -100,3 +100,10 @@ def acquire(db: Database, name: str, *, ttl: timedelta, holder: str | None = Non
 def release(db: Database, name: str, *, holder: str | None = None) -> None:
     with db.session() as s:
         s.execute(delete(Lock).where(Lock.name == name, Lock.holder == (holder or holder_name())))
+
+
+def extend(db: Database, name: str, *, ttl: timedelta, holder: str | None = None) -> None:
+    """Push the lock's expiry on while its holder is still working (a long run must not lose it)."""
+    with db.session() as s:
+        s.execute(update(Lock).where(Lock.name == name, Lock.holder == (holder or holder_name()))
+                  .values(expires_at=utcnow() + ttl))

@@ -11,6 +11,7 @@ ground truth. A database lock keeps two runs (two beat processes, a manual run) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,8 +61,10 @@ def run_backlog(settings: Settings, *, dry_run: bool = False, score: bool = True
         run.pending, run.stuck, run.retry, run.exhausted = (
             _count(found.pending), _count(found.stuck), _count(found.retry), found.exhausted)
         if not dry_run:
-            _redo(settings, found.by_job(), run)
+            _redo(settings, found.by_job(), run, keep_lock=lambda: db_backlog.extend(db, LOCK, ttl=ttl))
+            db_backlog.extend(db, LOCK, ttl=ttl)
             _inbox(settings, run)
+            db_backlog.extend(db, LOCK, ttl=ttl)
             if score:
                 _score(settings, run)
         else:
@@ -76,10 +79,12 @@ def _count(groups: dict[int, list[int]]) -> int:
     return sum(len(ids) for ids in groups.values())
 
 
-def _redo(settings: Settings, by_job: dict[int, list[int]], run: BacklogRun) -> None:
+def _redo(settings: Settings, by_job: dict[int, list[int]], run: BacklogRun,
+          keep_lock: Callable[[], None]) -> None:
     """Queue each job's studies again (or run them here); one job's trouble never stops the others."""
     db = runtime.database(settings.database_url)
     for job_id, study_ids in by_job.items():
+        keep_lock()
         db_backlog.reopen(db, job_id, study_ids)
         if settings.broker_url:
             from worker.enqueue import enqueue_job

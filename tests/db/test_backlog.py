@@ -71,3 +71,9 @@ def test_jobs_with_unscored_reports_that_have_truth(db: Database) -> None:
         corpus=dict.fromkeys(("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"), 1.0),
         distinct_reports=1, scores={}, settings={}, per_study={}, references={}, hypotheses={}, job_id=rec.job_id))
     assert backlog.jobs_to_score(db) == []
+
+
+def test_a_long_run_keeps_its_lock(db: Database) -> None:
+    assert backlog.acquire(db, "backlog", ttl=timedelta(seconds=-1), holder="long run")  # about to expire
+    backlog.extend(db, "backlog", ttl=timedelta(hours=1), holder="long run")
+    assert not backlog.acquire(db, "backlog", ttl=timedelta(hours=1), holder="next run")
