@@ -3,7 +3,9 @@
 The job is already in the database (pending) when this runs. A batch is marked `queued` only after
 the broker has accepted its message, so the database never claims more than the broker holds: if
 the broker goes away halfway, the rest stays `pending`, the user is told so, and submitting again
-(or the backlog job) queues exactly what is missing. Queuing a batch twice is harmless.
+(or the backlog job) queues what is missing. Submitting again sends every unfinished study, queued
+ones too: after a broker restart their messages may be gone, and a batch queued twice is harmless
+(the second delivery finds the studies done and claims nothing).
 """
 
 from __future__ import annotations
