@@ -58,9 +58,8 @@ def submission_text(result: Submission, elapsed: float) -> str:
         f"  failed    {c.get('failed', 0)}",
         f"  skipped   {c.get('skipped', 0)} (already reported by this model)",
     ]
-    waiting = c.get("pending", 0) + c.get("queued", 0) + c.get("running", 0)
-    if waiting:
-        lines.append(f"  waiting   {waiting} (queued for workers; `xrq status {s.job_id}` follows them)")
+    if s.waiting:
+        lines.append(f"  waiting   {s.waiting} (queued for workers; `xrq status {s.job_id}` follows them)")
     lines += _failure_lines(s)
     if result.ran:
         lines.append(f"Took {elapsed:.1f} s ({result.ran / elapsed:.2f} studies/s)")
@@ -82,9 +81,8 @@ def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
     lines = [header]
     for s in summaries:
         c = s.counts
-        waiting = c.get("pending", 0) + c.get("queued", 0) + c.get("running", 0)
         lines.append(f"{s.job_id:>5}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.total:>7}  {c.get('done', 0):>5}  "
-                     f"{c.get('failed', 0):>6}  {c.get('skipped', 0):>7}  {waiting:>7}  {s.source}")
+                     f"{c.get('failed', 0):>6}  {c.get('skipped', 0):>7}  {s.waiting:>7}  {s.source}")
     if detailed:
         lines.append(f"model: {summaries[0].model}")
         lines += _failure_lines(summaries[0])

@@ -60,19 +60,6 @@ def store_evaluation(db: Database, ev: EvaluationIn) -> int:
         return row.id
 
 
-def get_evaluation(db: Database, evaluation_id: int) -> Evaluation:
-    with db.session() as s:
-        row = s.get(Evaluation, evaluation_id)
-        if row is None:
-            raise NotFoundError(f"no evaluation {evaluation_id}")
-        return row
-
-
-def list_evaluations(db: Database, *, limit: int = 20) -> list[Evaluation]:
-    with db.session() as s:
-        return list(s.scalars(select(Evaluation).order_by(Evaluation.id.desc()).limit(limit)))
-
-
 def find_model(db: Database, name: str) -> Model:
     """A model by name, path or fingerprint prefix (at least 8 characters); the newest if several share a name."""
     with db.session() as s:

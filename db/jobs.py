@@ -18,9 +18,7 @@ from sqlalchemy.orm import Session
 from db.bulk import chunks, insert_ignore
 from db.engine import Database
 from db.errors import NotFoundError
-from db.schema import Image, Job, JobStudy, Model, Report, Study, utcnow
-
-OPEN = ("pending", "queued", "running")  # statuses of a study still to be done
+from db.schema import OPEN, Image, Job, JobStudy, Model, Report, Study, utcnow
 
 
 @dataclass(frozen=True)

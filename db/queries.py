@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from db.bulk import chunks
 from db.engine import Database
 from db.errors import NotFoundError
-from db.schema import STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
+from db.schema import OPEN, STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,13 @@ class JobSummary:
         return sum(self.counts.values())
 
     @property
+    def waiting(self) -> int:
+        """Studies still to do: pending, queued or running."""
+        return sum(self.counts.get(s, 0) for s in OPEN)
+
+    @property
     def finished(self) -> bool:
-        return not any(self.counts.get(s, 0) for s in ("pending", "queued", "running"))
+        return self.waiting == 0
 
     def as_dict(self) -> dict[str, Any]:
         return {

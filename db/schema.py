@@ -105,7 +105,7 @@ class Report(Base):
 
 
 STATUSES = ("pending", "queued", "running", "done", "failed", "skipped")
-FINISHED = ("done", "failed", "skipped")
+OPEN = ("pending", "queued", "running")  # a study still to be done
 
 
 class Truth(Base):

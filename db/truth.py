@@ -96,10 +96,3 @@ def truth_rows(db: Database, collection: str, *, split: str | None = None,
         for chunk in chunks(list(uids)):
             found.update((t.uid, t) for t in s.scalars(stmt.where(Truth.uid.in_(chunk))))
         return found
-
-
-def split_counts(db: Database, collection: str) -> dict[str, int]:
-    with db.session() as s:
-        rows = s.execute(select(Truth.split, func.count()).where(Truth.collection == collection)
-                         .group_by(Truth.split)).all()
-        return {split or "none": n for split, n in rows}

@@ -14,8 +14,6 @@ from model.labeller import LabelAgreement, NormalAgreement, compare, normal_agre
 from model.scoring import Scores, most_frequent_report, score
 from model.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary
 
-TEXT_KINDS = ("findings", "impression", "both")
-
 
 def reference_text(findings: str, impression: str, kind: str) -> str:
     """The part of a report that is scored: findings (the benchmark), impression, or both joined."""

@@ -40,8 +40,7 @@ def follow_job(db: Database, job_id: int, *, interval: float = 0.5, timeout: flo
         if summary.finished:
             return job_summary(db, job_id)
         if deadline is not None and time.monotonic() >= deadline:
-            waiting = sum(summary.counts.get(s, 0) for s in ("pending", "queued", "running"))
-            raise WaitTimeoutError(f"job {job_id} still has {waiting} studies to do after {timeout:.0f} s; "
+            raise WaitTimeoutError(f"job {job_id} still has {summary.waiting} studies to do after {timeout:.0f} s; "
                                    f"it goes on: `xrq status {job_id}` follows it")
         time.sleep(interval)
 
