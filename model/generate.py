@@ -8,6 +8,7 @@ on what it was batched with.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -18,9 +19,26 @@ from transformers import PreTrainedTokenizerFast
 
 from model.bundle import Bundle, resolve_device
 from model.errors import ModelError
+from model.multiview import XrqEncoderDecoder
 from model.preprocess import pixel_values
 
-__all__ = ["GenerationSettings", "generate", "loss", "record", "report_labels", "resolve_device"]
+__all__ = ["GenerationSettings", "decode_reports", "device_view_mask", "generate", "generate_ids", "loss", "record",
+           "report_labels", "resolve_device"]
+
+
+class _UnpaddedDecoderFilter(logging.Filter):
+    """Drops generate's warning that a batch came without an `attention_mask`.
+
+    Under that name generate expects the encoder-side mask, which xrq hands over ready-made
+    (`cross_attention_mask`) or not at all when every view is real; the decoder's inputs are never
+    padded (every study starts from the same token), so the warning never applies here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "attention mask is not set with a batched input" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFilter())
 
 
 @dataclass(frozen=True)
@@ -103,23 +121,60 @@ def generate_from_pixels(
     """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask.
 
     `bf16=False` keeps fp32 on CUDA too (the trainer's --no-bf16); on a CPU it changes nothing.
+    The trainer's path: weights stay fp32 (autocast). Serving uses `model.engine.Engine`.
     """
     if not len(pixels):
         return []
     check_fits(bundle, settings)
     dev = bundle.device if device is None else resolve_device(device)
     cast(torch.nn.Module, bundle.model).to(dev).eval()
-    started = torch.ones(len(pixels), 1, dtype=torch.long, device=dev)  # (B, 1): the start token is real
     with torch.inference_mode(), _autocast(dev) if bf16 else contextlib.nullcontext():
-        # attention_mask is the encoder-side mask for encoder-decoders: generate expands it per beam
-        # and passes it to every step, where the model turns it into the (B, V*T) cross-attention mask.
-        ids = bundle.model.generate(
-            pixel_values=pixels.to(dev, non_blocking=True),
-            attention_mask=mask.to(dev),
-            decoder_attention_mask=started,
-            **settings.generate_kwargs(),
-        )  # (B, 1 + new tokens)
-    texts = bundle.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        ids = generate_ids(bundle.model, pixels.to(dev, non_blocking=True), mask, settings)
+    return decode_reports(bundle.tokenizer, ids)
+
+
+def generate_ids(
+    model: XrqEncoderDecoder,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    settings: GenerationSettings,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """(B, 1 + new tokens) ids for (B, V, 3, H, W) pixels already on the model's device; the shared core.
+
+    `mask` (B, V) is best left on the host: whether the batch has padded views is read there, for
+    free. Every real view is encoded once, and the cross-attention mask is built once per batch and
+    carried through `generate` (expanded per beam with the encoder outputs) instead of being
+    rebuilt at every step. `generate_kwargs` add to the settings (a cache implementation, a
+    compile config). Call under `torch.inference_mode()`.
+    """
+    view_mask = device_view_mask(mask, pixels.device)  # (B, V) or None: every view is real
+    encoded = model.encode_views(pixels, view_mask)  # (B, V*T, C)
+    cross = model.cross_attention_mask(view_mask, cast(torch.Tensor, encoded.last_hidden_state))
+    if cross is not None:
+        generate_kwargs["cross_attention_mask"] = cross  # (B, 1, 1, V*T)
+    # The start token is real: saying so spares GPT-2 its per-step "is this padding?" look at the ids.
+    started = torch.ones(len(pixels), 1, dtype=torch.long, device=pixels.device)  # (B, 1)
+    return cast(torch.Tensor, model.generate(
+        encoder_outputs=encoded, decoder_attention_mask=started, **settings.generate_kwargs(), **generate_kwargs,
+    ))
+
+
+def device_view_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The (B, V) view mask on `device`, or None when every view is real: the one masking policy.
+
+    Decided on the mask where it lies (the host, normally, where it costs no GPU sync). No mask
+    lets the decoder's attention skip masking (and on CUDA use its fastest kernels); the reports
+    are the same either way.
+    """
+    if bool(mask.all()):
+        return None
+    return mask.to(device, dtype=torch.bool)
+
+
+def decode_reports(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor) -> list[str]:
+    """(B, L) generated ids → one report each, special tokens dropped and whitespace collapsed."""
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [" ".join(text.split()) for text in texts]
 
 
@@ -149,7 +204,8 @@ def loss(
     moved to the model's device. Gradients flow (call it outside inference mode).
     """
     dev = bundle.device
-    out = bundle.model(pixel_values=pixel_values.to(dev), view_mask=view_mask.to(dev), labels=labels.to(dev))
+    out = bundle.model(pixel_values=pixel_values.to(dev), view_mask=device_view_mask(view_mask, dev),
+                       labels=labels.to(dev))
     return out.loss
 
 

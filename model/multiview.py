@@ -4,6 +4,10 @@ All views of a batch go through the ViT in one pass; each study's views are join
 sequence for cross-attention, and padded views are masked out with a (B, V*T) encoder attention
 mask built from a (B, V) `view_mask`. transformers' VisionEncoderDecoderModel hard-codes
 `encoder_attention_mask = None`, hence this subclass.
+
+Nothing here reads a mask's values on the host: a decoding step must never wait for the GPU. Whether
+a batch needs a mask at all (does it have padded views?) is decided by the caller on the CPU mask,
+before the copy (`generate.device_view_mask`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from transformers import VisionEncoderDecoderModel
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
 
@@ -30,13 +35,17 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
     ) -> BaseModelOutput:
         """Encode every real view of the batch in one ViT pass and join each study's views.
 
-        Padded views are not encoded at all; their slots stay zero and are masked later.
+        Padded views are not encoded at all; their slots stay zero and are masked later. With no
+        mask (every view real) the views are encoded as they lie, without the boolean indexing that
+        waits for the GPU to count the real views.
         """
         if pixel_values.ndim == 4:
             pixel_values = pixel_values[:, None]  # (B, 1, 3, H, W)
         b, v = pixel_values.shape[:2]
         if view_mask is None:
-            view_mask = torch.ones(b, v, dtype=torch.bool, device=pixel_values.device)
+            flat = pixel_values.reshape(b * v, *pixel_values.shape[2:])  # (B*V, 3, H, W)
+            tokens = self.encoder(pixel_values=flat, return_dict=True).last_hidden_state  # (B*V, T, C)
+            return BaseModelOutput(last_hidden_state=tokens.reshape(b, -1, tokens.shape[-1]))  # (B, V*T, C)
         view_mask = view_mask.bool()
         real = pixel_values[view_mask]  # (N, 3, H, W), N = real views in the batch
         tokens = self.encoder(pixel_values=real, return_dict=True).last_hidden_state  # (N, T, C)
@@ -44,6 +53,25 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
         joined = tokens.new_zeros(b, v, t, c)  # (B, V, T, C)
         joined[view_mask] = tokens
         return BaseModelOutput(last_hidden_state=joined.reshape(b, v * t, c))  # (B, V*T, C)
+
+    def cross_attention_mask(self, view_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
+        """(B, V) view mask → the decoder's ready-made (B, 1, 1, V*T) cross-attention mask; None without one.
+
+        Built in the form the decoder's attention implementation takes (bool for sdpa, additive for
+        eager), so the decoder passes it through as is: given the (B, V*T) mask instead, transformers
+        rebuilds it at every step and asks `mask.all()` on the host each time. One query row, broadcast
+        over the decoder's positions, so one mask serves every step of a batch (`generate` builds it once).
+        """
+        tokens = _token_mask(view_mask, hidden)  # (B, V*T)
+        if tokens is None:
+            return None
+        return create_bidirectional_mask(
+            config=self.decoder.config,
+            inputs_embeds=hidden[:, :1],  # only its batch size, one query position, dtype and device are read
+            attention_mask=tokens,
+            encoder_hidden_states=hidden,
+            allow_is_bidirectional_skip=False,  # the skip test is a host sync; the caller already decided
+        )
 
     def get_encoder(self, modality: str | None = None) -> _ViewEncoder:
         """What `generate` calls to encode: takes `pixel_values` and `view_mask` (see `encode_views`)."""
@@ -60,13 +88,16 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         attention_mask: torch.Tensor | None = None,
+        cross_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Decode against the joined views; `view_mask` (B, V) masks padded views (None: all real).
 
         `attention_mask` is the same (B, V) mask under transformers' name for an encoder-decoder's
         encoder-side mask: `generate(attention_mask=view_mask)` expands it per beam and hands it to
-        every decoding step by itself. `view_mask` wins when both are given.
+        every decoding step by itself. `view_mask` wins when both are given. `cross_attention_mask`
+        is `cross_attention_mask(view_mask, hidden)` made once per batch; it wins over both, and saves
+        rebuilding the mask at every step.
         """
         view_mask = view_mask if view_mask is not None else attention_mask
         if encoder_outputs is None:
@@ -76,7 +107,9 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         hidden = cast(torch.Tensor, encoder_outputs.last_hidden_state)  # (B, V*T, C_enc)
-        cross_mask = _token_mask(view_mask, hidden)  # (B, V*T)
+        cross_mask = cross_attention_mask  # (B, 1, 1, V*T)
+        if cross_mask is None:
+            cross_mask = self.cross_attention_mask(view_mask, hidden)
         if hasattr(self, "enc_to_dec_proj"):
             hidden = self.enc_to_dec_proj(hidden)  # (B, V*T, C_dec)
         if labels is not None and decoder_input_ids is None:
@@ -131,8 +164,14 @@ class _ViewEncoder:
 
 
 def _token_mask(view_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
-    """(B, V) view mask → (B, V*T) cross-attention mask; None when every view is real (faster path)."""
-    if view_mask is None or bool(view_mask.all()):
+    """(B, V) view mask → (B, V*T) token mask; None without a view mask.
+
+    Never reads the mask's values (that would wait for the GPU at every decoding step): dropping
+    an all-real mask is the caller's decision, made on the host. expand + reshape, not
+    repeat_interleave, whose output size can cost a sync.
+    """
+    if view_mask is None:
         return None
-    tokens_per_view = hidden.shape[1] // view_mask.shape[1]
-    return view_mask.bool().repeat_interleave(tokens_per_view, dim=1)  # (B, V*T)
+    b, v = view_mask.shape
+    t = hidden.shape[1] // v
+    return view_mask.bool()[:, :, None].expand(b, v, t).reshape(b, v * t)  # (B, V*T)

@@ -30,7 +30,7 @@ import torch
 
 from model.bundle import PRESETS, Bundle, build, load, resolve_device, save
 from model.evaluation import evaluate
-from model.generate import GenerationSettings, generate_from_pixels, report_labels
+from model.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
 from model.tokenizer_train import save_trained_tokenizer
 from model.train_config import BEST_METRICS, TrainConfig
 from model.train_curves import plot_curves
@@ -286,7 +286,7 @@ def _loss(run: _Run, pixels: torch.Tensor, mask: torch.Tensor, texts: list[str])
     # The decoder sees [start] + labels[:-1]; padding is at the end, so this mask only silences a warning.
     seen = torch.cat([torch.ones_like(labels[:, :1]), (labels[:, :-1] != -100).long()], dim=1)  # (B, L)
     with _autocast(dev, run.config.bf16):
-        out = run.bundle.model(pixel_values=pixels.to(dev, non_blocking=True), view_mask=mask.to(dev),
+        out = run.bundle.model(pixel_values=pixels.to(dev, non_blocking=True), view_mask=device_view_mask(mask, dev),
                                labels=labels, decoder_attention_mask=seen)
     return out.loss
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from PIL import Image
@@ -155,7 +157,8 @@ def test_loss_trains_with_padded_views(single: list[Image.Image], triple: list[I
     finally:
         bundle.model.eval()
     assert value.ndim == 0 and torch.isfinite(value)
-    grad = bundle.model.decoder.transformer.h[0].crossattention.c_attn.weight.grad
+    decoder: Any = bundle.model.decoder
+    grad = decoder.transformer.h[0].crossattention.c_attn.weight.grad
     assert grad is not None and grad.abs().sum() > 0  # the images reach the loss
 
 
@@ -170,3 +173,32 @@ def test_views_preprocessed_one_by_one_stack_to_the_batched_pixels() -> None:
     stacked, stacked_mask = stack_views([[view_tensor(bundle.processor, im) for im in s] for s in studies],
                                         bundle.max_views)
     assert torch.equal(mask, stacked_mask) and torch.equal(batched, stacked)
+
+
+def test_the_cross_mask_never_reads_the_mask_on_the_host(bundle: Bundle) -> None:
+    """Built on the meta device, where any `.all()`/`.item()`/`bool()` raises: no step can wait on the GPU."""
+    view_mask = torch.tensor([[True, False], [True, True]], device="meta")  # (B, V)
+    hidden = torch.zeros(2, 2 * 197, 64, device="meta")  # (B, V*T, C)
+    cross = bundle.model.cross_attention_mask(view_mask, hidden)
+    assert cross is not None and cross.shape == (2, 1, 1, 2 * 197) and cross.dtype == torch.bool
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        bool(view_mask.all())  # what the old per-step check did: the test above can fail
+    assert bundle.model.cross_attention_mask(None, hidden) is None
+
+
+def test_cross_mask_is_the_view_mask_per_token(bundle: Bundle) -> None:
+    view_mask = torch.tensor([[True, False, False], [True, True, False]])
+    cross = bundle.model.cross_attention_mask(view_mask, torch.zeros(2, 3 * 4, 64))
+    assert cross is not None
+    expected = view_mask.repeat_interleave(4, dim=1)  # (B, V*T), T = 4
+    assert torch.equal(cross[:, 0, 0], expected)
+
+
+def test_device_view_mask_drops_an_all_real_mask() -> None:
+    from model.generate import device_view_mask
+
+    cpu = torch.device("cpu")
+    assert device_view_mask(torch.ones(3, 2, dtype=torch.bool), cpu) is None
+    padded = torch.tensor([[True, False], [True, True]])
+    out = device_view_mask(padded, cpu)
+    assert out is not None and torch.equal(out, padded)
