@@ -26,8 +26,10 @@ def backlog(ctx: click.Context, dry_run: bool, no_score: bool, as_json: bool) ->
       xrq backlog --json
     """
     from worker.backlog import run_backlog
+    from worker.dispatch import runner_for
 
-    run = run_backlog(settings_from(ctx), dry_run=dry_run, score=not no_score)
+    settings = settings_from(ctx)
+    run = run_backlog(settings, None if dry_run else runner_for(settings), dry_run=dry_run, score=not no_score)
     if as_json:
         click.echo(json.dumps(run.as_dict()))
         return

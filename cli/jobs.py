@@ -19,12 +19,27 @@ if TYPE_CHECKING:
     from worker.submit import Submission
 
 
+class CountOrAuto(click.ParamType):
+    """A whole number >= 1, or `auto` (xrq chooses): what XRQ_BATCH_SIZE and XRQ_DECODE_WORKERS take."""
+
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither a whole number of at least 1 nor auto", param, ctx)
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model", envvar="XRQ_MODEL", show_envvar=True, metavar="DIR",
               help="Model directory (from `xrq model init` or `xrq train`).")
-@click.option("--batch-size", type=click.IntRange(min=1), envvar="XRQ_BATCH_SIZE",
-              help="Studies per generate call  [default: 8]")
+@click.option("--batch-size", type=CountOrAuto(), envvar="XRQ_BATCH_SIZE", show_envvar=True,
+              help="Studies per generate call; auto: 8 on a CPU, on a GPU the most its free memory holds  "
+                   "[default: auto]")
 @click.option("--group-by", type=click.Choice(["auto", "image", "folder", "pattern"]), default="auto",
               help="How images form studies: auto (DICOM StudyInstanceUID, IU file names, else one "
                    "image each), image, folder (one subfolder per study), pattern (--pattern).")
@@ -37,7 +52,7 @@ if TYPE_CHECKING:
 @click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (docs/cli.md).")
 @click.pass_context
-def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | None, group_by: str,
+def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | str | None, group_by: str,
            pattern: str | None, num_beams: int | None, max_new_tokens: int | None, device: str | None, wait: bool,
            as_json: bool) -> None:
     """Draft a report for every study in FOLDER (PNG, JPEG, DICOM; recursive).
@@ -49,14 +64,16 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
     Example:
       xrq submit examples/iu --model models/tiny
     """
+    from worker.dispatch import runner_for
     from worker.submit import submit_folder
 
-    settings = settings_from(ctx, model=model, batch_size=batch_size, num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, device=device)
+    settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
+    if batch_size is not None:
+        settings = settings.replace(batch_size=None if batch_size == "auto" else batch_size)
     bar = output.Progress(enabled=not as_json and sys.stderr.isatty())
     started = time.perf_counter()
     result = submit_folder(settings, folder, group_by=group_by, pattern=pattern,
-                           on_start=bar.start, progress=bar.update)
+                           on_start=bar.start, progress=bar.update, runner=runner_for(settings))
     bar.close()
     if wait and settings.broker_url and not result.summary.finished:
         result = _follow(settings, result, show_bar=not as_json and sys.stderr.isatty())

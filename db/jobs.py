@@ -174,40 +174,98 @@ def claim_batch(db: Database, job_id: int, study_ids: Sequence[int], *,
                 max_attempts: int | None = None) -> list[WorkItem]:
     """Start work on a batch: the studies still to do, with this job's files, marked running.
 
-    Studies already finished in this job, or already reported by the job's model (a duplicate
-    delivery, another job), are left alone or closed, and not returned. A study already started
-    `max_attempts` times fails instead: a batch that kills its worker must not come back for ever.
+    One transaction of four steps, each its own function below: find the batch's open studies;
+    close those the job's model has already reported (a duplicate delivery, another job); give up on
+    those started `max_attempts` times (a batch that kills its worker must not come back for ever);
+    mark the rest running and return them with their files.
     """
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFoundError(f"no job {job_id}")
-        open_ids = dict(s.execute(select(JobStudy.study_id, JobStudy.attempts).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids), JobStudy.status.in_(OPEN))).all())
-        reported = dict(s.execute(select(Report.study_id, Report.job_id).where(
-            Report.model_id == job.model_id, Report.study_id.in_(open_ids))).all())
-        for status, ids in (("done", [i for i, j in reported.items() if j == job_id]),
-                            ("skipped", [i for i, j in reported.items() if j != job_id])):
-            if ids:
-                s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(ids))
-                          .values(status=status, error=None, updated_at=utcnow()))
-        todo = sorted(set(open_ids) - set(reported))
-        if max_attempts is not None:
-            spent = [i for i in todo if open_ids[i] >= max_attempts]
-            if spent:
-                s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(spent)).values(
-                    status="failed", retryable=False, updated_at=utcnow(),
-                    error=f"gave up after {max_attempts} attempts: the worker stopped each time "
-                          "(out of memory, or a crash while decoding?)"))
-                todo = [i for i in todo if i not in set(spent)]
-        s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(todo)).values(
-            status="running", attempts=JobStudy.attempts + 1, updated_at=utcnow()))
-        uids = dict(s.execute(select(Study.id, Study.uid).where(Study.id.in_(todo))).all())
-        images: dict[int, list[ImageRef]] = {sid: [] for sid in todo}
-        for img in s.scalars(select(Image).where(Image.job_id == job_id, Image.study_id.in_(todo))
-                             .order_by(Image.relpath)):
-            images[img.study_id].append(ImageRef(img.id, img.path, img.relpath, img.sha256))
-        return [WorkItem(sid, uids[sid], images[sid], job.source) for sid in todo]
+        attempts = _open_attempts(s, job_id, study_ids)
+        todo = _close_reported(s, job, sorted(attempts))
+        todo = _give_up_exhausted(s, job_id, todo, attempts, max_attempts)
+        _mark_running(s, job_id, todo)
+        return _work_items(s, job, todo)
+
+
+def _open_attempts(s: Session, job_id: int, study_ids: Sequence[int]) -> dict[int, int]:
+    """Study id -> attempts so far, for the batch's studies still open in this job."""
+    return dict(s.execute(select(JobStudy.study_id, JobStudy.attempts).where(
+        JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status.in_(OPEN))).all())
+
+
+def _close_reported(s: Session, job: Job, open_ids: list[int]) -> list[int]:
+    """Close the open studies the job's model has reported already: done if by this job, skipped if
+    by another. Returns the ones still to do."""
+    reported = dict(s.execute(select(Report.study_id, Report.job_id).where(
+        Report.model_id == job.model_id, Report.study_id.in_(open_ids))).all())
+    for status, ids in (("done", [i for i, j in reported.items() if j == job.id]),
+                        ("skipped", [i for i, j in reported.items() if j != job.id])):
+        if ids:
+            s.execute(update(JobStudy).where(JobStudy.job_id == job.id, JobStudy.study_id.in_(ids))
+                      .values(status=status, error=None, updated_at=utcnow()))
+    return [i for i in open_ids if i not in reported]
+
+
+def _give_up_exhausted(s: Session, job_id: int, todo: list[int], attempts: dict[int, int],
+                       max_attempts: int | None) -> list[int]:
+    """Fail, for good, the studies already started `max_attempts` times; returns the others."""
+    if max_attempts is None:
+        return todo
+    spent = [i for i in todo if attempts[i] >= max_attempts]
+    if spent:
+        s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(spent)).values(
+            status="failed", retryable=False, updated_at=utcnow(),
+            error=f"gave up after {max_attempts} attempts: the worker stopped each time "
+                  "(out of memory, or a crash while decoding?)"))
+    return [i for i in todo if i not in set(spent)]
+
+
+def _mark_running(s: Session, job_id: int, todo: list[int]) -> None:
+    s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(todo)).values(
+        status="running", attempts=JobStudy.attempts + 1, updated_at=utcnow()))
+
+
+def _work_items(s: Session, job: Job, todo: list[int]) -> list[WorkItem]:
+    """The studies with this job's own files (never another job's paths), in relpath order."""
+    uids = dict(s.execute(select(Study.id, Study.uid).where(Study.id.in_(todo))).all())
+    images: dict[int, list[ImageRef]] = {sid: [] for sid in todo}
+    for img in s.scalars(select(Image).where(Image.job_id == job.id, Image.study_id.in_(todo))
+                         .order_by(Image.relpath)):
+        images[img.study_id].append(ImageRef(img.id, img.path, img.relpath, img.sha256))
+    return [WorkItem(sid, uids[sid], images[sid], job.source) for sid in todo]
+
+
+def view_counts(db: Database, job_id: int, study_ids: Sequence[int]) -> dict[int, int]:
+    """Study id -> number of this job's images: what batches are grouped by (padded views cost work)."""
+    counts = dict.fromkeys(study_ids, 0)
+    with db.session() as s:
+        for chunk in chunks(list(study_ids)):
+            counts.update(s.execute(select(Image.study_id, func.count()).where(
+                Image.job_id == job_id, Image.study_id.in_(chunk)).group_by(Image.study_id)).all())
+    return counts
+
+
+def job_model(db: Database, job_id: int) -> tuple[Job, Model]:
+    """A job and the model it must be reported with."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        model_row = s.get(Model, job.model_id)
+        assert model_row is not None  # a foreign key
+        return job, model_row
+
+
+def mark_queued(db: Database, job_id: int, study_ids: Sequence[int]) -> None:
+    """pending -> queued, once the broker holds the batch. Only pending: a fast worker may already
+    have the batch running or done."""
+    with db.session() as s:
+        s.execute(update(JobStudy).where(
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status == "pending",
+        ).values(status="queued", updated_at=utcnow()))
 
 
 def record_results(

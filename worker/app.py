@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from functools import cache
 from typing import Any
 
 from celery import Celery
@@ -32,13 +33,11 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from worker import tasks
+from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, QUEUES
 from worker.errors import SettingsError
 from worker.settings import BrokerOptions, Settings
-from worker.tasks import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE
 
 log = logging.getLogger(__name__)
-
-QUEUES = (GPU_QUEUE, CPU_QUEUE)
 
 
 class XrqCelery(Celery):
@@ -73,7 +72,9 @@ def make_app(settings: Settings | None = None, options: BrokerOptions | None = N
     app.xrq_options = options
     app.conf.update(
         broker_url=settings.broker_url,
-        broker_transport_options=transport_options(options),
+        # Redis's options; other transports (AMQP, kombu's SQLAlchemy one on a bare bench host) refuse them.
+        broker_transport_options=transport_options(options)
+        if (settings.broker_url or "").startswith(("redis", "rediss")) else {},
         broker_connection_timeout=3,
         broker_connection_retry_on_startup=True,  # workers wait for the broker to come up
         broker_pool_limit=4,
@@ -108,6 +109,16 @@ def make_app(settings: Settings | None = None, options: BrokerOptions | None = N
     return app
 
 
+def app_for(settings: Settings, options: BrokerOptions | None = None) -> XrqCelery:
+    """One app (and so one producer pool) per broker configuration in this process."""
+    return _app(settings, options or BrokerOptions.from_env())
+
+
+@cache
+def _app(settings: Settings, options: BrokerOptions) -> XrqCelery:
+    return make_app(settings, options)
+
+
 def backlog_schedule(cron: str) -> crontab:
     """`XRQ_BACKLOG_CRON` ("minute hour day month weekday") as Celery's crontab."""
     minute, hour, day_of_month, month_of_year, day_of_week = cron.split()
@@ -117,21 +128,11 @@ def backlog_schedule(cron: str) -> crontab:
 
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
-    """A fresh pool process: no engines or models inherited across the fork, one torch thread on CPUs."""
+    """A fresh pool process: no engines or models inherited across the fork. Its threads (decode
+    workers, torch) are planned from its share of the host's cores on its first batch."""
     from worker import runtime
 
     runtime.clear()
-    set_torch_threads()
-
-
-def set_torch_threads() -> None:
-    """One intra-op thread per process unless OMP_NUM_THREADS says otherwise: on a CPU host the
-    processes are the parallelism, and more threads per process only fight over the cores."""
-    import torch
-
-    wanted = int(os.environ.get("OMP_NUM_THREADS") or 1)
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -158,10 +159,10 @@ def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, p
     if pool not in ("prefork", "solo", "threads"):
         raise SettingsError(f"pool {pool!r} is not one of prefork, solo, threads")
     options = BrokerOptions.from_env()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     runtime.database(settings.database_url)
     runtime.clear()
     worker_app = make_app(settings, options)
+    worker_app.conf.worker_concurrency = concurrency  # each process plans its threads from its share
     worker_app.set_current()
     argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}", f"--pool={pool}",
             f"--loglevel={loglevel}", f"--hostname={hostname or f'xrq-{os.getpid()}@%h'}",

@@ -1,6 +1,6 @@
 """The nightly backlog job: nothing submitted is ever silently left undone.
 
-It queues again (or, with no broker, runs here) every study that is
+It hands again to its runner (the broker's workers, or this process's pipeline) every study that is
 - pending: recorded but never queued (the broker was down, the submitting process died);
 - stuck: queued or running for longer than XRQ_STUCK_AFTER (a lost message, a lost worker);
 - failed for a transient reason (an I/O error, the database gone) with attempts below XRQ_MAX_ATTEMPTS;
@@ -17,10 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 from db import backlog as db_backlog
-from db import jobs
 from worker import runtime
-from worker.errors import BrokerUnavailableError, EvaluationInputError
-from worker.pipeline import batches
+from worker.errors import BrokerUnavailableError, EvaluationInputError, SettingsError
+from worker.pipeline import fail_batch
+from worker.runner import LocalRunner, Runner
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,16 @@ class BacklogRun:
         return data
 
 
-def run_backlog(settings: Settings, *, dry_run: bool = False, score: bool = True) -> BacklogRun:
-    """Find and redo what is left; with `dry_run`, only say what would be done (no lock, no writes)."""
+def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bool = False,
+                score: bool = True) -> BacklogRun:
+    """Find and redo what is left; with `dry_run`, only say what would be done (no lock, no writes).
+
+    `runner` does the work (`worker.dispatch.runner_for`); without one and without a broker, this process.
+    """
+    if runner is None:
+        if settings.broker_url and not dry_run:
+            raise SettingsError("a broker is configured: pass runner=worker.dispatch.runner_for(settings)")
+        runner = LocalRunner(settings)
     db = runtime.database(settings.database_url)
     run = BacklogRun(dry_run=dry_run)
     ttl = timedelta(seconds=max(settings.stuck_after, 3600))
@@ -61,9 +69,9 @@ def run_backlog(settings: Settings, *, dry_run: bool = False, score: bool = True
         run.pending, run.stuck, run.retry, run.exhausted = (
             _count(found.pending), _count(found.stuck), _count(found.retry), found.exhausted)
         if not dry_run:
-            _redo(settings, found.by_job(), run, keep_lock=lambda: db_backlog.extend(db, LOCK, ttl=ttl))
+            _redo(settings, runner, found.by_job(), run, keep_lock=lambda: db_backlog.extend(db, LOCK, ttl=ttl))
             db_backlog.extend(db, LOCK, ttl=ttl)
-            _inbox(settings, run)
+            _inbox(settings, runner, run)
             db_backlog.extend(db, LOCK, ttl=ttl)
             if score:
                 _score(settings, run)
@@ -79,46 +87,31 @@ def _count(groups: dict[int, list[int]]) -> int:
     return sum(len(ids) for ids in groups.values())
 
 
-def _redo(settings: Settings, by_job: dict[int, list[int]], run: BacklogRun,
+def _redo(settings: Settings, runner: Runner, by_job: dict[int, list[int]], run: BacklogRun,
           keep_lock: Callable[[], None]) -> None:
-    """Queue each job's studies again (or run them here); one job's trouble never stops the others."""
+    """Hand each job's studies to the runner again; one job's trouble never stops the others.
+
+    Run here, a batch that breaks is failed retryably by the pipeline and the rest goes on; a job
+    that cannot run at all (its model is not on this host) fails retryably, for a later run."""
     db = runtime.database(settings.database_url)
     for job_id, study_ids in by_job.items():
         keep_lock()
         db_backlog.reopen(db, job_id, study_ids)
-        if settings.broker_url:
-            from worker.enqueue import enqueue_job
-
-            try:
-                enqueue_job(settings, db, job_id, study_ids)
-            except BrokerUnavailableError as exc:  # the rest stays pending for the next run
-                run.errors.append(str(exc))
-                log.warning("backlog: %s", exc)
-                return
-        else:
-            _run_here(settings, job_id, study_ids, run)
+        try:
+            result = runner.run(job_id, study_ids)
+        except BrokerUnavailableError as exc:  # the rest stays pending for the next run
+            run.errors.append(str(exc))
+            log.warning("backlog: %s", exc)
+            return
+        except Exception as exc:  # the job cannot run at all here (its model is missing): the next goes on
+            fail_batch(db, job_id, study_ids, "loading the model", exc)
+            run.errors.append(f"job {job_id}: {exc}")
+            continue
+        run.errors.extend(f"job {job_id}: {e.stage}: {e.reason}" for e in result.errors)
         run.requeued[job_id] = len(study_ids)
 
 
-def _run_here(settings: Settings, job_id: int, study_ids: list[int], run: BacklogRun) -> None:
-    """No broker: run the batches in this process, failing a batch that breaks (retryably) and going on."""
-    from worker.tasks import run_batch
-
-    db = runtime.database(settings.database_url)
-    for batch in batches(study_ids, jobs.get_job(db, job_id).batch_size):
-        try:
-            run_batch(settings, job_id, batch)
-        except Exception as exc:  # a missing model, a worker error: recorded, and the next job goes on
-            reason = f"worker error: {type(exc).__name__}: {exc}"
-            log.warning("backlog: job %s: %s", job_id, reason)
-            # The job's other batches would meet the same trouble: they fail with it too (retryably,
-            # so a later run tries again once the model is back or the bug fixed).
-            jobs.fail_open(db, job_id, study_ids, reason)
-            run.errors.append(f"job {job_id}: {exc}")
-            return
-
-
-def _inbox(settings: Settings, run: BacklogRun) -> None:
+def _inbox(settings: Settings, runner: Runner, run: BacklogRun) -> None:
     if not settings.inbox:
         return
     if not settings.model:
@@ -127,7 +120,7 @@ def _inbox(settings: Settings, run: BacklogRun) -> None:
     from worker.submit import submit_folder
 
     try:
-        result = submit_folder(settings, settings.inbox)
+        result = submit_folder(settings, settings.inbox, runner=runner)
     except (OSError, BrokerUnavailableError) as exc:
         run.errors.append(f"inbox {settings.inbox}: {exc}")
         return

@@ -61,7 +61,8 @@ def alive_workers(settings: Settings, *, timeout: float = 1.0) -> list[WorkerInf
     A worker's main process answers even while its pool processes are busy with a batch, so a
     silent worker is a dead or unreachable one (with the `solo` pool, also a busy one).
     """
-    from worker.enqueue import app_for, broker_errors
+    from worker.app import app_for
+    from worker.enqueue import broker_errors
 
     if not settings.broker_url:
         return []
@@ -76,8 +77,8 @@ def alive_workers(settings: Settings, *, timeout: float = 1.0) -> list[WorkerInf
 
 def queue_depths(settings: Settings) -> dict[str, int]:
     """Messages waiting on each xrq queue (not yet taken by a worker)."""
-    from worker.app import QUEUES
-    from worker.enqueue import app_for, broker_errors
+    from worker.app import app_for
+    from worker.enqueue import QUEUES, broker_errors
 
     if not settings.broker_url:
         return {}

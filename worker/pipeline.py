@@ -1,44 +1,79 @@
-"""The task bodies: take a batch of study ids, decode, generate, store. Shared by every way of running.
+"""The one batch pipeline: decode workers -> batches -> model -> database.
 
-A batch goes through two phases:
-- `prepare`: claim the studies in the database, decode and resize their images into tensors
-  (threads: Pillow, zlib and pydicom release the GIL), turning unreadable images into failed studies;
-- `finish`: one batched `generate` for the readable studies, then one transaction for the results.
+Every way xrq reports studies runs this: `xrq submit` in-process, the Celery generate task, the
+in-process backlog. A run takes some studies of one job and
 
-In-process (`run_batches`) the next batch is prepared while the current one is generated, so the
-model never waits for the disk. A Celery task calls `process_batch`, which runs both phases.
+1. plans batches: studies grouped by view count (a 1-view study padded beside 3-view ones costs
+   cross-attention work), cut to the batch size (`auto`: what the engine says fits);
+2. prepares batch k+1 on a helper thread while the model generates batch k: claim it in the
+   database, then read, decode and preprocess its images on the decode workers (threads: Pillow,
+   zlib and pydicom release the GIL);
+3. finishes batch k on the calling thread: one batched generation, one transaction for the results.
+
+One failure policy, in `fail_batch`: a bad file fails its study with the reason (data, not an
+error); anything that breaks a stage (the database while claiming or recording, the GPU out of
+memory, an unreadable share, a bug) fails only that batch's open studies, retryably, with a one-line
+reason, and the run goes on with the next batch. If even that failure cannot be recorded (the
+database is away), the studies stay open: a Celery task is redelivered, the backlog finds them stuck.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 from db import jobs
 from db.engine import Database
+from db.errors import DatabaseUnavailableError
 from model.errors import ImageError
-from model.images import decode_bytes, read_submitted
+from worker.decoding import DecodePool, Limits, load_view
+
+__all__ = ["BatchError", "JobContext", "Limits", "Pipeline", "RunResult", "Timings", "fail_batch", "load_view",
+           "message_size", "plan_batches"]
 
 if TYPE_CHECKING:
     import torch
-    from transformers import ViTImageProcessorPil
 
     from model.bundle import Bundle
+    from model.engine import Engine
     from model.generate import GenerationSettings
 
-
 log = logging.getLogger(__name__)
+
+AUTO_MESSAGE_STUDIES = 256  # studies per broker message when the batch size is auto (the worker cuts them)
+BATCHES_PER_MESSAGE = 4  # with a set batch size: a message holds this many, so decoding overlaps in a task
+
+
+def message_size(batch_size: int | None) -> int:
+    """Studies per broker message: several batches, so a worker overlaps decoding with generation."""
+    return batch_size * BATCHES_PER_MESSAGE if batch_size else AUTO_MESSAGE_STUDIES
+
+
+def plan_batches(view_counts: dict[int, int], batch_size: Callable[[int], int] | int,
+                 max_views: int) -> list[list[int]]:
+    """Study ids -> batches of studies with the same number of views (capped at `max_views`).
+
+    `batch_size` is a number, or a function of the view count (auto: more views, smaller batches).
+    Within a group, ids keep their order; groups go fewest views first.
+    """
+    groups: dict[int, list[int]] = {}
+    for sid, views in view_counts.items():
+        groups.setdefault(min(max(views, 1), max_views), []).append(sid)
+    planned: list[list[int]] = []
+    for views in sorted(groups):
+        size = batch_size(views) if callable(batch_size) else batch_size
+        ids = groups[views]
+        planned.extend(ids[i : i + size] for i in range(0, len(ids), max(1, size)))
+    return planned
 
 
 @dataclass
 class Timings:
-    """Seconds spent per phase, summed over batches: where the time of a job goes."""
+    """Seconds spent per stage, summed over batches: where the time of a run goes."""
 
     decode: float = 0.0
     model: float = 0.0
@@ -56,123 +91,225 @@ class Timings:
                 "db_s": round(self.db, 4), "studies": self.studies}
 
 
+@dataclass(frozen=True)
+class BatchError:
+    """A batch that a stage could not get through (its studies failed retryably, if `recorded`)."""
+
+    study_ids: tuple[int, ...]
+    stage: str  # claiming, decoding, generating, recording
+    reason: str
+    transient: bool  # the database, memory, the disk: worth retrying as it is
+    recorded: bool  # the failure is in the database; False: the studies are still open there
+
+
 @dataclass
-class Prepared:
+class RunResult:
+    timings: Timings = field(default_factory=Timings)
+    claimed: int = 0
+    reported: int = 0
+    failed: int = 0  # studies failed for a reason of their own (bad images)
+    queued: int = 0  # studies handed to the broker instead (worker/enqueue.py)
+    errors: list[BatchError] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"claimed": self.claimed, "reported": self.reported, "failed": self.failed, "queued": self.queued,
+                "batch_errors": [f"{e.stage}: {e.reason}" for e in self.errors], **self.timings.as_dict()}
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a run needs to know about its job: the model to report with and how."""
+
     job_id: int
-    items: list[jobs.WorkItem]
+    model_id: int
+    bundle: Bundle
+    engine: Engine
+    generation: GenerationSettings
+    batch_size: int | None  # None: auto
+
+
+@dataclass
+class _Prepared:
+    batch: list[int]
+    items: list[jobs.WorkItem] = field(default_factory=list)
     views: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # study id -> (3, H, W) per view
     outcome: jobs.BatchOutcome = field(default_factory=jobs.BatchOutcome)
     timings: Timings = field(default_factory=Timings)
+    error: BatchError | None = None
 
 
-def _load_view(ref: jobs.ImageRef, root: str, processor: ViTImageProcessorPil,
-               max_pixels: int) -> tuple[tuple[int, int], torch.Tensor] | ImageError:
-    """Read (inside the submitted folder, with the submitted content), decode and preprocess one image:
-    its (width, height) and model input, or why it can't be used."""
-    from model.preprocess import view_tensor
+class Pipeline:
+    """Runs batches of one job's studies through decode -> model -> database, overlapping the stages."""
 
-    try:
-        data = read_submitted(ref.path, root=root, sha256=ref.sha256)
-        image = decode_bytes(data, max_pixels=max_pixels, name=os.path.basename(ref.path))
-    except ImageError as exc:
-        return exc
-    return image.size, view_tensor(processor, image)
+    def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None) -> None:
+        """`pool`: decode workers kept by the caller across runs (processes are slow to start); by
+        default, threads made for this run."""
+        self.db, self.ctx, self.limits, self.pool = db, context, limits, pool
 
+    def plan(self, study_ids: Sequence[int]) -> list[list[int]]:
+        counts = jobs.view_counts(self.db, self.ctx.job_id, study_ids)
+        fixed = self.ctx.batch_size
+        size: Callable[[int], int] | int = fixed or (
+            lambda views: self.ctx.engine.auto_batch_size(self.ctx.generation, views))
+        return plan_batches(counts, size, self.ctx.bundle.max_views)
 
-def prepare(db: Database, job_id: int, study_ids: Sequence[int], *, processor: ViTImageProcessorPil,
-            max_pixels: int, pool: ThreadPoolExecutor, max_attempts: int | None = None) -> Prepared:
-    """Claim the batch and load its images; a study with any unreadable image fails with the reason."""
-    t0 = time.perf_counter()
-    items = jobs.claim_batch(db, job_id, study_ids, max_attempts=max_attempts)
-    prepared = Prepared(job_id, items)
-    t1 = time.perf_counter()
-    refs = [ref for item in items for ref in item.images]
-    roots = {ref.id: item.root for item in items for ref in item.images}
-    loaded = pool.map(lambda r: _load_view(r, roots[r.id], processor, max_pixels), refs)
-    decoded = dict(zip((r.id for r in refs), loaded, strict=True))
-    for item in items:
-        errors = [(ref, decoded[ref.id]) for ref in item.images if isinstance(decoded[ref.id], ImageError)]
-        for ref, err in errors:
-            prepared.outcome.image_errors[ref.id] = str(err)
-        if not item.images:
-            prepared.outcome.failures[item.study_id] = "study has no images"
-        elif errors:
-            ref, err = errors[0]
-            prepared.outcome.failures[item.study_id] = f"{ref.relpath}: {err}"
-            if all(e.transient for _, e in errors):  # type: ignore[union-attr]
-                prepared.outcome.retryable.add(item.study_id)
+    def run(self, study_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> RunResult:
+        """Process the studies; never raises for a batch's trouble (see the module's failure policy)."""
+        result = RunResult()
+        planned = self.plan(study_ids)
+        pool = self.pool or DecodePool(self.ctx.bundle.processor, self.limits)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="xrq-prepare") as ahead:
+                for prepared in _overlapped(planned, lambda batch: ahead.submit(self._prepare, batch, pool)):
+                    if prepared.error is None:
+                        self._finish(prepared)
+                    self._tally(prepared, result)
+                    if progress is not None:
+                        progress(len(prepared.batch))
+        finally:
+            if pool is not self.pool:
+                pool.close()
+        return result
+
+    def _prepare(self, batch: list[int], pool: DecodePool) -> _Prepared:
+        """Claim the batch and load its images; a study with any unreadable image fails with the reason."""
+        prepared = _Prepared(batch)
+        t0 = time.perf_counter()
+        try:
+            prepared.items = jobs.claim_batch(self.db, self.ctx.job_id, batch, max_attempts=self.limits.max_attempts)
+        except Exception as exc:
+            prepared.error = fail_batch(self.db, self.ctx.job_id, batch, "claiming", exc)
+            return prepared
+        t1 = time.perf_counter()
+        try:
+            self._decode(prepared, pool)
+        except Exception as exc:
+            prepared.error = fail_batch(self.db, self.ctx.job_id, batch, "decoding", exc)
+        prepared.timings = Timings(decode=time.perf_counter() - t1, db=t1 - t0, studies=len(prepared.items))
+        return prepared
+
+    def _decode(self, prepared: _Prepared, pool: DecodePool) -> None:
+        refs = [(ref, item.root) for item in prepared.items for ref in item.images]
+        loaded = dict(zip((ref.id for ref, _ in refs), pool.map(refs), strict=True))
+        outcome = prepared.outcome
+        for item in prepared.items:
+            errors = [(ref, loaded[ref.id]) for ref in item.images if isinstance(loaded[ref.id], ImageError)]
+            for ref, err in errors:
+                outcome.image_errors[ref.id] = str(err)
+            if not item.images:
+                outcome.failures[item.study_id] = "study has no images"
+            elif errors:
+                ref, err = errors[0]
+                outcome.failures[item.study_id] = f"{ref.relpath}: {err}"
+                if all(e.transient for _, e in errors):  # type: ignore[union-attr]
+                    outcome.retryable.add(item.study_id)
+            else:
+                views = [loaded[ref.id] for ref in item.images]
+                prepared.views[item.study_id] = [tensor for _, tensor in views]  # type: ignore[misc]
+                for ref, (size, _) in zip(item.images, views, strict=True):  # type: ignore[misc]
+                    if size is not None:
+                        outcome.image_sizes[ref.id] = size
+
+    def _finish(self, prepared: _Prepared) -> None:
+        """Generate the readable studies' reports in one batch; store everything in one transaction."""
+        from model.preprocess import stack_views
+
+        ctx, outcome = self.ctx, prepared.outcome
+        t0 = time.perf_counter()
+        study_ids = list(prepared.views)
+        try:
+            if study_ids:
+                pixels, mask = stack_views([prepared.views[sid] for sid in study_ids], ctx.bundle.max_views,
+                                           pin=ctx.engine.device.type == "cuda")
+                outcome.reports.update(zip(study_ids, ctx.engine.generate(pixels, mask, ctx.generation),
+                                           strict=True))
+        except Exception as exc:
+            prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "generating", exc)
+            return
+        finally:
+            prepared.views.clear()  # free the pixels as soon as they are used
+        t1 = time.perf_counter()
+        try:
+            jobs.record_results(self.db, job_id=ctx.job_id, model_id=ctx.model_id, outcome=outcome,
+                                settings=report_settings(ctx))
+        except Exception as exc:
+            prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "recording", exc)
+        prepared.timings.add(Timings(model=t1 - t0, db=time.perf_counter() - t1))
+
+    @staticmethod
+    def _tally(prepared: _Prepared, result: RunResult) -> None:
+        result.timings.add(prepared.timings)
+        result.claimed += len(prepared.items)
+        if prepared.error is not None:
+            result.errors.append(prepared.error)
         else:
-            views = [decoded[ref.id] for ref in item.images]
-            prepared.views[item.study_id] = [tensor for _, tensor in views]  # type: ignore[misc]
-            for ref, (size, _) in zip(item.images, views, strict=True):  # type: ignore[misc]
-                prepared.outcome.image_sizes[ref.id] = size
-    t2 = time.perf_counter()
-    prepared.timings = Timings(decode=t2 - t1, db=t1 - t0, studies=len(items))
-    return prepared
+            result.reported += len(prepared.outcome.reports)
+            result.failed += len(prepared.outcome.failures)
 
 
-def finish(db: Database, bundle: Bundle, model_id: int, prepared: Prepared,
-           generation: GenerationSettings) -> Prepared:
-    """Generate the reports of the readable studies in one batch and store everything in one transaction."""
-    from model.generate import generate_from_pixels, record
-    from model.preprocess import stack_views
-
-    t0 = time.perf_counter()
-    study_ids = list(prepared.views)
-    if study_ids:
-        pixels, mask = stack_views([prepared.views[sid] for sid in study_ids], bundle.max_views)
-        texts = generate_from_pixels(bundle, pixels, mask, generation)
-        prepared.outcome.reports.update(zip(study_ids, texts, strict=True))
-    t1 = time.perf_counter()
-    settings = {**record(generation, bundle.device), "model": bundle.name,
-                "model_fingerprint": bundle.fingerprint}
-    jobs.record_results(db, job_id=prepared.job_id, model_id=model_id, outcome=prepared.outcome,
-                        settings=settings)
-    t2 = time.perf_counter()
-    prepared.timings.add(Timings(model=t1 - t0, db=t2 - t1))
-    prepared.views.clear()  # free the pixels as soon as they are used
-    return prepared
+def _overlapped(planned: list[list[int]], start: Callable[[list[int]], Future[_Prepared]]) -> Iterator[_Prepared]:
+    """Yield each batch prepared, having started preparing the next one before handing it out."""
+    upcoming = start(planned[0]) if planned else None
+    for index in range(len(planned)):
+        assert upcoming is not None
+        prepared = upcoming.result()  # _prepare never raises
+        upcoming = start(planned[index + 1]) if index + 1 < len(planned) else None
+        yield prepared
 
 
-def process_batch(db: Database, bundle: Bundle, model_id: int, job_id: int, study_ids: Sequence[int], *,
-                  generation: GenerationSettings, max_pixels: int, decode_threads: int,
-                  max_attempts: int | None = None) -> Prepared:
-    """One batch, start to end: what a worker task runs for each message."""
-    with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool:
-        prepared = prepare(db, job_id, study_ids, processor=bundle.processor, max_pixels=max_pixels, pool=pool,
-                           max_attempts=max_attempts)
-    return finish(db, bundle, model_id, prepared, generation)
+def report_settings(ctx: JobContext) -> dict[str, object]:
+    """What is stored with each report: how it was generated, where, and by which weights."""
+    from model.generate import record
+
+    dtype = str(ctx.engine.dtype).removeprefix("torch.")  # what the weights were held in, bf16 on GPUs
+    return {**record(ctx.generation, ctx.engine.device), "dtype": dtype, "model": ctx.bundle.name,
+            "model_fingerprint": ctx.engine.fingerprint}
 
 
-def batches(study_ids: Sequence[int], size: int) -> list[list[int]]:
-    return [list(study_ids[i : i + size]) for i in range(0, len(study_ids), size)]
+# ---- the failure policy -------------------------------------------------------------------------------
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors that go away by themselves: the database restarting or locked, a dropped connection, an
+    unreadable share. (GPU out-of-memory is matched by name: torch is not imported for this.)"""
+    from sqlalchemy import exc as sa_exc
+
+    return (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, DatabaseUnavailableError,
+            OSError, MemoryError)
 
 
-def run_batches(db: Database, bundle: Bundle, model_id: int, job_id: int, study_ids: Sequence[int], *,
-                batch_size: int, generation: GenerationSettings, max_pixels: int, decode_threads: int,
-                max_attempts: int | None = None, progress: Callable[[int], None] | None = None) -> Timings:
-    """Process a job's studies in this process, decoding batch k+1 while batch k is generated."""
-    total = Timings()
-    todo = batches(study_ids, batch_size)
-    if not todo:
-        return total
-    with ThreadPoolExecutor(decode_threads, thread_name_prefix="xrq-decode") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="xrq-prepare") as ahead:
-        load = partial(prepare, db, job_id, processor=bundle.processor, max_pixels=max_pixels, pool=pool,
-                       max_attempts=max_attempts)
-        upcoming = ahead.submit(load, todo[0])
-        for index in range(len(todo)):
-            prepared = upcoming.result()
-            if index + 1 < len(todo):
-                upcoming = ahead.submit(load, todo[index + 1])
-            try:
-                finish(db, bundle, model_id, prepared, generation)
-            except Exception as exc:
-                # As a Celery worker does: the batch fails with the reason (retryable, so the backlog
-                # tries again), and the job goes on, rather than leaving its studies running for ever.
-                log.exception("batch of job %s failed", job_id)
-                jobs.fail_open(db, job_id, todo[index], f"worker error: {type(exc).__name__}: {exc}")
-            total.add(prepared.timings)
-            if progress is not None:
-                progress(len(todo[index]))
-    return total
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, transient_errors()) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a stored reason: the error's kind and first line, never an SQL statement or its
+    parameters (other studies' report text would leak into this study's reason)."""
+    from sqlalchemy.exc import DBAPIError
+
+    shown: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    first = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")
+    kind = "database error" if isinstance(exc, DBAPIError) else "worker error"
+    return f"{kind}: {type(shown).__name__}" + (f": {first[:300]}" if first else "")
+
+
+def fail_batch(db: Database, job_id: int, study_ids: Sequence[int], stage: str, exc: BaseException) -> BatchError:
+    """The failure policy: fail the batch's open studies retryably with a one-line reason, and go on."""
+    reason = describe(exc)
+    log.error("job %s: a batch of %d studies failed while %s: %s", job_id, len(study_ids), stage, reason,
+              exc_info=not is_transient(exc))
+    try:
+        jobs.fail_open(db, job_id, study_ids, reason)
+        recorded = True
+    except Exception as again:  # the database is away: the studies stay open, to be redone
+        log.warning("job %s: could not record that failure either (%s)", job_id, describe(again))
+        recorded = False
+    if type(exc).__name__ == "OutOfMemoryError":
+        _release_gpu_memory()
+    return BatchError(tuple(study_ids), stage, reason, is_transient(exc), recorded)
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

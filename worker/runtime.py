@@ -1,4 +1,5 @@
-"""Per-process caches: one database engine per URL, one loaded model per (path, device).
+"""Per-process caches: one database engine per URL, one loaded model per (path, device), one engine
+per model, one view cache; and the job context a pipeline run needs (which model, how to generate).
 
 A worker process loads its model once, lazily, on the first batch it takes, never in a parent
 process before a fork (CUDA cannot survive one).
@@ -11,14 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.engine import Database, open_database
+from worker.errors import ModelMismatchError
 from worker.settings import Settings
 
 if TYPE_CHECKING:
+    from db.schema import Model
     from model.bundle import Bundle
+    from model.engine import Engine
     from model.generate import GenerationSettings
+    from model.view_cache import ViewCache
+    from worker.decoding import DecodePool, Limits
+    from worker.pipeline import JobContext
 
 _databases: dict[str, Database] = {}
 _bundles: dict[tuple[str, str], Bundle] = {}
+_fingerprints: dict[int, str] = {}  # id(bundle) -> its weights' fingerprint as loaded
+_engines: dict[tuple[int, bool], Engine] = {}
+_caches: dict[tuple[str, int], ViewCache] = {}
+_pools: dict[tuple[int, Limits], DecodePool] = {}
 _model_ids: dict[tuple[str, str], int] = {}
 
 
@@ -35,15 +46,22 @@ def bundle(name_or_path: str, device: str = "auto") -> Bundle:
         from model.generate import resolve_device
 
         _bundles[key] = load(name_or_path, device=resolve_device(device))
+        _fingerprints[id(_bundles[key])] = _bundles[key].fingerprint
     return _bundles[key]
+
+
+def fingerprint(loaded: Bundle) -> str:
+    """The fingerprint of the weights as loaded: on CUDA the engine holds them in bf16 since, and
+    the bf16 tensors hash differently, but they are still the model the database knows."""
+    return _fingerprints.get(id(loaded)) or loaded.fingerprint
 
 
 def model_id(db: Database, loaded: Bundle) -> int:
     """The database id of a loaded model, recorded on first use."""
-    key = (db.url, loaded.fingerprint)
+    key = (db.url, fingerprint(loaded))
     if key not in _model_ids:
         _model_ids[key] = jobs.upsert_model(
-            db, name=loaded.name, fingerprint=loaded.fingerprint,
+            db, name=loaded.name, fingerprint=fingerprint(loaded),
             path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta,
         )
     return _model_ids[key]
@@ -61,12 +79,82 @@ def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSe
     return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
 
 
+def engine(loaded: Bundle, compile: bool = False) -> Engine:
+    """The inference engine of a loaded model (on CUDA it holds the weights in bf16), made once."""
+    key = (id(loaded), compile)
+    if key not in _engines:
+        from model.engine import Engine, EngineOptions
+
+        _engines[key] = Engine(loaded, EngineOptions(compile=compile))
+    return _engines[key]
+
+
+def view_cache(settings: Settings) -> ViewCache | None:
+    """The preprocessed-view cache of XRQ_CACHE_DIR, or None when it is not set."""
+    if not settings.cache_dir:
+        return None
+    key = (settings.cache_dir, settings.cache_max_bytes)
+    if key not in _caches:
+        from model.view_cache import ViewCache
+
+        _caches[key] = ViewCache(settings.cache_dir, settings.cache_max_bytes)
+    return _caches[key]
+
+
+def decode_pool(loaded: Bundle, limits: Limits) -> DecodePool:
+    """Decode workers for this model's preprocessing, kept for the life of the process."""
+    key = (id(loaded), limits)
+    if key not in _pools:
+        from worker.decoding import DecodePool
+
+        _pools[key] = DecodePool(loaded.processor, limits)
+    return _pools[key]
+
+
+def job_context(settings: Settings, db: Database, job_id: int) -> JobContext:
+    """Everything a pipeline run needs about a job: its model (these very weights), how to generate."""
+    from worker.pipeline import JobContext
+
+    job, model_row = jobs.job_model(db, job_id)
+    loaded = job_bundle(settings, model_row)
+    return JobContext(job_id=job_id, model_id=model_row.id, bundle=loaded, engine=engine(loaded, settings.compile),
+                      generation=job_generation(job.settings), batch_size=job.batch_size or None)
+
+
+def job_bundle(settings: Settings, model_row: Model) -> Bundle:
+    """The job's model, loaded once per process: from the worker's XRQ_MODEL if it holds these very
+    weights, else from the path the model was recorded with (a shared volume)."""
+    from model.errors import ModelError
+
+    tried: list[str] = []
+    for source in dict.fromkeys(s for s in (settings.model, model_row.path) if s):
+        try:
+            loaded = bundle(source, settings.device)
+        except ModelError as exc:
+            tried.append(f"{source} ({exc})")
+            continue
+        if fingerprint(loaded) == model_row.fingerprint:
+            return loaded
+        tried.append(f"{source} (other weights, fingerprint {fingerprint(loaded)[:12]})")
+    raise ModelMismatchError(
+        f"this worker has no copy of model {model_row.name} (fingerprint {model_row.fingerprint[:12]}): "
+        f"tried {', '.join(tried) or 'nothing (no XRQ_MODEL, no recorded path)'}. Put the model on the "
+        "shared models volume at its recorded path, or point the worker's XRQ_MODEL at a copy."
+    )
+
+
 def clear() -> None:
     """Forget cached engines and models (tests; a worker process after a fork)."""
     for db in _databases.values():
         db.dispose()
     _databases.clear()
+    for pool in _pools.values():
+        pool.close()
+    _pools.clear()
     _bundles.clear()
+    _fingerprints.clear()
+    _engines.clear()
+    _caches.clear()
     _model_ids.clear()
 
 

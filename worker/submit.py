@@ -1,6 +1,8 @@
-"""`xrq submit` without the CLI: scan a folder, record the job, run it here or hand it to the broker.
+"""`xrq submit` without the CLI: scan a folder, record the job, hand it to a runner.
 
 This module moves data between model/ (scanning, the model) and db/ (jobs): neither knows the other.
+The runner (this process's pipeline, or the broker's workers) is the caller's choice
+(`worker.dispatch.runner_for`); without one and without a broker, the work runs here.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db import jobs
-from db.engine import Database
 from db.queries import JobSummary, job_summary
-from model.generate import check_fits
 from model.scan import ScannedStudy, scan_folder
 from worker import runtime
-from worker.errors import NoModelError
-from worker.pipeline import Timings, run_batches
+from worker.errors import NoModelError, SettingsError
+from worker.pipeline import RunResult, Timings
+from worker.runner import LocalRunner, Runner
 from worker.settings import Settings
 
 
@@ -28,6 +29,7 @@ class Submission:
     summary: JobSummary
     timings: Timings
     scanned: int  # files found in the folder
+    result: RunResult | None = None  # what the run did, batch by batch (None: nothing to do)
 
 
 def to_study_in(study: ScannedStudy) -> jobs.StudyIn:
@@ -41,15 +43,22 @@ def to_study_in(study: ScannedStudy) -> jobs.StudyIn:
 def submit_folder(
     settings: Settings, folder: str | Path, *, group_by: str = "auto", pattern: str | None = None,
     progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+    runner: Runner | None = None,
 ) -> Submission:
-    """Record a job for the folder's studies and, with no broker configured, process it in-process.
+    """Record a job for the folder's studies and hand what is left to do to `runner`.
 
     `on_start(n)` is called with the number of studies about to be processed (for a progress bar),
     `progress(k)` after every batch with the number of studies it held.
     """
+    from model.generate import check_fits
+
     if not settings.model:
         raise NoModelError("no model given: pass --model DIR or set XRQ_MODEL "
                            "(make one with `xrq model init --out models/tiny`)")
+    if runner is None:
+        if settings.broker_url:
+            raise SettingsError("a broker is configured: pass runner=worker.dispatch.runner_for(settings)")
+        runner = LocalRunner(settings)
     studies = scan_folder(folder, group_by=group_by, pattern=pattern)
     db = runtime.database(settings.database_url)
     bundle = runtime.bundle(settings.model, settings.device)
@@ -58,32 +67,12 @@ def submit_folder(
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
         db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
-        batch_size=settings.batch_size, settings=generation.as_dict(),
+        batch_size=settings.batch_size or 0, settings=generation.as_dict(),  # 0: auto, chosen where it runs
         studies=[to_study_in(s) for s in studies],
     )
-    timings = Timings()
-    if settings.broker_url:
-        from worker.enqueue import enqueue_job  # celery is imported only when a broker is configured
-
-        enqueue_job(settings, db, record.job_id, record.to_run)
-        ran = 0
-    else:
-        if on_start is not None:
-            on_start(len(record.to_run))
-        timings = run_job(settings, db, record.job_id, record.to_run, progress=progress)
-        ran = len(record.to_run)
-    return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id), timings,
-                      sum(len(s.images) for s in studies))
-
-
-def run_job(settings: Settings, db: Database, job_id: int, study_ids: list[int],
-            progress: Callable[[int], None] | None = None) -> Timings:
-    """Process studies of a job in this process with the job's model settings."""
-    bundle = runtime.bundle(settings.model or "", settings.device)
-    model_id = runtime.model_id(db, bundle)
-    job = jobs.get_job(db, job_id)
-    return run_batches(
-        db, bundle, model_id, job_id, study_ids, batch_size=job.batch_size,
-        generation=runtime.job_generation(job.settings), max_pixels=settings.max_pixels,
-        decode_threads=settings.decode_threads, max_attempts=settings.max_attempts, progress=progress,
-    )
+    if runner.local and on_start is not None:
+        on_start(len(record.to_run))
+    result = runner.run(record.job_id, record.to_run, progress=progress) if record.to_run else None
+    ran = len(record.to_run) if runner.local else 0
+    return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
+                      result.timings if result else Timings(), sum(len(s.images) for s in studies), result)

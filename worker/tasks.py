@@ -4,7 +4,9 @@
 skips finished and already-reported studies, and reports are inserted ON CONFLICT DO NOTHING. So a
 redelivered message, a duplicate publish, or a retry after a database error leaves one report.
 
-This module must not import `worker.app` at import time (the app imports it to register the tasks).
+The task runs the same pipeline as in-process submit (worker/pipeline.py), with its failure policy:
+a batch that breaks fails retryably and the task goes on. Only what the pipeline could not record
+(the database away) makes the task retry the message, with backoff.
 """
 
 from __future__ import annotations
@@ -13,36 +15,21 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import exc as sa_exc
-
-from db import jobs
-from db.engine import Database
-from db.errors import DatabaseUnavailableError
-from db.schema import Job, Model
 from worker import runtime
+from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, BrokerRunner
 from worker.errors import ModelMismatchError
-from worker.pipeline import process_batch
+from worker.pipeline import fail_batch, transient_errors
+from worker.runner import LocalRunner
 
 if TYPE_CHECKING:
-    from celery import Task
+    from celery import Celery, Task
 
-    from model.bundle import Bundle
-    from worker.app import XrqCelery
-    from worker.settings import Settings
+    from worker.settings import BrokerOptions, Settings
+
+__all__ = ["BACKLOG_TASK", "CPU_QUEUE", "EVALUATE_TASK", "GENERATE_TASK", "GPU_QUEUE", "backoff", "register",
+           "run_batch"]
 
 log = logging.getLogger(__name__)
-
-GPU_QUEUE = "gpu"
-CPU_QUEUE = "cpu"
-GENERATE_TASK = "xrq.generate_batch"
-BACKLOG_TASK = "xrq.backlog"
-EVALUATE_TASK = "xrq.evaluate"
-
-# Errors that go away by themselves: the server restarting, a dropped connection, a failover, a
-# serialization conflict. Everything else is a bug or bad data and is not retried.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, DatabaseUnavailableError,
-)
 
 
 def backoff(retries: int, maximum: int) -> float:
@@ -56,103 +43,45 @@ def backoff(retries: int, maximum: int) -> float:
 
 
 def generate_batch(task: Task, job_id: int, study_ids: list[int]) -> dict[str, Any]:
-    """Report a batch of a job's studies with the job's model, and store the results."""
-    app = cast("XrqCelery", task.app)
-    settings, options = app.xrq_settings, app.xrq_options
-    _ensure_process_setup()
+    """Report a message's studies with the job's model, and store the results."""
+    settings, options = _settings(task), _options(task)
     try:
-        return run_batch(settings, job_id, study_ids)
-    except TRANSIENT_DB_ERRORS as exc:
-        # The database is the truth and it is away: nothing was half-written (one transaction per
-        # step), so the same message later does exactly what this one would have done.
-        log.warning("database error in job %s's batch, retry %d: %s", job_id, task.request.retries + 1, exc)
-        raise task.retry(exc=exc, countdown=backoff(task.request.retries, options.retry_backoff_max),
-                         max_retries=options.task_max_retries) from exc
+        result = run_batch(settings, job_id, study_ids, processes=_processes(task.app))
+    except transient_errors() as exc:  # the job's row could not even be read: nothing was claimed
+        raise _retry(task, options, job_id, exc) from exc
     except ModelMismatchError as exc:
         if task.request.retries < options.task_max_retries:
-            # Another worker may hold the right model: put the batch back on the queue.
+            # Another worker may hold the right model: put the message back on the queue.
             log.error("%s; handing the batch back to the queue", exc)
-            raise task.retry(exc=exc, countdown=backoff(task.request.retries, options.retry_backoff_max),
-                             max_retries=options.task_max_retries) from exc
-        _fail_quietly(settings.database_url, job_id, study_ids, str(exc))
+            raise _retry(task, options, job_id, exc) from exc
+        fail_batch(runtime.database(settings.database_url), job_id, study_ids, "loading the model", exc)
         raise
-    except Exception as exc:
-        # A bug or an unexpected failure in generation: the studies fail with the reason, visible
-        # in `xrq status`, instead of staying 'running' for ever.
-        log.exception("batch of job %s failed", job_id)
-        _fail_quietly(settings.database_url, job_id, study_ids, f"worker error: {type(exc).__name__}: {exc}")
-        raise
+    unrecorded = [e for e in result["errors"] if not e.recorded]
+    if unrecorded:
+        # The database is the truth and it is away: what could not be recorded is still open there,
+        # so the same message later does exactly what this one would have done for those studies.
+        raise _retry(task, options, job_id, RuntimeError(unrecorded[0].reason))
+    return {"job_id": job_id, **{k: v for k, v in result.items() if k != "errors"}}
 
 
-def run_batch(settings: Settings, job_id: int, study_ids: list[int]) -> dict[str, Any]:
-    """The task's body without Celery: find the job's model, process the batch, say what happened."""
-    db = runtime.database(settings.database_url)
-    job, model_row = _job_and_model(db, job_id)
-    bundle = _bundle_for(settings.model, settings.device, model_row)
-    prepared = process_batch(
-        db, bundle, model_row.id, job_id, study_ids, generation=runtime.job_generation(job.settings),
-        max_pixels=settings.max_pixels, decode_threads=settings.decode_threads, max_attempts=settings.max_attempts,
-    )
-    outcome = prepared.outcome
-    return {"job_id": job_id, "claimed": len(prepared.items), "reported": len(outcome.reports),
-            "failed": len(outcome.failures), **prepared.timings.as_dict()}
+def run_batch(settings: Settings, job_id: int, study_ids: list[int], *, processes: int = 1) -> dict[str, Any]:
+    """The task's body without Celery: the pipeline over the message's studies, and what happened."""
+    result = LocalRunner(settings, processes=processes).run(job_id, study_ids)
+    return {**result.as_dict(), "errors": result.errors}
 
 
-def _fail_quietly(url: str, job_id: int, study_ids: list[int], reason: str) -> None:
-    try:
-        jobs.fail_open(runtime.database(url), job_id, study_ids, reason)
-    except TRANSIENT_DB_ERRORS:
-        log.warning("could not record the failure of job %s's batch (database unreachable)", job_id)
-
-
-def _job_and_model(db: Database, job_id: int) -> tuple[Job, Model]:
-    job = jobs.get_job(db, job_id)
-    with db.session() as s:
-        model_row = s.get(Model, job.model_id)
-    assert model_row is not None  # a foreign key
-    return job, model_row
-
-
-def _bundle_for(worker_model: str | None, device: str, model_row: Model) -> Bundle:
-    """The job's model, loaded once per process: from the worker's XRQ_MODEL if it holds these very
-    weights, else from the path the model was recorded with (a shared volume)."""
-    from model.errors import ModelError
-
-    tried: list[str] = []
-    for source in dict.fromkeys(s for s in (worker_model, model_row.path) if s):
-        try:
-            bundle = runtime.bundle(source, device)
-        except ModelError as exc:
-            tried.append(f"{source} ({exc})")
-            continue
-        if bundle.fingerprint == model_row.fingerprint:
-            return bundle
-        tried.append(f"{source} (other weights, fingerprint {bundle.fingerprint[:12]})")
-    raise ModelMismatchError(
-        f"this worker has no copy of model {model_row.name} (fingerprint {model_row.fingerprint[:12]}): "
-        f"tried {', '.join(tried) or 'nothing (no XRQ_MODEL, no recorded path)'}. Put the model on the "
-        "shared models volume at its recorded path, or point the worker's XRQ_MODEL at a copy."
-    )
-
-
-_process_ready = False
-
-
-def _ensure_process_setup() -> None:
-    """Thread settings for pools that send no worker_process_init (solo, threads)."""
-    global _process_ready
-    if not _process_ready:
-        from worker.app import set_torch_threads
-
-        set_torch_threads()
-        _process_ready = True
+def _retry(task: Task, options: BrokerOptions, job_id: int, exc: BaseException) -> BaseException:
+    log.warning("job %s's message will be retried (retry %d): %s", job_id, task.request.retries + 1, exc)
+    return cast(BaseException, task.retry(exc=exc, countdown=backoff(task.request.retries, options.retry_backoff_max),
+                                          max_retries=options.task_max_retries))
 
 
 def backlog(task: Task) -> dict[str, Any]:
     """The nightly backlog run (beat schedules it on the cpu queue); a second concurrent run does nothing."""
     from worker.backlog import run_backlog
 
-    return run_backlog(_settings(task)).as_dict()
+    settings = _settings(task)
+    return run_backlog(settings, BrokerRunner(task.app, settings)).as_dict()
 
 
 def evaluate(task: Task, **options: Any) -> dict[str, Any]:
@@ -164,10 +93,19 @@ def evaluate(task: Task, **options: Any) -> dict[str, Any]:
 
 
 def _settings(task: Task) -> Settings:
-    return cast("XrqCelery", task.app).xrq_settings
+    return cast("Settings", task.app.xrq_settings)
 
 
-def register(app: XrqCelery) -> None:
+def _options(task: Task) -> BrokerOptions:
+    return cast("BrokerOptions", task.app.xrq_options)
+
+
+def _processes(app: Celery) -> int:
+    """How many pool processes share this host's cores (set by `xrq worker --concurrency`)."""
+    return int(app.conf.worker_concurrency or 1)
+
+
+def register(app: Celery) -> None:
     """Register the tasks on `app`; called by `worker.app.make_app`."""
     # The queue comes from task_routes (worker.app): the task attribute is deprecated in Celery 6.
     app.task(bind=True, name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True,

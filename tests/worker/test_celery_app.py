@@ -143,7 +143,7 @@ def test_queue_depth_counts_what_no_worker_has_taken(monkeypatch: pytest.MonkeyP
 
     import redis
 
-    from worker.enqueue import app_for
+    from worker.app import app_for
     from worker.follow import queue_depths
 
     prefix = f"xrq-test-{uuid.uuid4().hex[:8]}:"

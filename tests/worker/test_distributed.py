@@ -92,13 +92,14 @@ def assert_exactly_once(url: str, job_id: int, total: int) -> None:
 def submit(env: dict[str, str], folder: Path, model: Path, *, batch_size: int,
            max_new_tokens: int | None = None) -> int:
     """Record the job and queue it (in this process, as `xrq submit` does); the job id."""
+    from worker.dispatch import runner_for
     from worker.submit import submit_folder
 
     settings = Settings(database_url=env["XRQ_DATABASE_URL"], broker_url=env["XRQ_BROKER_URL"],
                         model=str(model), batch_size=batch_size)
     if max_new_tokens:  # longer reports: a batch slow enough to be caught in the middle
         settings = replace(settings, max_new_tokens=max_new_tokens)
-    return submit_folder(settings, folder).job_id
+    return submit_folder(settings, folder, runner=runner_for(settings)).job_id
 
 
 def wait_until_running(url: str, job_id: int) -> None:
@@ -122,9 +123,11 @@ def test_several_workers_report_every_study_exactly_once(
         summary = json.loads(result.output.strip().splitlines()[-1])
         assert summary["finished"] and summary["counts"]["done"] == 24 and summary["processed"] == 0
         assert_exactly_once(url, summary["job_id"], 24)
-        # Both took batches (prefetch is one message per process, so neither can hoard the queue).
+        # Both took messages (prefetch is one message per process, so neither can hoard the queue).
+        # Four messages: by view count 21 one-view studies (12 + 9: four batches of 3 to a message),
+        # two of two views, one of three.
         assert succeeded(first.text()) >= 1 and succeeded(second.text()) >= 1
-        assert succeeded(first.text()) + succeeded(second.text()) == 8
+        assert succeeded(first.text()) + succeeded(second.text()) == 4
 
         status = runner.invoke(cli, ["status"], env=broker_env, catch_exceptions=False)
         assert status.exit_code == 0, status.output
@@ -177,8 +180,7 @@ def test_a_worker_killed_mid_batch_is_taken_over_by_another_after_the_visibility
 def test_a_message_delivered_twice_leaves_one_report(
     broker_env: dict[str, str], tiny_model: Path, tmp_path: Path
 ) -> None:
-    from worker.enqueue import app_for
-    from worker.pipeline import batches
+    from worker.app import app_for
     from worker.tasks import GENERATE_TASK
 
     url = broker_env["XRQ_DATABASE_URL"]
@@ -187,10 +189,10 @@ def test_a_message_delivered_twice_leaves_one_report(
     with workers(tmp_path, broker_env, 2) as pair:
         job = submit(broker_env, folder, tiny_model, batch_size=4)
         ids = sorted(per_study_reports(url, job))
-        for batch in batches(ids, 4):  # the same three messages again, while the first are in flight
-            app_for(settings).send_task(GENERATE_TASK, args=[job, batch])
-        wait_for(lambda: sum(succeeded(w.text()) for w in pair) == 6, timeout=SLOW,
-                 what="all six messages to be processed")
+        for start in range(0, 12, 4):  # the same studies again in three messages, while the first is in flight
+            app_for(settings).send_task(GENERATE_TASK, args=[job, ids[start : start + 4]])
+        wait_for(lambda: sum(succeeded(w.text()) for w in pair) == 4, timeout=SLOW,
+                 what="all four messages to be processed")
     assert_exactly_once(url, job, 12)
 
 
@@ -233,7 +235,7 @@ def test_a_batch_retried_after_a_database_error_leaves_one_report(
 def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
     postgres_url: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import enqueue
+    from db import jobs
 
     redis = PrivateRedis().start()
     env = {"XRQ_DATABASE_URL": postgres_url, "XRQ_BROKER_URL": redis.url}
@@ -241,10 +243,10 @@ def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("XRQ_BROKER_PREFIX", raising=False)
     folder = images(tmp_path / "images", 12)
-    args = ["submit", str(folder), "--model", str(tiny_model), "--batch-size", "3"]
+    args = ["submit", str(folder), "--model", str(tiny_model), "--batch-size", "1"]
     try:
-        # Redis dies after the second of four batches was accepted.
-        mark_queued = enqueue.mark_queued
+        # Redis dies after the second of three messages (four batches of one each) was accepted.
+        mark_queued = jobs.mark_queued
         calls = []
 
         def then_stop(*a: object, **kw: object) -> None:
@@ -253,19 +255,19 @@ def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
             if len(calls) == 2:
                 redis.stop()
 
-        monkeypatch.setattr(enqueue, "mark_queued", then_stop)
+        monkeypatch.setattr(jobs, "mark_queued", then_stop)
         started = time.monotonic()
         result = CliRunner().invoke(cli, args, env=env)
         assert time.monotonic() - started < 30
         assert result.exit_code == 1
         assert f"Error: cannot reach the broker at {redis.url}" in result.output
-        assert "Job 1 is recorded and 6 of its 12 studies were queued before that; the other 6 are pending" \
+        assert "Job 1 is recorded and 8 of its 12 studies were queued before that; the other 4 are pending" \
             in result.output, result.output
         assert "Traceback" not in result.output
-        assert statuses(postgres_url, 1) == {"queued": 6, "pending": 6}
+        assert statuses(postgres_url, 1) == {"queued": 8, "pending": 4}
 
         # Redis is still down: the same submit says so at once and changes nothing.
-        monkeypatch.setattr(enqueue, "mark_queued", mark_queued)
+        monkeypatch.setattr(jobs, "mark_queued", mark_queued)
         again = CliRunner().invoke(cli, args, env=env)
         assert again.exit_code == 1 and "its 12 studies are pending" in again.output, again.output
 
@@ -316,7 +318,7 @@ def test_a_cpu_worker_runs_evaluations_and_the_backlog(
     from db.schema import Evaluation
     from model.scan import scan_folder
     from tests.conftest import IU_CSV
-    from worker.enqueue import app_for
+    from worker.app import app_for
     from worker.evaluate import import_iu
     from worker.follow import queue_depths
     from worker.submit import to_study_in
@@ -342,4 +344,4 @@ def test_a_cpu_worker_runs_evaluations_and_the_backlog(
 
         app.send_task(BACKLOG_TASK)  # the pending job goes to the gpu queue, where no worker listens
         wait_for(lambda: statuses(url, job) == {"queued": 4}, timeout=SLOW, what="the backlog to queue the job")
-        assert queue_depths(settings)["gpu"] == 2  # two batches of two
+        assert queue_depths(settings)["gpu"] == 3  # one message per view count: 1, 2 and 3 views

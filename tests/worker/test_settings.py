@@ -17,13 +17,21 @@ def test_variables_are_read_and_typed() -> None:
     assert s.model is None and s.max_pixels == 50_000_000 and s.backlog_cron == "30 3 * * 1-5"
 
 
+def test_batch_size_and_decode_workers_default_to_auto() -> None:
+    assert (Settings.from_env({}).batch_size, Settings.from_env({}).decode_workers) == (None, None)
+    s = Settings.from_env({"XRQ_BATCH_SIZE": "auto", "XRQ_DECODE_THREADS": "3", "XRQ_COMPILE": "true",
+                           "XRQ_CACHE_DIR": "/var/cache/xrq"})
+    assert (s.batch_size, s.decode_workers, s.compile, s.cache_dir) == (None, 3, True, "/var/cache/xrq")
+
+
 def test_options_win_over_variables_unless_unset() -> None:
     s = Settings.from_env({"XRQ_BATCH_SIZE": "16"}, batch_size=4, model=None)
     assert s.batch_size == 4 and s.model is None
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"XRQ_BATCH_SIZE": "eight"}, "XRQ_BATCH_SIZE must be a whole number, not 'eight'"),
+    ({"XRQ_BATCH_SIZE": "eight"}, "XRQ_BATCH_SIZE must be a whole number or auto, not 'eight'"),
+    ({"XRQ_COMPILE": "maybe"}, "XRQ_COMPILE must be 1 or 0"),
     ({"XRQ_NUM_BEAMS": "0"}, "XRQ_NUM_BEAMS must be at least 1, not 0"),
     ({"XRQ_BACKLOG_CRON": "nightly"}, "XRQ_BACKLOG_CRON must have five fields"),
 ])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from db.schema import Image, Job, JobStudy, Report, Study
@@ -106,38 +105,7 @@ def test_the_model_recommends_the_report_length_unless_the_user_sets_it(sqlite_u
     assert stored["max_new_tokens"] == 17
 
 
-def test_a_batch_that_breaks_fails_retryably_and_the_job_goes_on(
-    sqlite_url: str, tiny_model: Path, iu_folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A GPU out of memory in one batch (the one thing here that must be simulated: there is no GPU)."""
-    import torch
-
-    import model.generate
-    from worker.backlog import run_backlog
-
-    real = model.generate.generate_from_pixels
-    calls = []
-
-    def out_of_memory_once(*args: object, **kwargs: object) -> list[str]:
-        calls.append(1)
-        if len(calls) == 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(model.generate, "generate_from_pixels", out_of_memory_once)
-    settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=2)
-    result = submit_folder(settings, iu_folder)
-    assert result.summary.counts == {"failed": 2, "done": 2}
-    assert {f.reason for f in result.summary.failures} == {
-        "worker error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
-    assert run_backlog(settings).retry == 2  # retryable: the backlog runs them again
-    assert jobs_count(sqlite_url, result.job_id) == {"done": 4}
-
-
-def jobs_count(url: str, job_id: int) -> dict[str, int]:
-    from db import jobs
-
-    return jobs.count_by_status(runtime.database(url), job_id)
+# A batch that breaks (the database, out of memory, a bug): tests/worker/test_pipeline.py, in every path.
 
 
 def test_the_same_studies_from_another_folder_are_read_from_that_folder(
