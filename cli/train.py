@@ -7,12 +7,16 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
-from model.train import BEST_METRICS, TrainConfig, TrainResult
+# The light module: `xrq --help` must not import torch (model.train does), STYLE.md 14.
+from model.train_config import BEST_METRICS, TrainConfig
+
+if TYPE_CHECKING:
+    from model.train import TrainResult
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}

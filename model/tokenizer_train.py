@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tokenizers import ByteLevelBPETokenizer
-from transformers import PreTrainedTokenizerFast
+if TYPE_CHECKING:  # imported where used: TrainConfig (and so `xrq --help`) reads DEFAULT_VOCAB_SIZE from here
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL = "<|endoftext|>"
 DEFAULT_VOCAB_SIZE = 2000
@@ -28,6 +29,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
     merges are kept; on a handful of reports (demos, tests) every word becomes one token.
     The result is deterministic for the same texts in the same order.
     """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=[SPECIAL],
                             show_progress=False)

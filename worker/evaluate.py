@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db import evaluations as db_evals
 from db import queries
 from db import truth as db_truth
 from db.engine import Database
 from db.jobs import get_job
-from model.evaluation import EvaluationResult, constant_baseline, evaluate, reference_text
-from model.iu import benchmark_split, random_split, read_iu, read_reports_csv, read_reports_file
 from worker import runtime
 from worker.errors import EvaluationInputError
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    # The rest of model/ is imported where used: the scorers pull in NLTK and pycocoevalcap, the CSV
+    # readers pandas; scoring stored reports (the backlog, `xrq evaluate --job`) never needs pandas.
+    from model.evaluation import EvaluationResult
 
 BASELINES = ("most-frequent",)
 
@@ -25,6 +28,8 @@ def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str 
               split_file: str | Path | None = None, seed: int = 0,
               collection: str = "iu") -> db_truth.ImportCounts:
     """Load the IU CSVs as ground truth: benchmark split from `split_file`, else a seeded random 80/20."""
+    from model.iu import benchmark_split, random_split, read_iu
+
     studies = read_iu(reports_csv, projections_csv)
     split = benchmark_split(split_file) if split_file else random_split(studies, seed)
     rows = [db_truth.TruthIn(uid=s.uid, findings=s.findings, impression=s.impression, mesh=s.mesh,
@@ -36,6 +41,8 @@ def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str 
 def import_csv(settings: Settings, path: str | Path, *, collection: str, id_column: str = "study_id",
                report_column: str = "report", seed: int = 0) -> db_truth.ImportCounts:
     """Any CSV with a study id and a report: the report is stored as findings, with a seeded 80/20 split."""
+    from model.iu import random_split, read_reports_csv
+
     reports = read_reports_csv(path, id_column, report_column)
     split = random_split(reports, seed)
     rows = [db_truth.TruthIn(uid=uid, findings=text, split=split[uid]) for uid, text in reports.items()]
@@ -68,6 +75,8 @@ def run_evaluation(
     out_dir: str | Path | None = None,
 ) -> EvaluationRun:
     """Score one system's reports against the stored ground truth and store the run."""
+    from model.evaluation import evaluate, reference_text
+
     chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
                              ("baseline", baseline)) if v is not None]
     if len(chosen) != 1:
@@ -111,12 +120,16 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
         return ("model", found.name, {u: t for u, (_, t) in by_uid.items()},
                 {u: sid for u, (sid, _) in by_uid.items()}, found.id)
     if kind == "predictions":
+        from model.iu import read_reports_file
+
         assert predictions is not None
         return "predictions", str(predictions), read_reports_file(predictions, id_column, report_column), {}, None
     if baseline not in BASELINES:
         raise EvaluationInputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if not train:
         raise EvaluationInputError("the most-frequent baseline needs a train split in the ground truth")
+    from model.evaluation import constant_baseline
+
     return "baseline", str(baseline), constant_baseline(train, references), {}, None
 
 

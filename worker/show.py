@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-
-from PIL.Image import Image
+from typing import TYPE_CHECKING
 
 from db.queries import StudyDetail, job_study_ids, study_detail
 from model.errors import ImageError
-from model.images import decode_bytes, read_submitted
-from model.pictures import render_study
 from worker import runtime
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def show_study(settings: Settings, study: str, out: str | Path, *, job_id: int | None = None) -> Path:
@@ -37,6 +37,10 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path) -> Path:
 
 
 def _render(detail: StudyDetail, out: Path, max_pixels: int) -> Path:
+    # Imported here: matplotlib, Pillow, NumPy and pydicom are for drawing, not for importing this module.
+    from model.images import decode_bytes, read_submitted
+    from model.pictures import render_study
+
     images: list[Image | str] = []
     for path, relpath, sha256 in detail.images:
         try:  # the same rules as a worker: inside the submitted folder, the submitted content

@@ -1,0 +1,92 @@
+"""Cheap commands stay cheap (STYLE.md 14): help and database reads never import the heavy libraries.
+
+Each case runs `xrq ARGS` in a fresh interpreter (against a fresh SQLite file, no broker) and reads
+back which top-level modules it imported. torch, transformers, matplotlib and pandas each cost
+seconds to import; they belong inside the functions that generate, train, draw or export.
+Every command's --help is found from the click group, so a new command is covered the day it is added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from cli.main import cli
+from tests.conftest import REPO
+
+HEAVY = ("torch", "transformers", "matplotlib", "pandas")
+
+# Runs one command the way the `xrq` script does (click's standalone mode, exit status included),
+# then writes the exit status and the top-level modules it imported to the file named first.
+CHILD = """
+import json, sys
+from cli.main import cli
+code = 0
+try:
+    cli.main(args=sys.argv[2:], prog_name="xrq")
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else 1
+with open(sys.argv[1], "w") as f:
+    json.dump({"exit": code, "modules": sorted({m.partition(".")[0] for m in sys.modules})}, f)
+"""
+
+
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand under `group`, as the words that name it."""
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found += command_paths(command, (*prefix, name))
+    return found
+
+
+CASES = [
+    ("--help",),
+    *[(*path, "--help") for path in command_paths(cli)],
+    ("status",),
+    ("reports",),
+    ("backlog", "--dry-run"),
+]
+
+
+def run_cold(args: tuple[str, ...], folder: Path) -> dict[str, Any]:
+    """`xrq ARGS` in a new interpreter; its exit status, output and imported top-level modules."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRQ_")}
+    env.update(XRQ_DATABASE_URL=f"sqlite:///{folder / 'xrq.db'}", PYTHONPATH=str(REPO))
+    result_file = folder / "modules.json"
+    done = subprocess.run([sys.executable, "-c", CHILD, str(result_file), *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=60)
+    found = json.loads(result_file.read_text()) if result_file.exists() else {"exit": done.returncode, "modules": []}
+    return {**found, "output": done.stdout + done.stderr}
+
+
+@pytest.mark.parametrize("args", CASES, ids=" ".join)
+def test_cheap_commands_import_no_heavy_library(args: tuple[str, ...], tmp_path: Path) -> None:
+    result = run_cold(args, tmp_path)
+    assert result["exit"] == 0, result["output"]
+    imported = set(result["modules"])
+    assert "cli" in imported  # the probe works: it sees what the command imported
+    assert not imported & set(HEAVY), f"xrq {' '.join(args)} imported {sorted(imported & set(HEAVY))}"
+
+
+def test_cases_cover_show_help_and_every_command() -> None:
+    # `show --help` was asked for by name; the rest come from the group, subcommands included.
+    assert ("show", "--help") in CASES
+    assert ("model", "init", "--help") in CASES and ("truth", "import", "--help") in CASES
+    assert {path[0] for path in CASES if path[-1] == "--help" and len(path) > 1} == set(cli.commands)
+
+
+def test_the_probe_catches_a_heavy_import(tmp_path: Path) -> None:
+    """A probe that could never fail proves nothing: a command that does import pandas is seen doing it."""
+    pytest.importorskip("pandas")
+    out = tmp_path / "out.csv"
+    result = run_cold(("export", "1", "-o", str(out)), tmp_path)
+    assert "pandas" in result["modules"], result["output"]
