@@ -55,19 +55,35 @@ def message_size(batch_size: int | None) -> int:
 
 def plan_batches(view_counts: dict[int, int], batch_size: Callable[[int], int] | int,
                  max_views: int) -> list[list[int]]:
-    """Study ids -> batches of studies with the same number of views (capped at `max_views`).
+    """Study ids -> batches, full batches of studies with the same number of views (capped at
+    `max_views`) first, then what is left of each group, mixed, fewest views first.
 
-    `batch_size` is a number, or a function of the view count (auto: more views, smaller batches).
-    Within a group, ids keep their order; groups go fewest views first.
+    A 1-view study padded beside 3-view ones costs cross-attention work; a batch left half empty costs
+    a whole generation pass. So like studies go together as long as they fill batches, and only the
+    remainders (at most one batch's worth per view count) share batches. `batch_size` is a number,
+    or a function of the view count (auto: more views, smaller batches).
     """
+    def size_for(views: int) -> int:
+        return max(1, batch_size(views) if callable(batch_size) else batch_size)
+
     groups: dict[int, list[int]] = {}
     for sid, views in view_counts.items():
         groups.setdefault(min(max(views, 1), max_views), []).append(sid)
     planned: list[list[int]] = []
+    leftovers: list[tuple[int, int]] = []  # (views, study id), fewest views first
     for views in sorted(groups):
-        size = batch_size(views) if callable(batch_size) else batch_size
-        ids = groups[views]
-        planned.extend(ids[i : i + size] for i in range(0, len(ids), max(1, size)))
+        ids, size = groups[views], size_for(views)
+        full = len(ids) - len(ids) % size
+        planned.extend(ids[i : i + size] for i in range(0, full, size))
+        leftovers.extend((views, sid) for sid in ids[full:])
+    batch: list[int] = []
+    for views, sid in leftovers:  # a mixed batch is sized for its most views (the last one added)
+        if batch and len(batch) + 1 > size_for(views):
+            planned.append(batch)
+            batch = []
+        batch.append(sid)
+    if batch:
+        planned.append(batch)
     return planned
 
 

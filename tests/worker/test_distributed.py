@@ -124,10 +124,10 @@ def test_several_workers_report_every_study_exactly_once(
         assert summary["finished"] and summary["counts"]["done"] == 24 and summary["processed"] == 0
         assert_exactly_once(url, summary["job_id"], 24)
         # Both took messages (prefetch is one message per process, so neither can hoard the queue).
-        # Four messages: by view count 21 one-view studies (12 + 9: four batches of 3 to a message),
-        # two of two views, one of three.
+        # Two messages of 12 (four batches of 3): 12 of the 21 one-view studies, then the other nine
+        # with the two 2-view studies and the 3-view one.
         assert succeeded(first.text()) >= 1 and succeeded(second.text()) >= 1
-        assert succeeded(first.text()) + succeeded(second.text()) == 4
+        assert succeeded(first.text()) + succeeded(second.text()) == 2
 
         status = runner.invoke(cli, ["status"], env=broker_env, catch_exceptions=False)
         assert status.exit_code == 0, status.output
@@ -344,4 +344,4 @@ def test_a_cpu_worker_runs_evaluations_and_the_backlog(
 
         app.send_task(BACKLOG_TASK)  # the pending job goes to the gpu queue, where no worker listens
         wait_for(lambda: statuses(url, job) == {"queued": 4}, timeout=SLOW, what="the backlog to queue the job")
-        assert queue_depths(settings)["gpu"] == 3  # one message per view count: 1, 2 and 3 views
+        assert queue_depths(settings)["gpu"] == 1  # four studies: one message (two batches of two)

@@ -31,7 +31,8 @@ from worker.settings import Settings
 from worker.submit import submit_folder, to_study_in
 
 # The IU folder's studies by view count: 25 (1 view), 54 and 7 (2 views), 1000 (3 views). With a
-# batch size of 2 the pipeline plans [25], [54, 7], [1000]: the second batch is the one that breaks.
+# batch size of 2 the pipeline plans [54, 7] (a full batch of like studies), then [25, 1000] (the
+# remainders): the second batch is the one that breaks.
 SECOND_BATCH = 2
 
 
@@ -138,7 +139,7 @@ def test_the_next_batch_is_decoded_while_this_one_is_generated(
     import worker.pipeline
 
     real_decode, real_generate = worker.pipeline.Pipeline._decode, Engine.generate
-    decoded = [threading.Event() for _ in range(3)]  # the three planned batches
+    decoded = [threading.Event() for _ in range(2)]  # the two planned batches
     decodes: list[int] = []
     waited: list[bool] = []
 
@@ -156,14 +157,17 @@ def test_the_next_batch_is_decoded_while_this_one_is_generated(
     monkeypatch.setattr(Engine, "generate", generate)
     settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=2, max_new_tokens=4)
     job_id = PATHS[path](settings, iu_folder)
-    assert waited == [True, True, True]
+    assert waited == [True, True]
     assert jobs.count_by_status(runtime.database(sqlite_url), job_id) == {"done": 4}
 
 
 def test_batches_are_grouped_by_view_count() -> None:
     counts = {1: 1, 2: 3, 3: 1, 4: 2, 5: 1, 6: 5, 7: 3}  # study id -> views
-    assert plan_batches(counts, 2, max_views=4) == [[1, 3], [5], [4], [2, 7], [6]]  # 6's fifth view is dropped
-    assert plan_batches(counts, lambda views: 4 // views, max_views=3) == [[1, 3, 5], [4], [2], [6], [7]]
+    # Full batches of like studies, then the remainders mixed (6's fifth view is dropped: 4 at most).
+    assert plan_batches(counts, 2, max_views=4) == [[1, 3], [2, 7], [5, 4], [6]]
+    # Auto: the batch size falls with the views; a mixed batch is sized for its most views.
+    assert plan_batches(counts, lambda views: 4 // views, max_views=3) == [[2], [6], [7], [1, 3, 5], [4]]
+    assert plan_batches(dict.fromkeys(range(11), 1), 8, max_views=4) == [list(range(8)), [8, 9, 10]]
 
 
 def test_a_message_holds_several_batches() -> None:
