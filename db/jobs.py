@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,6 +45,8 @@ class JobRecord:
     job_id: int
     created: bool  # False: the same studies with the same model were submitted before
     to_run: list[int]  # study ids not finished yet, in a stable order
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # setting -> (before, now), on a resubmit
+    retried: int = 0  # studies that had failed for a transient reason, opened again by this submission
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ def record_job(
     """Record a job, its studies and images, in one transaction; or find the identical earlier job.
 
     Studies the model has already reported are marked skipped; studies with a scan-time error are
-    failed at once. Submitting the same content again returns the earlier job and adds no rows.
+    failed at once. Submitting the same content again returns the earlier job and adds no rows, but
+    what is still to do is done the way this submission says: its settings replace the job's (the
+    change is returned), and studies that failed for a transient reason are opened again.
     """
     fingerprint = job_fingerprint(model_id, studies)
     try:
@@ -108,7 +113,7 @@ def record_job(
             existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).first()
             if existing is None:
                 raise  # another constraint: not a race, a real error
-            return JobRecord(existing, False, _unfinished(s, existing))
+            return _resubmitted(s, existing, batch_size, settings)
 
 
 def _record_job(db: Database, fingerprint: str, source: str, model_id: int, group_by: str, batch_size: int,
@@ -116,7 +121,7 @@ def _record_job(db: Database, fingerprint: str, source: str, model_id: int, grou
     with db.session() as s:
         existing = s.scalars(select(Job.id).where(Job.fingerprint == fingerprint)).first()
         if existing is not None:
-            return JobRecord(existing, False, _unfinished(s, existing))
+            return _resubmitted(s, existing, batch_size, settings)
         study_ids = _store_studies(s, studies)
         job = Job(fingerprint=fingerprint, source=source, model_id=model_id, group_by=group_by,
                   batch_size=batch_size, settings=settings)
@@ -134,6 +139,45 @@ def _record_job(db: Database, fingerprint: str, source: str, model_id: int, grou
                          "attempts": 0, "updated_at": utcnow()})
         insert_ignore(s, JobStudy, rows, ["job_id", "study_id"])
         return JobRecord(job.id, True, _unfinished(s, job.id))
+
+
+def _resubmitted(s: Session, job_id: int, batch_size: int, settings: dict[str, Any]) -> JobRecord:
+    """The same job submitted again: its settings become these, its transient failures are retried."""
+    job = s.get(Job, job_id)
+    assert job is not None
+    before, now = {**job.settings, "batch_size": job.batch_size}, {**settings, "batch_size": batch_size}
+    changed = {k: (before.get(k), now.get(k)) for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)}
+    if changed:
+        job.settings, job.batch_size = settings, batch_size
+    retried = s.execute(update(JobStudy).where(
+        JobStudy.job_id == job_id, JobStudy.status == "failed", JobStudy.retryable.is_(True),
+    ).values(status="pending", error=None, retryable=False, attempts=0, updated_at=utcnow())).rowcount
+    return JobRecord(job_id, False, _unfinished(s, job_id), changed, retried or 0)
+
+
+def claim_for_queue(db: Database, job_id: int, study_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
+    """Of these studies, the ones to send to the broker, marked queued in one statement: pending ones,
+    and queued or running ones last touched before `stale_before` (their message may be lost; None: all
+    of them, the broker is known to hold none). Two submitters at once never both get a study."""
+    lost = JobStudy.status.in_(("queued", "running"))
+    if stale_before is not None:
+        lost = and_(lost, JobStudy.updated_at < stale_before)
+    claimed: list[int] = []
+    with db.session() as s:
+        for chunk in chunks(list(study_ids)):
+            claimed += s.scalars(update(JobStudy).where(
+                JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk), or_(JobStudy.status == "pending", lost),
+            ).values(status="queued", updated_at=utcnow()).returning(JobStudy.study_id)).all()
+    return sorted(claimed)
+
+
+def unqueue(db: Database, job_id: int, study_ids: Sequence[int]) -> None:
+    """queued -> pending, for studies whose message the broker did not take after all."""
+    with db.session() as s:
+        for chunk in chunks(list(study_ids)):
+            s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk),
+                                             JobStudy.status == "queued").values(status="pending", updated_at=utcnow()))
 
 
 def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
@@ -260,12 +304,12 @@ def job_model(db: Database, job_id: int) -> tuple[Job, Model]:
 
 
 def mark_queued(db: Database, job_id: int, study_ids: Sequence[int]) -> None:
-    """pending -> queued, once the broker holds the batch. Only pending: a fast worker may already
-    have the batch running or done."""
+    """The broker holds these studies' message now: their queued clock starts (XRQ_STUCK_AFTER counts
+    from here). Only queued ones: a fast worker may already have the batch running or done."""
     with db.session() as s:
         s.execute(update(JobStudy).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status == "pending",
-        ).values(status="queued", updated_at=utcnow()))
+            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status == "queued",
+        ).values(updated_at=utcnow()))
 
 
 def record_results(

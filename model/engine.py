@@ -26,7 +26,7 @@ import torch
 from transformers import CompileConfig
 
 from model.bundle import Bundle
-from model.generate import GenerationSettings, check_fits, decode_reports, generate_ids
+from model.generate import MAX_SEQUENCES, GenerationSettings, check_fits, decode_reports, generate_ids
 
 CPU_BATCH_SIZE = 8  # a CPU gains little from larger batches, and a CPU host has other work
 MEMORY_FRACTION = 0.8  # of the free GPU memory: room for the allocator's fragmentation and the graphs' pools
@@ -100,12 +100,13 @@ class Engine:
         MEMORY_FRACTION of it is planned for; the per-study need is `study_bytes`. At least 1, at
         most `options.max_batch_size`.
         """
+        cap = max(1, min(self.options.max_batch_size, MAX_SEQUENCES // settings.num_beams))
         if self.device.type != "cuda":
-            return min(CPU_BATCH_SIZE, self.options.max_batch_size)
+            return min(CPU_BATCH_SIZE, cap)
         free, _total = torch.cuda.mem_get_info(self.device)
         per_study = study_bytes(self.bundle.model.config, settings, views, self.dtype.itemsize)
         fits = int(free * MEMORY_FRACTION) // per_study
-        return max(1, min(self.options.max_batch_size, fits))
+        return max(1, min(cap, fits))
 
     def _cache_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
         """What `generate` needs on top of the settings: nothing, or the static cache and compile config.

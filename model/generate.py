@@ -41,6 +41,12 @@ class _UnpaddedDecoderFilter(logging.Filter):
 logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFilter())
 
 
+# Bounds on what scales memory, checked before any work: a beam is a whole extra sequence, with its own
+# KV cache and its own row of vocabulary-wide scores at every step (100,000 beams grew to 21 GB).
+MAX_BEAMS = 32
+MAX_SEQUENCES = 8192  # studies x beams in one batch
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How reports are decoded; `as_dict()` is stored with every report.
@@ -57,6 +63,10 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.num_beams < 1:
             raise ModelError(f"num_beams must be at least 1, got {self.num_beams}.")
+        if self.num_beams > MAX_BEAMS:
+            raise ModelError(f"num_beams must be at most {MAX_BEAMS}, got {self.num_beams}: each beam is a whole "
+                             "extra report in memory, and beyond a handful they stop improving reports. "
+                             "Lower XRQ_NUM_BEAMS (--num-beams).")
         if self.max_new_tokens < 1:
             raise ModelError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
         if self.no_repeat_ngram_size < 0:
@@ -77,8 +87,14 @@ class GenerationSettings:
         return kwargs
 
 
-def check_fits(bundle: Bundle, settings: GenerationSettings) -> None:
-    """Refuse, before any work, reports longer than the decoder has positions for (it would crash mid-batch)."""
+def check_fits(bundle: Bundle, settings: GenerationSettings, batch_size: int | None = None) -> None:
+    """Refuse, before any work, reports longer than the decoder has positions for (it would crash mid-batch)
+    and batches of more sequences (studies x beams) than MAX_SEQUENCES (`batch_size` None: auto, which
+    stays within it)."""
+    if batch_size is not None and batch_size * settings.num_beams > MAX_SEQUENCES:
+        raise ModelError(f"a batch of {batch_size} studies with {settings.num_beams} beams is "
+                         f"{batch_size * settings.num_beams} sequences at once, more than {MAX_SEQUENCES}: "
+                         "lower XRQ_BATCH_SIZE (--batch-size) or XRQ_NUM_BEAMS (--num-beams), or use auto")
     decoder = bundle.model.config.decoder
     positions = getattr(decoder, "n_positions", None) or getattr(decoder, "max_position_embeddings", None)
     if positions and settings.max_new_tokens + 1 > positions:  # + the start token

@@ -1,12 +1,15 @@
 """Handing a recorded job to the broker: the task and queue names, and the runner that publishes.
 
 The job is already in the database (pending) when this runs. Its studies go out grouped by view
-count, several batches to a message (so a worker decodes one batch while it generates another). A
-message's studies are marked `queued` only after the broker has accepted it, so the database never
-claims more than the broker holds: if the broker goes away halfway, the rest stays `pending`, the
-user is told so, and submitting again (or the backlog job) queues what is missing. Submitting again
-sends every unfinished study, queued ones too: after a broker restart their messages may be gone,
-and a batch queued twice is harmless (the second delivery finds the studies done and claims nothing).
+count, several batches to a message (so a worker decodes one batch while it generates another).
+
+What is sent: pending studies, and queued or running ones whose message may be lost: older than
+XRQ_STUCK_AFTER, or any at all when the broker holds no xrq message (Redis restarted empty). They
+are marked queued in one statement before publishing, so two submitters at once never send the
+same study twice, and a resubmission does not send again what the broker still holds. What the
+broker then refuses goes back to pending: if the broker goes away halfway, the user is told what
+is queued and what is pending, and submitting again (or the backlog job) sends the rest. A batch
+delivered twice anyway is harmless (the second delivery finds the studies done and claims nothing).
 
 This is the bottom of the Celery glue: it takes an app and imports neither `worker.app` nor
 `worker.tasks`, which import it.
@@ -15,12 +18,14 @@ This is the bottom of the Celery glue: it takes an app and imports neither `work
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from db import jobs
+from db.schema import utcnow
 from worker import runtime
 from worker.errors import BrokerUnavailableError
 from worker.pipeline import RunResult, message_size, plan_batches
@@ -59,27 +64,48 @@ class BrokerRunner:
             return RunResult()
         db = runtime.database(self.settings.database_url)
         job = jobs.get_job(db, job_id)
-        # Grouped by view count here too: the worker cuts a message into batches of like studies.
-        messages = plan_batches(jobs.view_counts(db, job_id, study_ids), message_size(job.batch_size or None),
-                                max_views=1 << 16)
         errors = broker_errors(self.app)
-        queued = 0
+        try:
+            lost_all = broker_is_empty(self.app)
+        except errors as exc:
+            raise BrokerUnavailableError(_unreachable(
+                self.app, exc, job_id, f"its {len(study_ids)} unfinished studies are as they were")) from exc
+        stale = None if lost_all else utcnow() - timedelta(seconds=self.settings.stuck_after)
+        to_send = jobs.claim_for_queue(db, job_id, study_ids, stale_before=stale)
+        # Grouped by view count here too: the worker cuts a message into batches of like studies.
+        messages = plan_batches(jobs.view_counts(db, job_id, to_send), message_size(job.batch_size or None),
+                                max_views=1 << 16)
+        sent: list[int] = []
         try:
             with self.app.producer_or_acquire() as producer:
                 for message in messages:
                     self.app.send_task(GENERATE_TASK, args=[job_id, message], producer=producer)
                     jobs.mark_queued(db, job_id, message)
-                    queued += len(message)
+                    sent += message
         except errors as exc:
-            raise BrokerUnavailableError(_unreachable(self.app, exc, job_id, queued, len(study_ids))) from exc
-        return RunResult(queued=queued)
+            jobs.unqueue(db, job_id, sorted(set(to_send) - set(sent)))
+            left = len(to_send) - len(sent)
+            done = (f"{len(sent)} of the {len(to_send)} studies to send were queued before that; the other {left} are "
+                    "pending") if sent else f"the {len(to_send)} studies to send are pending"
+            raise BrokerUnavailableError(_unreachable(self.app, exc, job_id, done)) from exc
+        return RunResult(queued=len(sent))
 
 
-def _unreachable(app: Celery, exc: BaseException, job_id: int, queued: int, total: int) -> str:
+def broker_is_empty(app: Celery) -> bool:
+    """True when the broker holds no xrq message at all, waiting or taken: then every study the
+    database calls queued or running has lost its message. Known for Redis; False elsewhere."""
+    if not str(app.conf.broker_url or "").startswith(("redis", "rediss")):
+        return False
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        waiting = sum(int(channel._size(queue)) for queue in QUEUES)
+        taken = int(channel.client.hlen(channel.unacked_key))
+    return waiting == 0 and taken == 0
+
+
+def _unreachable(app: Celery, exc: BaseException, job_id: int, done: str) -> str:
     where = maybe_sanitize_url(app.conf.broker_url)  # the password masked
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    done = f"{queued} of its {total} studies were queued before that; the other {total - queued}" \
-        if queued else f"its {total} studies"
-    return (f"cannot reach the broker at {where} ({reason}). Job {job_id} is recorded and {done} are "
-            "pending: start the broker (check XRQ_BROKER_URL) and run the same `xrq submit` again, or "
-            "leave them to the nightly backlog job.")
+    return (f"cannot reach the broker at {where} ({reason}). Job {job_id} is recorded and {done}: start "
+            "the broker (check XRQ_BROKER_URL) and run the same `xrq submit` again, or leave them to the "
+            "nightly backlog job.")

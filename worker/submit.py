@@ -8,8 +8,9 @@ The runner (this process's pipeline, or the broker's workers) is the caller's ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from db import jobs
 from db.queries import JobSummary, job_summary
@@ -30,6 +31,8 @@ class Submission:
     timings: Timings
     scanned: int  # files found in the folder
     result: RunResult | None = None  # what the run did, batch by batch (None: nothing to do)
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # a resubmit's new settings: (before, now)
+    retried: int = 0  # transient failures opened again by this submission
 
 
 def to_study_in(study: ScannedStudy) -> jobs.StudyIn:
@@ -59,11 +62,11 @@ def submit_folder(
         if settings.broker_url:
             raise SettingsError("a broker is configured: pass runner=worker.dispatch.runner_for(settings)")
         runner = LocalRunner(settings)
-    studies = scan_folder(folder, group_by=group_by, pattern=pattern)
     db = runtime.database(settings.database_url)
     bundle = runtime.bundle(settings.model, settings.device)
     generation = runtime.generation(settings, bundle)
-    check_fits(bundle, generation)  # a setting the model cannot honour fails now, not in every batch
+    check_fits(bundle, generation, settings.batch_size)  # what the model cannot honour fails now, before any work
+    studies = scan_folder(folder, group_by=group_by, pattern=pattern)
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
         db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
@@ -75,4 +78,5 @@ def submit_folder(
     result = runner.run(record.job_id, record.to_run, progress=progress) if record.to_run else None
     ran = len(record.to_run) if runner.local else 0
     return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
-                      result.timings if result else Timings(), sum(len(s.images) for s in studies), result)
+                      result.timings if result else Timings(), sum(len(s.images) for s in studies), result,
+                      record.changed, record.retried)

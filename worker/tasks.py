@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from worker import runtime
 from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, BrokerRunner
+from model.errors import ModelError
 from worker.errors import ModelMismatchError
 from worker.pipeline import fail_batch, transient_errors
 from worker.runner import LocalRunner
@@ -49,6 +50,9 @@ def generate_batch(task: Task, job_id: int, study_ids: list[int]) -> dict[str, A
         result = run_batch(settings, job_id, study_ids, processes=_processes(task.app))
     except transient_errors() as exc:  # the job's row could not even be read: nothing was claimed
         raise _retry(task, options, job_id, exc) from exc
+    except ModelError as exc:  # the job's stored settings are unusable (an older xrq let them in)
+        fail_batch(runtime.database(settings.database_url), job_id, study_ids, "reading the job's settings", exc)
+        return {"job_id": job_id, "error": str(exc)}
     except ModelMismatchError as exc:
         if task.request.retries < options.task_max_retries:
             # Another worker may hold the right model: put the message back on the queue.

@@ -261,17 +261,19 @@ def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
         assert time.monotonic() - started < 30
         assert result.exit_code == 1
         assert f"Error: cannot reach the broker at {redis.url}" in result.output
-        assert "Job 1 is recorded and 8 of its 12 studies were queued before that; the other 4 are pending" \
-            in result.output, result.output
+        assert "Job 1 is recorded and 8 of the 12 studies to send were queued before that; the other 4 are " \
+            "pending" in result.output, result.output
         assert "Traceback" not in result.output
         assert statuses(postgres_url, 1) == {"queued": 8, "pending": 4}
 
         # Redis is still down: the same submit says so at once and changes nothing.
         monkeypatch.setattr(jobs, "mark_queued", mark_queued)
         again = CliRunner().invoke(cli, args, env=env)
-        assert again.exit_code == 1 and "its 12 studies are pending" in again.output, again.output
+        assert again.exit_code == 1 and "its 12 unfinished studies are as they were" in again.output, again.output
+        assert statuses(postgres_url, 1) == {"queued": 8, "pending": 4}
 
-        # Redis back (empty: the queued messages died with it), a worker, and the same submit again.
+        # Redis back (empty: the queued messages died with it, so they are sent again), a worker, and
+        # the same submit again.
         redis.start()
         with workers(tmp_path, env, 1):
             final = CliRunner().invoke(cli, [*args, "--wait", "--json"], env=env, catch_exceptions=False)
