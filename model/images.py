@@ -13,16 +13,27 @@ elements, collimator edges) would otherwise squeeze the anatomy into a handful o
 that carries its own display window (VOI LUT or Window Center/Width) is shown through that window, and
 the window's output is then stretched min-max to 0..255. MONOCHROME1 DICOMs (low values white) are
 inverted so that bones are bright and lungs dark, as in every other format.
+
+Memory: a decode costs a few bytes a pixel, not tens: `model.greylevels` windows an integer picture
+through a table of its grey levels (see there), and Pillow's copy of a deep picture is dropped before.
+
+Files are opened through `model.files.open_checked` (the one file-safety check, scanning's too) and
+decoded from the file checked, never reopened by name. pydicom reads under `_QUIET_PYDICOM`: its
+warnings quote header values verbatim.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
-import stat
 import struct
+import sys
+import threading
+import warnings
+from types import TracebackType
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -31,11 +42,14 @@ from PIL import Image, ImageOps
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from model.errors import ImageError
+from model.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
+from model.greylevels import auto_window, luma, stretch
 
 DEFAULT_MAX_PIXELS: int = 50_000_000
 """Largest picture (width × height) decoded by default; the caller passes the XRQ_MAX_PIXELS setting."""
 
 _HEAD_BYTES = 8192
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (_PNG_MAGIC, "png"),
@@ -57,7 +71,8 @@ _DICOM_VRS = set(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST".split()
     + b"SV TM UC UI UL UN UR US UT UV".split()
 )
-_PERCENTILES = (0.5, 99.5)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def sniff(path: str | os.PathLike[str]) -> str | None:
@@ -103,50 +118,62 @@ def _raw_dicom(head: bytes) -> bool:
     return head[4:6] in _DICOM_VRS or struct.unpack_from("<I", head, 4)[0] < 1024
 
 
-def decode(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Image.Image:
     """The file's picture as an 8-bit grayscale ('L') PIL image.
 
-    Raises ImageError(reason) for anything unusable: unreadable, empty, text, unknown format, larger
-    than `max_pixels` (checked from the header, before any pixel is decoded), truncated or corrupt.
-    No other exception escapes for bad content.
+    Raises ImageError(reason) for anything unusable: unreadable, empty, larger than `max_file_bytes`,
+    text, unknown format, larger than `max_pixels` (checked from the header, before any pixel is
+    decoded), truncated or corrupt. No other exception escapes for bad content.
     """
-    return _decode(path, _read_head(path), os.fspath(path), max_pixels)
+    with open_checked(path, max_file_bytes=max_file_bytes) as (f, size):
+        if size == 0:
+            raise ImageError("empty file (0 bytes)")
+        try:
+            head = f.read(_HEAD_BYTES)
+            f.seek(0)
+        except OSError as e:
+            raise read_error(e) from e
+        return _decode(f, head, os.fspath(path), max_pixels)  # decoded from the file checked, not its name
 
 
-def read_submitted(path: str | os.PathLike[str], *, root: str | os.PathLike[str],
-                   sha256: str | None = None) -> bytes:
-    """A submitted file's bytes, read once, if it is still inside `root` and still holds `sha256`.
+def read_submitted(path: str | os.PathLike[str], *, root: str | os.PathLike[str], sha256: str | None = None,
+                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """A submitted file's bytes, read once, if it is still inside `root`, still a regular file no larger
+    than `max_file_bytes`, and still holds `sha256`.
 
-    Scanning checked both when the folder was submitted; a worker reads the file hours later, and
-    must neither follow a link swapped in since to somewhere else nor report on other content.
+    Scanning checked all that when the folder was submitted; a worker reads the file hours later, and
+    must neither follow a link swapped in since to somewhere else, nor read a file grown since past the
+    limit, nor report on other content.
     """
-    real_root = os.path.realpath(root)
-    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
-        raise ImageError("symbolic link points outside the submitted folder")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO can never hang us
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ImageError("not a regular file")
-            data = f.read()
-    except OSError as e:
-        raise ImageError(f"cannot read file: {e.strerror or e}", transient=True) from e
+    with open_checked(path, root=root, max_file_bytes=max_file_bytes) as (f, size):
+        try:
+            data = f.read(size + 1)
+            if len(data) > size:  # it grew since it was measured: read on, never past the limit
+                data += f.read(max_file_bytes + 1 - len(data))
+        except OSError as e:
+            raise read_error(e) from e
+    if len(data) > max_file_bytes:
+        raise ImageError(file_too_large(f"more than {max_file_bytes:,}", max_file_bytes))
     if sha256 is not None and data and hashlib.sha256(data).hexdigest() != sha256:
         raise ImageError("the file changed after it was submitted: submit the folder again")
     return data
 
 
-def decode_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "") -> Image.Image:
+def decode_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "",
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Image.Image:
     """`decode` for content already read: a worker reads a file once, checks its hash, decodes it.
 
     Same rules and reasons as `decode`; `name` is the file's name, kept out of decoder messages.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    if len(data) > max_file_bytes:
+        raise ImageError(file_too_large(f"{len(data):,}", max_file_bytes))
     return _decode(io.BytesIO(data), data[:_HEAD_BYTES], name or "<bytes>", max_pixels)
 
 
-def _decode(source: str | os.PathLike[str] | BinaryIO, head: bytes, label: str, max_pixels: int) -> Image.Image:
+def _decode(source: BinaryIO, head: bytes, label: str, max_pixels: int) -> Image.Image:
     kind = sniff_bytes(head)
     if kind is None:
         if _looks_like_text(head):
@@ -154,7 +181,8 @@ def _decode(source: str | os.PathLike[str] | BinaryIO, head: bytes, label: str, 
         raise ImageError("not a PNG, JPEG or DICOM file")
     try:
         if kind == "dicom":
-            return _decode_dicom(source, label, max_pixels)
+            with _QUIET_PYDICOM:
+                return _decode_dicom(source, label, max_pixels)
         return _decode_pillow(source, kind, head, max_pixels)
     except ImageError:
         raise
@@ -168,28 +196,74 @@ def dicom_study_uid(path: str | os.PathLike[str]) -> str | None:
     """The StudyInstanceUID of a DICOM file, read from the header only (pixel data is never read);
     None when the file is not DICOM, has no such attribute, or cannot be read."""
     try:
-        if sniff_bytes(_read_head(path)) != "dicom":
-            return None
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["StudyInstanceUID"])
-        uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+        with open_checked(path, max_file_bytes=sys.maxsize) as (f, _):  # the header only: any size
+            if sniff_bytes(f.read(_HEAD_BYTES)) != "dicom":
+                return None
+            f.seek(0)
+            with _QUIET_PYDICOM:
+                ds = pydicom.dcmread(_Unnamed(f), stop_before_pixels=True, force=True,
+                                     specific_tags=["StudyInstanceUID"])
+                uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     except Exception:
         return None
     return uid or None
 
 
-def _read_head(path: str | os.PathLike[str]) -> bytes:
-    """The first bytes of a regular, non-empty file. Opened non-blocking so a FIFO can never hang us."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError("not a regular file")
-        if st.st_size == 0:
-            raise ImageError("empty file (0 bytes)")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            return f.read(_HEAD_BYTES)
-    except OSError as e:
-        raise ImageError(f"cannot read file: {e.strerror or e}", transient=True) from e
+class _QuietPydicom:
+    """Silences pydicom's warnings and log records while it reads: its validation messages quote header
+    values verbatim (a malformed UID can hold a patient's name), and nothing from a header but what
+    the database stores may reach a worker's log.
+
+    Warning filters and logger levels are process-wide, and decode workers are threads: the first
+    thread in silences, the last one out restores, so no thread restores them under another's read.
+    Meanwhile warnings from other threads are silenced too: the price of the warnings module's
+    global state."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: tuple[warnings.catch_warnings[None], int] | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                caught = warnings.catch_warnings()
+                caught.__enter__()
+                warnings.simplefilter("ignore")
+                logger = logging.getLogger("pydicom")  # its modules log to it or to children of it
+                self._saved = (caught, logger.level)
+                logger.setLevel(logging.CRITICAL + 1)
+            self._depth += 1
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._saved is not None:
+                caught, level = self._saved
+                logging.getLogger("pydicom").setLevel(level)
+                caught.__exit__(None, None, None)
+                self._saved = None
+
+
+_QUIET_PYDICOM = _QuietPydicom()
+
+
+class _Unnamed:
+    """An open file without its name: pydicom reopens a named file by its name to read deferred elements
+    (the pixel data), which would bypass the checks the open file passed."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._f.read(size)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -205,8 +279,20 @@ def _describe(e: BaseException, path: str | os.PathLike[str]) -> str:
     """A one-line description of a decoder error, without the file's path (stored separately)."""
     if isinstance(e, Image.UnidentifiedImageError):
         return "the decoder does not recognise it"
-    text = str(e).replace(os.fspath(path), os.path.basename(os.fspath(path))).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    text = str(e).replace(os.fspath(path), os.path.basename(os.fspath(path)))
+    return _one_line(text) or type(e).__name__
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ (?:object at 0x[0-9a-fA-F]+|name=[^>]*)>")
+_ALL_PLUGINS = "Unable to decode as exceptions were raised by all available plugins:"
+
+
+def _one_line(text: str) -> str:
+    """Any message as one line: lines joined with '; ', object addresses dropped, at most 300 characters.
+    pydicom's 'all plugins failed' header is dropped, so the plugins' own errors (the cause) remain."""
+    text = _OBJECT_REPR.sub("", text.replace(_ALL_PLUGINS, ""))
+    line = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
@@ -237,27 +323,43 @@ def _bomb_reason(kind: str, head: bytes, error: Exception, max_pixels: int) -> s
     return f"image too large: {size} pixels, above the decoder's safety limit of {limit:,}"
 
 
-def _decode_pillow(path: str | os.PathLike[str] | BinaryIO, kind: str, head: bytes, max_pixels: int) -> Image.Image:
+def _decode_pillow(source: BinaryIO, kind: str, head: bytes, max_pixels: int) -> Image.Image:
     """Decode with Pillow, restricted to the sniffed format; the size is checked on the lazily opened
     header before `load()` decodes any pixel."""
     try:
-        im = Image.open(path, formats=[_PIL_FORMAT[kind]])
+        im = Image.open(source, formats=[_PIL_FORMAT[kind]])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(_bomb_reason(kind, head, e, max_pixels)) from e
     try:
         _check_size(im.width, im.height, max_pixels)
         im.load()
         ImageOps.exif_transpose(im, in_place=True)  # a photographed film may carry a rotation tag
+        if im.mode.startswith(("I", "F")):  # I, I;16, I;16B, I;16S..., F: deeper than 8 bits
+            pixels = _pixels(im)
+            im.close()  # Pillow's copy goes before windowing
+            return Image.fromarray(auto_window(pixels), "L")
         return _to_gray(im)
     finally:
         im.close()
 
 
+def _pixels(im: Image.Image) -> np.ndarray:
+    """(rows, cols) numpy copy of a one-channel picture, made a block of rows at a time: np.asarray(im)
+    goes through im.tobytes(), which holds the whole picture twice more while it joins its pieces."""
+    step = max(1, (1 << 18) // im.width)  # rows of about 256K pixels
+    blocks = (np.asarray(im.crop((0, top, im.width, min(top + step, im.height))))
+              for top in range(0, im.height, step))
+    first = next(blocks)
+    out = np.empty((im.height, im.width), first.dtype)
+    out[:step] = first
+    for top, block in zip(range(step, im.height, step), blocks, strict=True):
+        out[top : top + step] = block
+    return out
+
+
 def _to_gray(im: Image.Image) -> Image.Image:
-    """A new 'L' image from any Pillow mode: deep grays windowed, colour to luma, alpha dropped (the
-    colour channels are the stored picture; X-ray files with alpha are opaque in practice)."""
-    if im.mode.startswith(("I", "F")):  # I, I;16, I;16B, I;16S..., F: deeper than 8 bits
-        return Image.fromarray(_auto_window(np.asarray(im)), "L")
+    """A new 'L' image from any 8-bit Pillow mode: colour to luma, alpha dropped (the colour channels
+    are the stored picture; X-ray files with alpha are opaque in practice)."""
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA")
     if im.mode not in ("1", "L", "LA", "RGB", "RGBA"):
@@ -265,16 +367,16 @@ def _to_gray(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def _decode_dicom(path: str | os.PathLike[str] | BinaryIO, label: str, max_pixels: int) -> Image.Image:
+def _decode_dicom(source: BinaryIO, label: str, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM file through pydicom, respecting its display conventions.
     Large elements are read lazily, so an oversized image is refused before its pixel data is read."""
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size="64 KB")
+        ds = pydicom.dcmread(_Unnamed(source), force=True, defer_size="64 KB")
     except Exception as e:
         raise ImageError(f"not a valid DICOM file ({_describe(e, label)})") from e
     if len(ds) == 0:  # pydicom gives up silently on an element cut short by the end of the file
         raise ImageError("truncated or corrupt DICOM (no data elements could be read)")
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(k in ds for k in _PIXEL_DATA):
         raise ImageError("DICOM file without pixel data")
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or cols <= 0:
@@ -286,6 +388,9 @@ def _decode_dicom(path: str | os.PathLike[str] | BinaryIO, label: str, max_pixel
         arr = ds.pixel_array
     except Exception as e:
         raise ImageError(f"cannot decode the DICOM pixel data ({_describe(e, label)})") from e
+    for key in _PIXEL_DATA:  # the decoded pixels are all that is needed now: the encoded ones go
+        if key in ds:
+            del ds[key]
     return Image.fromarray(_dicom_to_8bit(_first_frame(arr, ds), ds), "L")
 
 
@@ -299,47 +404,21 @@ def _first_frame(arr: np.ndarray, ds: Any) -> np.ndarray:
 
 def _dicom_to_8bit(arr: np.ndarray, ds: Any) -> np.ndarray:
     """Grey levels 0..255 (bones bright) from a DICOM frame: colour to luma; modality LUT, then the
-    file's VOI window if any (else the percentile window); MONOCHROME1 inverted."""
+    file's VOI window if any, stretched min-max (else the percentile window); MONOCHROME1 inverted."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     if arr.ndim == 3:  # pydicom already converted YBR to RGB
-        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if arr.dtype == np.uint8:
-            return np.clip(luma + 0.5, 0, 255).astype(np.uint8)
-        return _auto_window(luma)
-    out = _voi_window(arr, ds)
+        grey = luma(arr)
+        return grey if grey.dtype == np.uint8 else auto_window(grey)
+    out = None
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        try:
+            out = stretch(arr, lambda v: apply_voi_lut(apply_modality_lut(v, ds), ds))
+        except Exception:  # an unusable window (a zero width, say): the percentile window instead
+            out = None
     if out is None:
-        out = arr if arr.dtype == np.uint8 else _auto_window(apply_modality_lut(arr, ds))
-    return 255 - out if photometric == "MONOCHROME1" else out
-
-
-def _voi_window(arr: np.ndarray, ds: Any) -> np.ndarray | None:
-    """The picture through the file's own VOI LUT or window, stretched to 0..255; None when the file
-    has none or it is unusable (e.g. a zero width), so the caller falls back to the percentile window."""
-    if "VOILUTSequence" not in ds and not ("WindowCenter" in ds and "WindowWidth" in ds):
-        return None
-    try:
-        shown = np.asarray(apply_voi_lut(apply_modality_lut(arr, ds), ds), dtype=np.float64)
-    except Exception:
-        return None
-    lo, hi = float(shown.min()), float(shown.max())
-    return _window(shown, lo, hi) if hi > lo else None
-
-
-def _auto_window(arr: np.ndarray) -> np.ndarray:
-    """Map deep grey levels to 0..255 between the 0.5th and 99.5th percentiles (min-max if those
-    coincide); see the module docstring for why."""
-    values = np.nan_to_num(np.asarray(arr, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(v) for v in np.percentile(values, _PERCENTILES))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    return _window(values, lo, hi)
-
-
-def _window(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map of [lo, hi] to 0..255, clipped; a constant picture becomes black."""
-    if hi <= lo:
-        return np.zeros(values.shape, np.uint8)
-    scaled = (np.asarray(values, dtype=np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        out = arr if arr.dtype == np.uint8 else auto_window(arr, lambda v: apply_modality_lut(v, ds))
+    if photometric == "MONOCHROME1":
+        return np.subtract(255, out, out=out) if out is not arr else 255 - out  # in place when ours
+    return out

@@ -2,11 +2,16 @@
 
 Scanning decides what a job contains and never decodes a picture: a file that is not an image is still
 listed and fails later, at decode time, with its reason. What scanning can already tell (a symlink
-leading out of the folder, a FIFO, an unreadable or empty file) is recorded as the image's `error`.
+leading out of the folder, a FIFO, an unreadable, empty or too large file) is recorded as the image's
+`error`, so the user learns it when submitting.
 
-Security: nothing outside the submitted folder is read. A symlink whose target resolves outside the
-folder is listed with an error and never opened; symlinked folders are not followed; a FIFO or device
-is never opened (opening a FIFO would block the scan forever).
+Security: files are opened through `model.files.open_checked`, the check workers use too. Nothing
+outside the submitted folder is read: a symlink whose target resolves outside it is listed with an
+error and never opened; symlinked folders are not followed; a FIFO or device is never opened.
+
+A file larger than `max_file_bytes` is listed with its reason and not hashed: a worker would refuse it
+anyway, and hashing gigabytes would only slow the submission down (the hash streams, so memory was
+never the concern). Its study's fingerprint is then its relpath and reason, like any unreadable file's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.errors import ScanError
+from model.errors import ImageError, ScanError
+from model.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
 from model.images import dicom_study_uid, sniff_bytes
 
 GROUP_BY: tuple[str, ...] = ("auto", "image", "folder", "pattern")
@@ -28,7 +34,6 @@ GROUP_BY: tuple[str, ...] = ("auto", "image", "folder", "pattern")
 
 _CHUNK = 1 << 20
 _IU_NAME = re.compile(r"^(?:CXR)?(\d+)_IM-")
-_OUTSIDE = "symbolic link points outside the submitted folder"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ class ScannedStudy:
 
 
 def scan_folder(
-    root: str | os.PathLike[str], *, group_by: str = "auto", pattern: str | None = None
+    root: str | os.PathLike[str], *, group_by: str = "auto", pattern: str | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> list[ScannedStudy]:
     """Every file under `root` (recursively, hidden names skipped), hashed and grouped into studies,
     sorted by (grouping, uid).
@@ -81,8 +87,9 @@ def scan_folder(
       folder   one subfolder per study (uid = the folder's relpath); files directly in root stand alone.
       pattern  `pattern` is a regex searched in each relpath; its group `study` (else group 1) is the
                uid; files that do not match stand alone.
-    Files that failed at scan time are always studies of one. Raises ScanError for a root that is not a
-    folder, an unknown group_by, or a bad pattern.
+    Files that failed at scan time (unreadable, outside the folder, empty, larger than max_file_bytes)
+    are always studies of one. Raises ScanError for a root that is not a folder, an unknown group_by,
+    or a bad pattern.
     """
     regex = _check_arguments(group_by, pattern)
     top = Path(os.path.abspath(root))
@@ -90,7 +97,7 @@ def scan_folder(
         raise ScanError(f"not a folder: {os.fspath(root)} (submit the folder that holds the images)")
     real_top = os.path.realpath(top)
     groups: dict[tuple[str, str], list[ScannedImage]] = {}
-    for image, head in _walk(top, real_top):
+    for image, head in _walk(top, real_top, max_file_bytes):
         key = _study_key(image, head, group_by, regex)
         groups.setdefault(key, []).append(image)
     studies = [
@@ -119,14 +126,14 @@ def _check_arguments(group_by: str, pattern: str | None) -> re.Pattern[str] | No
     return regex
 
 
-def _walk(top: Path, real_top: str, rel: str = "") -> Iterator[tuple[ScannedImage, bytes]]:
+def _walk(top: Path, real_top: str, max_file_bytes: int, rel: str = "") -> Iterator[tuple[ScannedImage, bytes]]:
     """Each non-hidden file under top/rel with the first bytes of its content, in name order."""
     folder = top / rel if rel else top
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
-        yield _failed(top, rel or ".", f"cannot read folder: {e.strerror or e}"), b""
+        yield _failed(top, rel or ".", f"cannot read folder: {' '.join(str(e.strerror or e).split())}"), b""
         return
     for entry in entries:
         if entry.name.startswith("."):
@@ -135,13 +142,10 @@ def _walk(top: Path, real_top: str, rel: str = "") -> Iterator[tuple[ScannedImag
         if entry.is_symlink():
             if _is_dir(entry.path):
                 continue  # symlinked folders are not followed
-            if not _inside(entry.path, real_top):
-                yield _failed(top, relpath, _OUTSIDE), b""
-                continue
         elif entry.is_dir(follow_symlinks=False):
-            yield from _walk(top, real_top, relpath)
+            yield from _walk(top, real_top, max_file_bytes, relpath)
             continue
-        yield _hash_file(top, relpath)
+        yield _hash_file(top, real_top, relpath, max_file_bytes)
 
 
 def _is_dir(path: str) -> bool:
@@ -151,37 +155,29 @@ def _is_dir(path: str) -> bool:
         return False
 
 
-def _inside(path: str, real_top: str) -> bool:
-    """Whether the symlink at `path` resolves to somewhere under the (real) root."""
-    target = os.path.realpath(path)
-    return os.path.commonpath([target, real_top]) == real_top
-
-
 def _failed(top: Path, relpath: str, error: str) -> ScannedImage:
     return ScannedImage(path=top / relpath, relpath=relpath, sha256=None, size_bytes=None, error=error)
 
 
-def _hash_file(top: Path, relpath: str) -> tuple[ScannedImage, bytes]:
-    """Read a regular file once, in chunks: its sha256, size and first bytes. Opened non-blocking and
-    checked with fstat, so a FIFO (even one swapped in after a stat) is never waited on."""
-    path = top / relpath
+def _hash_file(top: Path, real_top: str, relpath: str, max_file_bytes: int) -> tuple[ScannedImage, bytes]:
+    """Read a file once, in chunks, if `open_checked` allows: its sha256, size and first bytes. Never
+    reads past max_file_bytes, even from a file that grows while it is read."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return _failed(top, relpath, "not a regular file"), b""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return _failed(top, relpath, "not a regular file"), b""
+        with open_checked(top / relpath, root=real_top, max_file_bytes=max_file_bytes) as (f, _):
             digest, size, head = hashlib.sha256(), 0, b""
-            while chunk := f.read(_CHUNK):
-                head = head or chunk[:8192]
-                digest.update(chunk)
-                size += len(chunk)
-    except OSError as e:
-        return _failed(top, relpath, f"cannot read file: {e.strerror or e}"), b""
+            try:
+                while chunk := f.read(_CHUNK):
+                    head = head or chunk[:8192]
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size > max_file_bytes:
+                        raise ImageError(file_too_large(f"more than {max_file_bytes:,}", max_file_bytes))
+            except OSError as e:
+                raise read_error(e) from e
+    except ImageError as e:
+        return _failed(top, relpath, e.reason), b""
     error = "empty file (0 bytes)" if size == 0 else None
-    return ScannedImage(path, relpath, digest.hexdigest(), size, error), head
+    return ScannedImage(top / relpath, relpath, digest.hexdigest(), size, error), head
 
 
 def _study_key(

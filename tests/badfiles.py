@@ -21,8 +21,17 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def make_bad_files(folder: Path, real_png: Path, outside: Path) -> dict[str, str]:
-    """Write one of each kind of bad file into `folder/bad/`; return {relpath: expected reason fragment}."""
+def huge_png(path: Path, real_png: Path, size: int = 2 << 30) -> Path:
+    """A valid PNG followed by zeros up to `size` bytes (2 GiB): a sparse file, so it takes no disk and
+    no time to make, yet a reader that does not check the size first would read all of it."""
+    path.write_bytes(real_png.read_bytes())
+    os.truncate(path, size)
+    return path
+
+
+def make_bad_files(folder: Path, real_png: Path, outside: Path, *, huge: bool = False) -> dict[str, str]:
+    """Write one of each kind of bad file into `folder/bad/`; return {relpath: expected reason fragment}.
+    `huge` adds a 2 GiB (sparse) file, above the default XRQ_MAX_FILE_BYTES."""
     bad = folder / "bad"
     bad.mkdir()
     (bad / "empty.png").write_bytes(b"")
@@ -34,7 +43,7 @@ def make_bad_files(folder: Path, real_png: Path, outside: Path) -> dict[str, str
     outside.write_bytes(data)
     (bad / "escape.png").symlink_to(outside)
     (bad / "dangling.png").symlink_to(bad / "gone.png")
-    return {
+    expected = {
         "bad/empty.png": "empty",
         "bad/truncated.png": "truncated",
         "bad/random.png": "not",
@@ -43,3 +52,7 @@ def make_bad_files(folder: Path, real_png: Path, outside: Path) -> dict[str, str
         "bad/escape.png": "outside the submitted folder",
         "bad/dangling.png": "cannot read",
     }
+    if huge:
+        huge_png(bad / "huge.png", real_png)
+        expected["bad/huge.png"] = "file too large"
+    return expected

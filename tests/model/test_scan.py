@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import ScanError
+from model.errors import ImageError, ScanError
+from model.images import read_submitted
 from model.scan import GROUP_BY, ScannedStudy, scan_folder
+from tests.badfiles import huge_png
 
 REPO = Path(__file__).resolve().parents[2]
 IU = REPO / "examples" / "iu"
@@ -211,3 +213,43 @@ def test_scan_errors(tmp_path: Path, root: str, group_by: str, pattern: str | No
 
 def test_group_by_choices() -> None:
     assert GROUP_BY == ("auto", "image", "folder", "pattern")
+
+
+def test_file_over_the_size_limit_fails_at_scan_time_without_being_hashed(tmp_path: Path) -> None:
+    copy(XRAY / "h0001.png", tmp_path / "fine.png")
+    huge_png(tmp_path / "huge.png", XRAY / "h0001.png")  # 2 GiB, sparse
+    studies = {s.uid: s for s in scan_folder(tmp_path)}
+    huge = studies["huge.png"].images[0]
+    assert huge.error == (
+        "file too large: 2,147,483,648 bytes, above the limit of 536,870,912 bytes "
+        "(set XRQ_MAX_FILE_BYTES to raise it)"
+    )
+    assert huge.sha256 is None and huge.size_bytes is None  # not read, so not hashed
+    assert studies["fine.png"].error is None
+
+    size = (XRAY / "h0001.png").stat().st_size
+    small = {s.uid: s.error for s in scan_folder(tmp_path, max_file_bytes=size - 1)}
+    assert small["fine.png"] == (
+        f"fine.png: file too large: {size:,} bytes, above the limit of {size - 1:,} bytes "
+        "(set XRQ_MAX_FILE_BYTES to raise it)"
+    )
+    at_limit = {s.uid: s.error for s in scan_folder(tmp_path, max_file_bytes=size)}
+    assert at_limit["fine.png"] is None and "huge.png: file too large" in str(at_limit["huge.png"])
+
+
+def test_scanning_and_workers_refuse_files_with_the_same_reasons(tmp_path: Path) -> None:
+    """One file-safety check (model.files.open_checked) for both: a fix to it reaches both."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    secret = copy(XRAY / "h0001.png", outside / "secret.png")
+    copy(XRAY / "tb0005.png", root / "big.png")
+    (root / "out.png").symlink_to(secret)
+    (root / "gone.png").symlink_to(root / "missing.png")
+    os.mkfifo(root / "pipe.png")
+    limit = (XRAY / "tb0005.png").stat().st_size - 1
+    scanned = {i.relpath: i.error for s in scan_folder(root, max_file_bytes=limit) for i in s.images}
+    assert set(scanned) == {"big.png", "out.png", "gone.png", "pipe.png"}
+    for relpath, error in scanned.items():
+        with pytest.raises(ImageError) as caught:
+            read_submitted(root / relpath, root=root, max_file_bytes=limit)
+        assert error == caught.value.reason, relpath
+    assert scanned["out.png"] == OUTSIDE and scanned["pipe.png"] == "not a regular file"
