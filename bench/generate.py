@@ -48,6 +48,7 @@ from model.generate import GenerationSettings, generate_from_pixels  # noqa: E40
 from model.preprocess import pixel_values  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "iu"
+BUDGET_S = 20.0  # the most one measurement runs (--seconds)
 
 
 def main() -> None:
@@ -55,6 +56,9 @@ def main() -> None:
     device = resolve_device(args.device)
     settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     sizes = sorted({int(s) for s in args.batch_sizes.split(",")})
+    compile_sizes = sorted({int(s) for s in (args.compile_batch_sizes or str(sizes[-1])).split(",")})
+    global BUDGET_S
+    BUDGET_S = args.seconds
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else save(build(args.preset, max_views=max(args.views, 1)), tmp)
         bundle = _fresh(folder, device, args.max_new_tokens)
@@ -65,9 +69,10 @@ def main() -> None:
         runs.append(_autocast_run(bundle, pixels, mask, settings, sizes[-1], args.studies))
         del bundle  # each run below loads its own copy; the peaks must not count this one
         for compiled in [False, True] if args.compile else [False]:
-            for bf16 in [False, True] if device.type == "cuda" else [False]:
+            # Compiled: bf16 only on CUDA, and only the --compile-batch-sizes (each shape compiles once).
+            for bf16 in ([True] if compiled else [False, True]) if device.type == "cuda" else [False]:
                 engine = Engine(_fresh(folder, device, args.max_new_tokens), EngineOptions(compile=compiled, bf16=bf16))
-                for size in sizes:
+                for size in compile_sizes if compiled else sizes:
                     runs.append(_measure("engine", size, str(engine.dtype).removeprefix("torch."), compiled,
                                          args.studies, device, _engine_step(engine, pixels, mask, size, settings)))
                 runs[-1]["auto_batch_size"] = engine.auto_batch_size(settings, args.views)
@@ -112,11 +117,12 @@ def _engine_step(engine: Engine, pixels: torch.Tensor, mask: torch.Tensor, batch
 
 def _measure(name: str, batch: int, dtype: str, compiled: bool, studies: int, device: torch.device,
              step: Callable[[int], Any]) -> dict[str, Any]:
-    """Time `step(start)` over whole batches covering `studies` (the last batch wraps, so shapes never change).
+    """Time `step(start)` over whole batches covering `studies` (the last batch wraps, so shapes never change),
+    or as many as fit in BUDGET_S seconds (so batch 1 of thousands of studies stays affordable).
 
     The first batch runs untimed first (allocations, autotuning, compilation: reported as warmup_s).
     """
-    batches = max(1, -(-studies // batch))
+    wanted = max(1, -(-studies // batch))
     room = max(1, max(studies, batch) - batch + 1)  # batch starts that keep a whole batch in the pixels
     _reset_peak(device)
     started = time.perf_counter()
@@ -124,8 +130,12 @@ def _measure(name: str, batch: int, dtype: str, compiled: bool, studies: int, de
     _sync(device)
     warmup = time.perf_counter() - started
     started = time.perf_counter()
-    for k in range(batches):
-        step((k * batch) % room)
+    batches = 0
+    while batches < wanted and (batches == 0 or time.perf_counter() - started < BUDGET_S):
+        step((batches * batch) % room)
+        batches += 1
+        if batches % 8 == 0:
+            _sync(device)  # the budget is checked against work done, not work queued
     _sync(device)
     seconds = time.perf_counter() - started
     return {"name": name, "batch_size": batch, "dtype": dtype, "compiled": compiled, "reports": batches * batch,
@@ -192,6 +202,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--beams", type=int, default=1)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--compile", action="store_true", help="also the compiled static-cache engine")
+    parser.add_argument("--compile-batch-sizes", help="batch sizes for the compiled engine [default: the largest]")
+    parser.add_argument("--seconds", type=float, default=BUDGET_S, help="the most one measurement runs")
     return parser.parse_args()
 
 

@@ -47,9 +47,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 nproc | sed 's/^/cores /' | tee -a "$OUT/host.txt"
 
 if [ -n "${QUICK:-}" ]; then
-  PRESET=tiny; SIZES=1,8; STUDIES=16; NAIVE=4; IMAGES=16; TOKENS=8
+  PRESET=tiny; SIZES=1,8; STUDIES=16; NAIVE=4; IMAGES=16; TOKENS=8; SECONDS_EACH=5
 else
-  PRESET=base; SIZES=1,64,256,512,1024; STUDIES=2048; NAIVE=32; IMAGES=1024; TOKENS=60
+  PRESET=base; SIZES=1,64,256,1024; STUDIES=2048; NAIVE=32; IMAGES=1024; TOKENS=60; SECONDS_EACH=10
 fi
 
 step() {  # step NAME SECONDS ARGS...: run one bench under a limit, keep its JSON and log, go on regardless
@@ -62,11 +62,11 @@ step() {  # step NAME SECONDS ARGS...: run one bench under a limit, keep its JSO
   cat "$OUT/$name.json"
 }
 
-step generate 240 bench/generate.py --preset "$PRESET" --device "$DEVICE" --studies "$STUDIES" \
-  --naive-studies "$NAIVE" --batch-sizes "$SIZES" --max-new-tokens 60 --compile
-step pipeline 90 bench/pipeline.py --preset "$PRESET" --device "$DEVICE" --max-new-tokens "$TOKENS" \
+step generate 270 bench/generate.py --preset "$PRESET" --device "$DEVICE" --studies "$STUDIES" \
+  --naive-studies "$NAIVE" --batch-sizes "$SIZES" --max-new-tokens 60 --compile --seconds "$SECONDS_EACH"
+step pipeline 80 bench/pipeline.py --preset "$PRESET" --device "$DEVICE" --max-new-tokens "$TOKENS" \
   --images "$IMAGES" --rounds 2
-step pipeline_celery 120 bench/pipeline.py --via celery --preset "$PRESET" --device "$DEVICE" \
+step pipeline_celery 110 bench/pipeline.py --via celery --preset "$PRESET" --device "$DEVICE" \
   --max-new-tokens "$TOKENS" --images "$IMAGES" --rounds 2 \
   --broker-url "sqla+sqlite:///$TMP/broker.db" --database-url "sqlite:///$TMP/xrq.db"
 rm -rf "$TMP"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -150,17 +150,18 @@ def _resubmitted(s: Session, job_id: int, batch_size: int, settings: dict[str, A
                if before.get(k) != now.get(k)}
     if changed:
         job.settings, job.batch_size = settings, batch_size
-    retried = s.execute(update(JobStudy).where(
+    retried = list(s.scalars(update(JobStudy).where(
         JobStudy.job_id == job_id, JobStudy.status == "failed", JobStudy.retryable.is_(True),
-    ).values(status="pending", error=None, retryable=False, attempts=0, updated_at=utcnow())).rowcount
-    return JobRecord(job_id, False, _unfinished(s, job_id), changed, retried or 0)
+    ).values(status="pending", error=None, retryable=False, attempts=0, updated_at=utcnow())
+        .returning(JobStudy.study_id)))
+    return JobRecord(job_id, False, _unfinished(s, job_id), changed, len(retried))
 
 
 def claim_for_queue(db: Database, job_id: int, study_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
     """Of these studies, the ones to send to the broker, marked queued in one statement: pending ones,
     and queued or running ones last touched before `stale_before` (their message may be lost; None: all
     of them, the broker is known to hold none). Two submitters at once never both get a study."""
-    lost = JobStudy.status.in_(("queued", "running"))
+    lost: ColumnElement[bool] = JobStudy.status.in_(("queued", "running"))
     if stale_before is not None:
         lost = and_(lost, JobStudy.updated_at < stale_before)
     claimed: list[int] = []
