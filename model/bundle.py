@@ -11,10 +11,11 @@ cross-attention with a (B, V*T) encoder attention mask built from a (B, V) `view
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -32,11 +33,12 @@ from transformers import (
     GPT2Tokenizer,
     PreTrainedModel,
     PreTrainedTokenizerFast,
-    VisionEncoderDecoderConfig,
     ViTConfig,
     ViTImageProcessorPil,
 )
 
+from model import identity
+from model.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.multiview import XrqEncoderDecoder
 
@@ -44,7 +46,8 @@ from model.multiview import XrqEncoderDecoder
 transformers.utils.logging.disable_progress_bar()
 
 FORMAT_VERSION = 1
-META_FILE = "xrq.json"
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
 # Sizes only; the vocabulary always comes from the tokenizer. "base" matches ViT-B/16 and GPT-2 small,
 # so pretrained `google/vit-base-patch16-224-in21k` and `gpt2` parts drop in.
@@ -72,7 +75,7 @@ class Bundle:
     tokenizer: PreTrainedTokenizerFast
     meta: dict[str, Any]
     path: Path | None = None
-    _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
+    _digests: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -92,17 +95,27 @@ class Bundle:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 hex of the weights and architecture config: what "the same model" means in the database.
+        """sha256 hex of what decides a report: weights, architecture, tokenizer, preprocessing, views
+        (see `model.identity`). What "the same model" means in the database.
 
-        Identical after save/load or a move between devices; cached until any parameter changes
-        (tensor versions are part of the cache key, so an optimizer step invalidates it).
+        Identical after save/load or a move between devices. The weights' hash is cached until any
+        parameter changes (tensor versions are part of the cache key, so an optimizer step
+        invalidates it); the tokenizer's until its size or special tokens change.
         """
         state = self.model.state_dict()
-        config = _config_for_hash(self.model.config)
-        key = (config, tuple((k, t.data_ptr(), t._version, t.dtype) for k, t in state.items()))
-        if self._fingerprint is None or self._fingerprint[0] != key:
-            self._fingerprint = (key, _hash_weights(state, config))
-        return self._fingerprint[1]
+        config = identity.config_for_hash(self.model.config)
+        weights_key = (config, tuple((k, t.data_ptr(), t._version, t.dtype) for k, t in state.items()))
+        weights = self._digest("weights", weights_key, lambda: identity.weights_digest(state, config))
+        tok = self.tokenizer
+        tok_key = (id(tok), len(tok), tuple(_token_ids(tok).values()))
+        tokenizer = self._digest("tokenizer", tok_key, lambda: identity.tokenizer_digest(tok))
+        return identity.combine(weights, tokenizer, identity.processor_digest(self.processor), self.max_views)
+
+    def _digest(self, part: str, key: Any, compute: Any) -> str:
+        cached = self._digests.get(part)
+        if cached is None or cached[0] != key:
+            cached = self._digests[part] = (key, compute())
+        return cached[1]
 
 
 def build(
@@ -116,6 +129,8 @@ def build(
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
+    The preset only sizes the parts not given (with both parts given, `meta["preset"]` is None).
+    The tokenizer is `tokenizer`, else the decoder's own when it has one, else GPT-2's vocabulary.
     Random weights (all of them, or the new cross-attention on top of pretrained parts) come from
     `seed`, so the same arguments give identical weights. The global RNG is left untouched.
     """
@@ -123,7 +138,8 @@ def build(
         raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     if max_views < 1:
         raise ModelError(f"max_views must be at least 1, got {max_views}.")
-    tok = _load_tokenizer(tokenizer)
+    tok_source = str(tokenizer) if tokenizer else _decoder_tokenizer_source(decoder)
+    tok = _load_tokenizer(tok_source)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = _build_encoder(PRESETS[preset]["encoder"], encoder)
@@ -132,9 +148,8 @@ def build(
     _set_token_ids(model, tok)
     meta = {
         "format": FORMAT_VERSION,
-        "preset": preset,
-        "sources": {"encoder": encoder, "decoder": decoder,
-                    "tokenizer": str(tokenizer) if tokenizer else None},
+        "preset": preset if encoder is None or decoder is None else None,
+        "sources": {"encoder": encoder, "decoder": decoder, "tokenizer": tok_source},
         "seed": seed,
         "max_views": max_views,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,17 +162,21 @@ def build(
 
 
 def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the bundle as one directory (safetensors, configs, tokenizer, preprocessing, xrq.json).
+    """Write the bundle as one directory: safetensors, configs, tokenizer, preprocessing, xrq.json, the
+    modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
+    and a model card (README.md).
 
     The bundle then points at it (`path`), and its meta records the fingerprint of what was saved.
     """
+    from model.card import write_card
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ModelError(f"{out} is a file; give a directory to save the model into.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"{out} is not empty; choose a new directory or pass overwrite (--force).")
     out.mkdir(parents=True, exist_ok=True)
-    bundle.model.save_pretrained(out, safe_serialization=True)
+    bundle.model.save_pretrained(out, safe_serialization=True)  # with multiview.py: see its register_for_auto_class
     for weights in out.glob("*.safetensors"):  # written 0600; readable like the rest (shared volumes)
         shutil.copymode(out / "config.json", weights)
     bundle.tokenizer.save_pretrained(out)
@@ -166,43 +185,99 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     bundle.meta = meta
     bundle.path = out
+    write_card(bundle, out)
     return out
 
 
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Bundle:
-    """Load a saved bundle from a directory, or (only for a string that is no existing path) a hub id.
+    """Load a saved bundle from a directory, or a hub id (`org/name`, or plainly `hf-hub:org/name`).
 
-    Weights are read from safetensors only: pickled checkpoints are refused, never opened.
+    Weights are read from safetensors only: pickled checkpoints are refused, never opened. A damaged
+    directory (unreadable JSON, a cut-short weights file, a config that does not fit the weights) is
+    refused with what to do, before or instead of a half-loaded model.
     The model comes back in eval mode on `device` (default: cuda if available, else cpu).
     """
-    path = _locate(name_or_path)
-    _check_complete(path)
+    dev = resolve_device(device)
+    path = locate(name_or_path)
+    check_complete(path)
+    meta = read_meta(path) or {"format": FORMAT_VERSION}
     try:
-        model = XrqEncoderDecoder.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+        with _quiet_transformers():  # its load report goes to the log; ours is the error below
+            loaded = XrqEncoderDecoder.from_pretrained(
+                path, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # reported as ours, below, instead of a RuntimeError
+        model, info = cast(tuple[XrqEncoderDecoder, dict[str, Any]], loaded)
         tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path))
         processor = ViTImageProcessorPil.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path} could not be loaded as an xrq model: {exc}") from exc
+    _check_fits_weights(path, info)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    meta_file = path / META_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"format": FORMAT_VERSION}
-    local = Path(name_or_path).expanduser().exists()
+    local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
     if not local:
         meta["source"] = str(name_or_path)  # a hub id: its name, not the cache folder's
     _set_token_ids(model, tok)
-    cast(torch.nn.Module, model).to(resolve_device(device)).eval()
+    cast(torch.nn.Module, model).to(dev).eval()
     return Bundle(model, processor, tok, meta, path if local else None)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None → cuda when available, else cpu; anything else as given (cuda must exist)."""
+    """"auto"/None → cuda when available, else cpu; else the device named, which must exist here."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"Device {device!r} was asked for but CUDA is not available here; use --device cpu.")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"{str(device)!r} is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from None
+    if dev.type not in DEVICE_TYPES:
+        raise ModelError(f"Device {str(device)!r} cannot run a model (it holds no data or is not supported); "
+                         "use auto, cpu, cuda or cuda:N.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"Device {device!r} was asked for but CUDA is not available here; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"Device {str(device)!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), cuda:0 and up; use one of them or auto.")
+    elif dev.type != "cpu" and not _available(dev.type):
+        raise ModelError(f"Device {str(device)!r} is not available here; use auto or cpu.")
     return dev
+
+
+def _available(kind: str) -> bool:
+    backend = getattr(torch, kind, None) if kind != "mps" else torch.backends.mps
+    return bool(backend is not None and backend.is_available())
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' own log below errors while it loads (its load report would be printed to users)."""
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _check_fits_weights(path: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that config.json does not describe: missing, extra or differently sized tensors."""
+    problems = [f"{len(info['missing_keys'])} tensors missing from the weights (e.g. {min(info['missing_keys'])})"
+                if info["missing_keys"] else "",
+                f"{len(info['unexpected_keys'])} tensors in the weights that the config has no place for "
+                f"(e.g. {min(info['unexpected_keys'])})" if info["unexpected_keys"] else ""]
+    mismatched = sorted(info["mismatched_keys"])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        problems.append(f"{len(mismatched)} tensors of other sizes (e.g. {name}: {tuple(stored)} in the weights, "
+                        f"{tuple(wanted)} in the config)")
+    found = [p for p in problems if p]
+    if found:
+        raise ModelFormatError(
+            f"{path}/config.json does not describe the weights in its model.safetensors: {'; '.join(found)}. "
+            "The config was edited or belongs to other weights: restore the config.json saved with these "
+            "weights, or copy the whole model directory again.")
 
 
 # --- building parts -------------------------------------------------------------------------------
@@ -228,6 +303,21 @@ def _load_tokenizer(source: str | Path | None) -> PreTrainedTokenizerFast:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _decoder_tokenizer_source(decoder: str | None) -> str | None:
+    """The decoder's own tokenizer when it has one: a directory with tokenizer files, or a hub id whose
+    tokenizer can be had; None (GPT-2's vocabulary) otherwise."""
+    if decoder is None:
+        return None
+    folder = Path(decoder).expanduser()
+    if folder.is_dir():
+        return decoder if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
+    try:
+        AutoTokenizer.from_pretrained(decoder)
+    except (OSError, ValueError):
+        return None
+    return decoder
 
 
 def _build_encoder(sizes: dict[str, Any], source: str | None) -> PreTrainedModel:
@@ -305,79 +395,3 @@ def _set_token_ids(model: XrqEncoderDecoder, tok: PreTrainedTokenizerFast) -> No
         target.eos_token_id = ids["eos"]
         target.pad_token_id = ids["pad"]
     model.config.vocab_size = cast(Any, model.config.decoder).vocab_size
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_NOT_FOUND_HINT = "Create one with `xrq model init --out DIR`, or pass --model with a model directory."
-
-
-def _locate(name_or_path: str | Path) -> Path:
-    """An existing path as is; else a string that looks like a hub id is fetched (json/safetensors only)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelFormatError(f"{path} is a file; an xrq model is a directory (see `xrq model init`).")
-        return path
-    if isinstance(name_or_path, Path) or not _HUB_ID.match(name_or_path):
-        raise ModelNotFoundError(f"No model directory at {path}. {_NOT_FOUND_HINT}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"{name_or_path!r} is neither a directory nor a reachable hub model ({type(exc).__name__}). "
-            f"{_NOT_FOUND_HINT}"
-        ) from exc
-
-
-def _check_complete(path: Path) -> None:
-    """Refuse a directory that is not a whole model, naming what is missing (and pickles)."""
-    has_weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-    if not has_weights and any(path.glob("pytorch_model*.bin")):
-        raise ModelFormatError(
-            f"{path} holds only pickled weights (pytorch_model.bin), which xrq never loads because "
-            "unpickling can run code. Convert them to model.safetensors with a trusted tool first."
-        )
-    missing = [] if has_weights else ["model.safetensors (weights)"]
-    if not (path / "config.json").is_file():
-        missing.append("config.json")
-    if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
-        missing.append("tokenizer.json (tokenizer)")
-    if not (path / "preprocessor_config.json").is_file():
-        missing.append("preprocessor_config.json (image preprocessing)")
-    if missing:
-        raise ModelFormatError(f"{path} is not a complete xrq model; missing: {', '.join(missing)}. "
-                               "Save one with `xrq model init --out DIR`.")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type != VisionEncoderDecoderConfig.model_type:
-        raise ModelFormatError(
-            f"{path}/config.json describes a {model_type!r} model, not a vision-encoder-decoder."
-        )
-
-
-# --- fingerprint ----------------------------------------------------------------------------------
-
-# Config keys that change on save/load or with the runtime, not with the model.
-_VOLATILE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
-             "_attn_implementation", "_attn_implementation_autoset", "_commit_hash", "use_cache"}
-
-
-def _config_for_hash(config: Any) -> str:
-    def clean(d: Any) -> Any:
-        if isinstance(d, dict):
-            return {k: clean(v) for k, v in d.items() if k not in _VOLATILE}
-        return d
-
-    return json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
-
-
-def _hash_weights(state: dict[str, torch.Tensor], config: str) -> str:
-    h = hashlib.sha256(config.encode())
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(cast(Any, t.reshape(-1).view(torch.uint8).numpy()))  # hashed in place, no copy
-    return h.hexdigest()

@@ -8,6 +8,12 @@ mask built from a (B, V) `view_mask`. transformers' VisionEncoderDecoderModel ha
 Nothing here reads a mask's values on the host: a decoding step must never wait for the GPU. Whether
 a batch needs a mask at all (does it have padded views?) is decided by the caller on the CPU mask,
 before the copy (`generate.device_view_mask`).
+
+This file is also the modelling code saved beside every model's weights (`register_for_auto_class`
+at the end makes `save_pretrained` copy it and write `auto_map`), so that plain transformers loads a
+saved model with `AutoModelForImageTextToText.from_pretrained(dir, trust_remote_code=True)` and
+`generate(pixel_values=(B, V, 3, H, W), attention_mask=(B, V) view mask)` writes xrq's reports. Hence it
+stays self-contained: it imports torch and transformers only, never the rest of xrq.
 """
 
 from __future__ import annotations
@@ -76,6 +82,23 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
     def get_encoder(self, modality: str | None = None) -> _ViewEncoder:
         """What `generate` calls to encode: takes `pixel_values` and `view_mask` (see `encode_views`)."""
         return _ViewEncoder(self)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `generate`, with the decoder's start token marked real, as xrq's own callers do.
+
+        Without decoder inputs, a (B, 1) `decoder_attention_mask` of ones says the start token (which
+        is also the pad token) is no padding: that spares GPT-2 its "may be padded" warning and its
+        per-step look at the ids. Plain transformers callers pass `pixel_values` (B, V, 3, H, W) and
+        `attention_mask` (B, V), the view mask.
+        """
+        if "decoder_input_ids" not in kwargs and "decoder_attention_mask" not in kwargs:
+            inputs = kwargs.get("pixel_values", args[0] if args else None)
+            encoded = kwargs.get("encoder_outputs")
+            if inputs is None and encoded is not None:
+                inputs = encoded[0] if isinstance(encoded, tuple) else encoded.last_hidden_state
+            if isinstance(inputs, torch.Tensor):
+                kwargs["decoder_attention_mask"] = torch.ones(len(inputs), 1, dtype=torch.long, device=inputs.device)
+        return super().generate(*args, **kwargs)
 
     def forward(
         self,
@@ -175,3 +198,7 @@ def _token_mask(view_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.T
     b, v = view_mask.shape
     t = hidden.shape[1] // v
     return view_mask.bool()[:, :, None].expand(b, v, t).reshape(b, v * t)  # (B, V*T)
+
+
+# Saved models carry this file and `auto_map` (see the module docstring); loading ignores both.
+XrqEncoderDecoder.register_for_auto_class("AutoModelForImageTextToText")

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
-from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
-from model.bundle import Bundle, build, load, save
+from model.bundle import Bundle, build, load, resolve_device, save
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.generate import GenerationSettings, generate
-from tests.conftest import EXAMPLES
+from model.tokenizer_train import save_trained_tokenizer
+from tests.conftest import EXAMPLES, REPO
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +183,149 @@ def test_unknown_hub_id_fails_fast_offline(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ModelNotFoundError, match="xrq model init"):
         load("xrq-test/no-such-model")
     assert time.monotonic() - start < 5
+
+
+# --- identity: the fingerprint covers what decides a report -------------------------------------------
+
+
+def _copy(model: Path, to: Path) -> Path:
+    shutil.copytree(model, to)
+    return to
+
+
+def test_fingerprint_covers_tokenizer_preprocessing_and_views(tmp_path: Path, tiny_model: Path) -> None:
+    original = load(tiny_model, device="cpu").fingerprint
+    assert load(_copy(tiny_model, tmp_path / "same"), device="cpu").fingerprint == original  # a copy is the same
+
+    other_tok = _copy(tiny_model, tmp_path / "tok")  # same weights, two vocabulary entries swapped
+    spec = json.loads((other_tok / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["Hello"], vocab["world"] = vocab["world"], vocab["Hello"]
+    (other_tok / "tokenizer.json").write_text(json.dumps(spec))
+    assert load(other_tok, device="cpu").fingerprint != original
+
+    other_mean = _copy(tiny_model, tmp_path / "mean")
+    proc = json.loads((other_mean / "preprocessor_config.json").read_text())
+    proc["image_mean"] = [0.4, 0.4, 0.4]
+    (other_mean / "preprocessor_config.json").write_text(json.dumps(proc))
+    assert load(other_mean, device="cpu").fingerprint != original
+
+    fewer_views = _copy(tiny_model, tmp_path / "views")
+    meta = json.loads((fewer_views / "xrq.json").read_text())
+    meta["max_views"] = 1
+    (fewer_views / "xrq.json").write_text(json.dumps(meta))
+    assert load(fewer_views, device="cpu").fingerprint != original
+
+
+def test_fingerprint_ignores_runtime_state() -> None:
+    bundle = build("tiny")
+    before = bundle.fingerprint
+    bundle.tokenizer(["short", "a longer text"], padding=True, truncation=True, max_length=4)  # backend state
+    bundle.model.config.auto_map = {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder"}
+    assert bundle.fingerprint == before
+    bundle.processor.image_std = [0.25, 0.25, 0.25]
+    assert bundle.fingerprint != before
+
+
+def test_shipped_demo_records_its_fingerprint() -> None:
+    demo = load(REPO / "models" / "demo", device="cpu")
+    assert demo.meta["fingerprint"] == demo.fingerprint
+
+
+# --- pretrained parts: sizes and tokenizer come from the parts ------------------------------------------
+
+
+def _parts(tmp_path: Path, *, with_tokenizer: bool) -> tuple[str, str]:
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=224, patch_size=32))
+    vit.save_pretrained(tmp_path / "vit")
+    vocab = 50257
+    if with_tokenizer:
+        tok = save_trained_tokenizer(["Heart size normal.", "No pleural effusion."], tmp_path / "gpt2", 300)
+        vocab = len(AutoTokenizer.from_pretrained(tok))
+    GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=1, n_head=2, n_positions=64, vocab_size=vocab)).save_pretrained(
+        tmp_path / "gpt2")
+    return str(tmp_path / "vit"), str(tmp_path / "gpt2")
+
+
+def test_build_uses_the_decoders_own_tokenizer(tmp_path: Path) -> None:
+    encoder, decoder = _parts(tmp_path, with_tokenizer=True)
+    bundle = build(encoder=encoder, decoder=decoder)
+    assert len(bundle.tokenizer) == bundle.model.config.decoder.vocab_size < 1000
+    assert bundle.meta["sources"]["tokenizer"] == decoder
+    assert bundle.meta["preset"] is None  # the sizes came from the parts, not from a preset
+    assert bundle.tokenizer.decode(bundle.tokenizer("Heart size normal.")["input_ids"]) == "Heart size normal."
+
+
+def test_build_without_a_decoder_tokenizer_uses_gpt2s(tmp_path: Path) -> None:
+    encoder, decoder = _parts(tmp_path, with_tokenizer=False)
+    bundle = build(encoder=encoder, decoder=decoder)
+    assert len(bundle.tokenizer) == 50257 and bundle.meta["sources"]["tokenizer"] is None
+    assert build(encoder=encoder).meta["preset"] == "tiny"  # the decoder still comes from the preset
+
+
+# --- damaged model directories: each one error that says what to do ---------------------------------------
+
+DAMAGE = {
+    "doubled sizes": lambda d: _edit_config(d, lambda c: c["encoder"].update(hidden_size=128)),
+    "doubled layers": lambda d: _edit_config(d, lambda c: c["decoder"].update(n_layer=4)),
+    "config not json": lambda d: (d / "config.json").write_text("{not json"),
+    "config a list": lambda d: (d / "config.json").write_text("[]"),
+    "xrq.json not json": lambda d: (d / "xrq.json").write_text("{oops"),
+    "weights cut to 1 MB": lambda d: _cut(d / "model.safetensors", 1_000_000),
+    "weights cut to 5 bytes": lambda d: _cut(d / "model.safetensors", 5),
+}
+EXPECTED = {
+    "doubled sizes": r"config\.json does not describe the weights .* tensors of other sizes .* restore the config",
+    "doubled layers": r"config\.json does not describe the weights .* missing from the weights",
+    "config not json": r"config\.json is not valid JSON .* Copy the model directory again",
+    "config a list": r"config\.json holds a JSON list, not an object",
+    "xrq.json not json": r"xrq\.json is not valid JSON",
+    "weights cut to 1 MB": r"model\.safetensors is damaged or cut short: it is 1,000,000 bytes long",
+    "weights cut to 5 bytes": r"model\.safetensors is damaged or cut short: it is 5 bytes long",
+}
+
+
+def _edit_config(folder: Path, change: Any) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _cut(file: Path, size: int) -> None:
+    file.write_bytes(file.read_bytes()[:size])
+
+
+def damaged(tiny_model: Path, where: Path, kind: str) -> Path:
+    """A copy of the tiny model damaged as `kind` says (shared with the CLI tests)."""
+    folder = _copy(tiny_model, where)
+    DAMAGE[kind](folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_model_is_refused_with_what_to_do(tmp_path: Path, tiny_model: Path, kind: str) -> None:
+    with pytest.raises(ModelFormatError, match=EXPECTED[kind]):
+        load(damaged(tiny_model, tmp_path / "m", kind), device="cpu")
+
+
+def test_mistyped_local_path_is_not_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models" / "demo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"^No such directory: models/dmeo\. Did you mean models/demo\?"):
+        load("models/dmeo")
+    with pytest.raises(ModelNotFoundError, match="neither a directory nor a reachable hub model"):
+        load("hf-hub:models/dmeo")  # plainly the hub
+    with pytest.raises(ModelNotFoundError, match="neither a directory nor a reachable hub model"):
+        load("someone/some-model")  # no such local folder: a hub id
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("garbage", "'garbage' is not a device; use auto, cpu, cuda or cuda:N"),
+    ("meta", "Device 'meta' cannot run a model"),
+    ("cuda:99", "cuda:99"),
+])
+def test_unusable_devices_are_refused(device: str, message: str) -> None:
+    with pytest.raises(ModelError, match=re.escape(message)):
+        resolve_device(device)
