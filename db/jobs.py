@@ -7,7 +7,8 @@ a report that already exists changes nothing. That is what lets a broker deliver
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -157,28 +158,61 @@ def _resubmitted(s: Session, job_id: int, batch_size: int, settings: dict[str, A
     return JobRecord(job_id, False, _unfinished(s, job_id), changed, len(retried))
 
 
-def claim_for_queue(db: Database, job_id: int, study_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
-    """Of these studies, the ones to send to the broker, marked queued in one statement: pending ones,
-    and queued or running ones last touched before `stale_before` (their message may be lost; None: all
-    of them, the broker is known to hold none). Two submitters at once never both get a study."""
-    lost: ColumnElement[bool] = JobStudy.status.in_(("queued", "running"))
-    if stale_before is not None:
-        lost = and_(lost, JobStudy.updated_at < stale_before)
-    claimed: list[int] = []
-    with db.session() as s:
+class Sender:
+    """The database side of handing a job's studies to the broker, in one transaction (`sending`)."""
+
+    def __init__(self, session: Session, job_id: int) -> None:
+        self.s, self.job_id = session, job_id
+
+    def to_send(self, study_ids: Sequence[int], *, stale_before: datetime) -> list[int]:
+        """Of these studies, the ones to send: pending ones, and queued or running ones last touched
+        before `stale_before` (their message may be lost)."""
+        found: list[int] = []
         for chunk in chunks(list(study_ids)):
-            claimed += s.scalars(update(JobStudy).where(
-                JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk), or_(JobStudy.status == "pending", lost),
-            ).values(status="queued", updated_at=utcnow()).returning(JobStudy.study_id)).all()
-    return sorted(claimed)
+            found += self.s.scalars(select(JobStudy.study_id).where(
+                JobStudy.job_id == self.job_id, JobStudy.study_id.in_(chunk), self._wanted(stale_before)))
+        return sorted(found)
+
+    def claim(self, study_ids: Sequence[int], *, stale_before: datetime) -> list[int]:
+        """Mark queued those of a message's studies still to send (see `to_send`); the ones marked."""
+        return sorted(self.s.scalars(update(JobStudy).where(
+            JobStudy.job_id == self.job_id, JobStudy.study_id.in_(list(study_ids)), self._wanted(stale_before),
+        ).values(status="queued", updated_at=utcnow()).returning(JobStudy.study_id)).all())
+
+    def sent(self) -> None:
+        """The broker holds the message of the studies just claimed: commit, so the database says what
+        the broker holds (a worker may take it at once), and hold the job for the next message."""
+        self.s.commit()
+        self._lock()
+
+    @staticmethod
+    def _wanted(stale_before: datetime) -> ColumnElement[bool]:
+        return or_(JobStudy.status == "pending",
+                   and_(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < stale_before))
+
+    def _lock(self) -> None:
+        """Hold the job's row until the end of the transaction: the next sender of this job waits."""
+        if self.s.get_bind().dialect.name == "sqlite":  # SQLite has no row locks: take its write lock
+            self.s.execute(update(Job).where(Job.id == self.job_id).values(id=Job.id))
+        else:
+            self.s.execute(select(Job.id).where(Job.id == self.job_id).with_for_update())
 
 
-def unqueue(db: Database, job_id: int, study_ids: Sequence[int]) -> None:
-    """queued -> pending, for studies whose message the broker did not take after all."""
-    with db.session() as s:
-        for chunk in chunks(list(study_ids)):
-            s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(chunk),
-                                             JobStudy.status == "queued").values(status="pending", updated_at=utcnow()))
+@contextmanager
+def sending(db: Database, job_id: int) -> Iterator[Sender]:
+    """One sender of a job's studies at a time: a second submitter of the same job waits here until the
+    first has handed its studies to the broker, then finds them queued (and the broker not empty).
+    A claim whose message the broker refused is rolled back with the transaction: the studies stay
+    as they were, and only what the broker holds is ever marked queued."""
+    with Session(db.engine, expire_on_commit=False) as s:  # commits per message: not db.session()'s one
+        sender = Sender(s, job_id)
+        sender._lock()
+        try:
+            yield sender
+        except BaseException:
+            s.rollback()
+            raise
+        s.commit()
 
 
 def _store_studies(s: Session, studies: Sequence[StudyIn]) -> dict[str, int]:
@@ -302,15 +336,6 @@ def job_model(db: Database, job_id: int) -> tuple[Job, Model]:
         model_row = s.get(Model, job.model_id)
         assert model_row is not None  # a foreign key
         return job, model_row
-
-
-def mark_queued(db: Database, job_id: int, study_ids: Sequence[int]) -> None:
-    """The broker holds these studies' message now: their queued clock starts (XRQ_STUCK_AFTER counts
-    from here). Only queued ones: a fast worker may already have the batch running or done."""
-    with db.session() as s:
-        s.execute(update(JobStudy).where(
-            JobStudy.job_id == job_id, JobStudy.study_id.in_(list(study_ids)), JobStudy.status == "queued",
-        ).values(updated_at=utcnow()))
 
 
 def record_results(

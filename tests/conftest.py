@@ -31,6 +31,7 @@ IU_CSV = REPO / "data" / "iu"  # the IU reports, projections and benchmark split
 SHARED_DATA = REPO.parent / "shared" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("XRQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI") == "true"
+REDIS_URL = os.environ.get("XRQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def service_missing(what: str, error: Exception) -> None:
@@ -101,3 +102,24 @@ def iu_folder(tmp_path: Path) -> Path:
                  "CXR7_IM-2263-2001.png", "CXR25_IM-1024-2001.png"]:
         shutil.copy(EXAMPLES / name, folder / name)
     return folder
+
+
+@pytest.fixture
+def broker_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Environment for workers and submitter: the shared Redis under a key prefix of this test's own
+    (so concurrent test runs never see each other's messages), and a fresh PostgreSQL database."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", exc)
+    prefix = f"xrq-test-{uuid.uuid4().hex[:10]}:"
+    env = {"XRQ_DATABASE_URL": postgres_url, "XRQ_BROKER_URL": REDIS_URL, "XRQ_BROKER_PREFIX": prefix}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()

@@ -4,12 +4,13 @@ The job is already in the database (pending) when this runs. Its studies go out 
 count, several batches to a message (so a worker decodes one batch while it generates another).
 
 What is sent: pending studies, and queued or running ones whose message may be lost: older than
-XRQ_STUCK_AFTER, or any at all when the broker holds no xrq message (Redis restarted empty). They
-are marked queued in one statement before publishing, so two submitters at once never send the
-same study twice, and a resubmission does not send again what the broker still holds. What the
-broker then refuses goes back to pending: if the broker goes away halfway, the user is told what
-is queued and what is pending, and submitting again (or the backlog job) sends the rest. A batch
-delivered twice anyway is harmless (the second delivery finds the studies done and claims nothing).
+XRQ_STUCK_AFTER, or all of them when the broker holds no xrq message at all (Redis restarted empty).
+One submitter of a job sends at a time (the job's row is locked), and each message's studies are
+marked queued in the transaction that is committed once the broker has taken the message: so the
+database never says queued for more than the broker holds, a second submitter finds them queued
+(and the broker not empty) and sends nothing again, and if the broker goes away halfway the user is
+told what was queued, and submitting again (or the backlog job) sends the rest. A batch delivered
+twice anyway is harmless (the second delivery finds the studies done and claims nothing).
 
 This is the bottom of the Celery glue: it takes an app and imports neither `worker.app` nor
 `worker.tasks`, which import it.
@@ -65,29 +66,29 @@ class BrokerRunner:
         db = runtime.database(self.settings.database_url)
         job = jobs.get_job(db, job_id)
         errors = broker_errors(self.app)
-        try:
-            lost_all = broker_is_empty(self.app)
-        except errors as exc:
-            raise BrokerUnavailableError(_unreachable(
-                self.app, exc, job_id, f"its {len(study_ids)} unfinished studies are as they were")) from exc
-        stale = None if lost_all else utcnow() - timedelta(seconds=self.settings.stuck_after)
-        to_send = jobs.claim_for_queue(db, job_id, study_ids, stale_before=stale)
-        # Grouped by view count here too: the worker cuts a message into batches of like studies.
-        messages = plan_batches(jobs.view_counts(db, job_id, to_send), message_size(job.batch_size or None),
-                                max_views=1 << 16)
         sent: list[int] = []
         try:
-            with self.app.producer_or_acquire() as producer:
-                for message in messages:
-                    self.app.send_task(GENERATE_TASK, args=[job_id, message], producer=producer)
-                    jobs.mark_queued(db, job_id, message)
-                    sent += message
+            with jobs.sending(db, job_id) as sender:  # one sender of this job at a time
+                # Lost: with an empty broker, every study queued before this sender took the job (not
+                # those another submitter queues meanwhile, between two of our messages); else the old ones.
+                now = utcnow()
+                stale = now if broker_is_empty(self.app) else now - timedelta(seconds=self.settings.stuck_after)
+                to_send = sender.to_send(study_ids, stale_before=stale)
+                # Grouped by view count here too: the worker cuts a message into batches of like studies.
+                for message in plan_batches(jobs.view_counts(db, job_id, to_send),
+                                            message_size(job.batch_size or None), max_views=1 << 16):
+                    claimed = sender.claim(message, stale_before=stale)
+                    if claimed:
+                        self.app.send_task(GENERATE_TASK, args=[job_id, claimed])
+                        sender.sent()
+                        sent += claimed
         except errors as exc:
-            jobs.unqueue(db, job_id, sorted(set(to_send) - set(sent)))
-            left = len(to_send) - len(sent)
-            done = (f"{len(sent)} of the {len(to_send)} studies to send were queued before that; the other {left} are "
-                    "pending") if sent else f"the {len(to_send)} studies to send are pending"
-            raise BrokerUnavailableError(_unreachable(self.app, exc, job_id, done)) from exc
+            if not sent:
+                raise BrokerUnavailableError(_unreachable(
+                    self.app, exc, job_id, f"its {len(study_ids)} unfinished studies are as they were")) from exc
+            raise BrokerUnavailableError(_unreachable(
+                self.app, exc, job_id, f"{len(sent)} of the {len(to_send)} studies to send were queued before that; "
+                f"the other {len(to_send) - len(sent)} are as they were")) from exc
         return RunResult(queued=len(sent))
 
 

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,28 +28,7 @@ from worker.settings import Settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-REDIS_URL = os.environ.get("XRQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SLOW = 120  # generous deadlines on a loaded 2-core machine; a pass takes a fraction of them
-
-
-@pytest.fixture
-def broker_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Environment for workers and submitter: the shared Redis under a key prefix of this test's own."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        service_missing("Redis", exc)
-    prefix = f"xrq-test-{uuid.uuid4().hex[:10]}:"
-    env = {"XRQ_DATABASE_URL": postgres_url, "XRQ_BROKER_URL": REDIS_URL, "XRQ_BROKER_PREFIX": prefix}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield env
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def images(folder: Path, count: int) -> Path:
@@ -246,28 +223,28 @@ def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
     args = ["submit", str(folder), "--model", str(tiny_model), "--batch-size", "1"]
     try:
         # Redis dies after the second of three messages (four batches of one each) was accepted.
-        mark_queued = jobs.mark_queued
+        sent = jobs.Sender.sent
         calls = []
 
-        def then_stop(*a: object, **kw: object) -> None:
-            mark_queued(*a, **kw)  # type: ignore[arg-type]
+        def then_stop(self: jobs.Sender) -> None:
+            sent(self)
             calls.append(1)
             if len(calls) == 2:
                 redis.stop()
 
-        monkeypatch.setattr(jobs, "mark_queued", then_stop)
+        monkeypatch.setattr(jobs.Sender, "sent", then_stop)
         started = time.monotonic()
         result = CliRunner().invoke(cli, args, env=env)
         assert time.monotonic() - started < 30
         assert result.exit_code == 1
         assert f"Error: cannot reach the broker at {redis.url}" in result.output
         assert "Job 1 is recorded and 8 of the 12 studies to send were queued before that; the other 4 are " \
-            "pending" in result.output, result.output
+            "as they were" in result.output, result.output
         assert "Traceback" not in result.output
         assert statuses(postgres_url, 1) == {"queued": 8, "pending": 4}
 
         # Redis is still down: the same submit says so at once and changes nothing.
-        monkeypatch.setattr(jobs, "mark_queued", mark_queued)
+        monkeypatch.setattr(jobs.Sender, "sent", sent)
         again = CliRunner().invoke(cli, args, env=env)
         assert again.exit_code == 1 and "its 12 unfinished studies are as they were" in again.output, again.output
         assert statuses(postgres_url, 1) == {"queued": 8, "pending": 4}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,13 +22,11 @@ from db import jobs
 from db.schema import JobStudy, Report, utcnow
 from model.engine import Engine
 from model.errors import ModelError
-from tests.conftest import EXAMPLES, service_missing
+from tests.conftest import EXAMPLES
 from tests.services import distinct_copies
 from worker import runtime
 from worker.settings import Settings
 from worker.submit import submit_folder
-
-REDIS_URL = os.environ.get("XRQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def test_a_resubmission_uses_its_own_settings_and_says_what_changed(sqlite_url: str, tiny_model: Path,
@@ -84,20 +80,9 @@ def test_settings_that_would_exhaust_memory_are_refused_before_any_work(
 # ---- with a broker ---------------------------------------------------------------------------------
 
 @pytest.fixture
-def broker(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        service_missing("Redis", exc)
-    prefix = f"xrq-test-{uuid.uuid4().hex[:10]}:"
-    monkeypatch.setenv("XRQ_BROKER_PREFIX", prefix)
-    yield Settings(database_url=postgres_url, broker_url=REDIS_URL, stuck_after=3600, batch_size=2)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
+def broker(broker_env: dict[str, str]) -> Settings:
+    return Settings(database_url=broker_env["XRQ_DATABASE_URL"], broker_url=broker_env["XRQ_BROKER_URL"],
+                    stuck_after=3600, batch_size=2)
 
 
 def queued_messages(settings: Settings) -> int:
@@ -142,7 +127,7 @@ def test_a_broker_that_lost_every_message_gets_them_again(broker: Settings, tiny
     settings = broker.replace(model=str(tiny_model))
     distinct_copies(sorted(EXAMPLES.glob("*.png")), tmp_path / "images", 8)
     job = send(settings, tmp_path / "images")
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(str(settings.broker_url))
     for key in client.scan_iter(match=f"{os.environ['XRQ_BROKER_PREFIX']}*"):  # Redis restarted, empty
         client.delete(key)
     assert queued_messages(settings) == 0
