@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.context import settings_from
+from cli.output import OutputPath
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -67,32 +68,40 @@ def import_(ctx: click.Context, reports_csv: Path, projections_csv: Path | None,
 @click.option("--text", type=click.Choice(["findings", "impression", "both"]), default="findings",
               help="Which part of the ground truth is the reference.")
 @click.option("--collection", help="Which imported ground truth  [default: the only one]")
-@click.option("--id-column", default="study_id", help="With --predictions: the study id column/key.")
+@click.option("--id-column", help="With --predictions: the column/key holding the study uid  "
+                                   "[default: uid if the file has it (xrq's own files), else study_id]")
 @click.option("--report-column", default="report", help="With --predictions: the report column/key.")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and takes seconds).")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write evaluation.json and evaluation.png to this folder.")
+@click.option("-o", "--output", "out_dir", type=OutputPath("folder"),
+              help="Also write evaluation.json and evaluation.png to this folder (made if absent, in a folder "
+                   "that exists).")
 @click.option("--json", "as_json", is_flag=True, help="Print the corpus scores as JSON.")
 @click.pass_context
 def evaluate(ctx: click.Context, job_id: int | None, model: str | None, predictions: Path | None,
-             baseline: str | None, split: str | None, text: str, collection: str | None, id_column: str,
+             baseline: str | None, split: str | None, text: str, collection: str | None, id_column: str | None,
              report_column: str, no_meteor: bool, out_dir: Path | None, as_json: bool) -> None:
     """Score reports against ground truth as the field does (BLEU, METEOR, ROUGE-L, CIDEr, ...).
 
-    The run is stored in the `evaluations` and `evaluation_scores` tables.
+    The run is stored in the `evaluations` and `evaluation_scores` tables. Predictions are matched to
+    the ground truth by study uid; a file whose ids mostly match no study is refused.
 
     \b
     Examples:
       xrq evaluate --baseline most-frequent --split test
       xrq evaluate --job 3 --split test -o out/eval3
       xrq evaluate --predictions other_system.jsonl --split test
+      xrq reports --job 3 -o r.jsonl && xrq evaluate --predictions r.jsonl
     """
-    from cli.output import evaluation_text
+    from cli.output import Progress, evaluation_text, stderr_is_terminal
     from worker.evaluate import run_evaluation
 
-    run = run_evaluation(
-        settings_from(ctx), job_id=job_id, model=model, predictions=str(predictions) if predictions else None,
-        baseline=baseline, split=split, text=text, collection=collection, id_column=id_column,
-        report_column=report_column, with_meteor=not no_meteor, out_dir=out_dir,
-    )
+    bar = Progress(stderr_is_terminal(), desc="Evaluating")
+    try:
+        run = run_evaluation(
+            settings_from(ctx), job_id=job_id, model=model, predictions=str(predictions) if predictions else None,
+            baseline=baseline, split=split, text=text, collection=collection, id_column=id_column,
+            report_column=report_column, with_meteor=not no_meteor, out_dir=out_dir, on_stage=bar.stage,
+        )
+    finally:
+        bar.close()
     click.echo(json.dumps(run.summary()) if as_json else evaluation_text(run))

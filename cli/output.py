@@ -1,38 +1,149 @@
-"""How results look on a terminal and in files. Formats here are documented in docs/cli.md."""
+"""How results look on a terminal and in files. Formats here are documented in docs/cli.md.
+
+Human-readable text passes every name and report through `printable` (control characters become
+visible escapes, so a file name cannot retitle the terminal or split a table row); JSON, CSV and
+Parquet keep the data as it is.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import click
+
+from model.printable import printable
 
 if TYPE_CHECKING:
     from db.queries import JobSummary, ReportRow
     from worker.submit import Submission
 
+OUTPUT_HINT = "'-o' / '--output'"
+
 
 class Progress:
-    """A tqdm bar on standard error when it is a terminal; silent otherwise."""
+    """A tqdm bar on standard error when it is a terminal; silent otherwise.
 
-    def __init__(self, enabled: bool) -> None:
+    Counted work (`start(total)`, then `update(n)`) shows its rate and the time left; work in named
+    stages (`stage("scoring")`) shows which stage runs, as step k of n.
+    """
+
+    def __init__(self, enabled: bool, *, desc: str = "Reporting", unit: str = "study", scaled: bool = False) -> None:
         self.enabled = enabled
+        self.desc = desc
+        self.unit = unit
+        self.scaled = scaled  # bytes: shown as kB, MB, GB (unit "B")
         self._bar: Any = None
 
     def start(self, total: int) -> None:
         if self.enabled and total:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="study", desc="Reporting", leave=False)
+            self._bar = tqdm(total=total, unit=self.unit, desc=self.desc, leave=False, dynamic_ncols=True,
+                             unit_scale=self.scaled, unit_divisor=1024 if self.scaled else 1000)
 
     def update(self, n: int) -> None:
         if self._bar is not None:
             self._bar.update(n)
 
+    def stage(self, name: str, done: int, total: int) -> None:
+        """Stage `name` begins, after `done` of `total` stages (the bar appears at the first)."""
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self.unit = "step"
+            self.start(total)
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.set_description(f"{self.desc}: {name}")  # redraws the bar
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress bars are wanted: standard error is a terminal (never under a pipe or a test)."""
+    return sys.stderr.isatty()
+
+
+# Output paths: checked when the command line is read, before any work (`evaluate -o` used to fail
+# after storing its run), and nothing is created but what the user named, inside a folder that exists.
+
+def output_file(path: Path, *, suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` if a file can be written there (its folder exists, it is not a folder); else BadParameter."""
+    shown = printable(str(path))
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise click.BadParameter(f"{shown}: name a {' or '.join(suffixes)} file (the format follows the name)",
+                                 param_hint=OUTPUT_HINT)
+    if path.is_dir():
+        raise click.BadParameter(f"{shown} is a folder; name a file", param_hint=OUTPUT_HINT)
+    _check_parent(path, shown)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise click.BadParameter(f"{shown} cannot be written (no permission)", param_hint=OUTPUT_HINT)
+    return path
+
+
+def output_folder(path: Path) -> Path:
+    """`path` if it is a writable folder, or can be made as one inside a folder that exists."""
+    shown = printable(str(path))
+    if path.exists():
+        if not path.is_dir():
+            raise click.BadParameter(f"{shown} is a file; name a folder", param_hint=OUTPUT_HINT)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise click.BadParameter(f"{shown} cannot be written (no permission)", param_hint=OUTPUT_HINT)
+        return path
+    _check_parent(path, shown)
+    return path
+
+
+def _check_parent(path: Path, shown: str) -> None:
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"{shown}: the folder {printable(str(path.parent))} does not exist; create it "
+                                 "first", param_hint=OUTPUT_HINT)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{shown}: the folder {printable(str(path.parent))} cannot be written "
+                                 "(no permission)", param_hint=OUTPUT_HINT)
+
+
+class OutputPath(click.Path):
+    """An `-o` option checked by `output_file` or `output_folder` as the command line is read."""
+
+    def __init__(self, kind: str = "file", suffixes: tuple[str, ...] = ()) -> None:
+        super().__init__(path_type=Path, dir_okay=kind == "folder", file_okay=kind == "file")
+        self.kind = kind
+        self.suffixes = suffixes
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(value)
+        try:
+            return output_folder(path) if self.kind == "folder" else output_file(path, suffixes=self.suffixes)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file; a failure (disk full, permissions changed) is an `Error:`, not a traceback."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {printable(str(path))}: {exc.strerror or exc}") from exc
+
+
+def format_from_name(path: Path | None, formats: tuple[str, ...], default: str) -> str:
+    """The format a file's name asks for (`r.jsonl` -> jsonl), else `default`."""
+    suffix = path.suffix.lower().lstrip(".") if path is not None else ""
+    suffix = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(suffix, suffix)
+    return suffix if suffix in formats else default
 
 
 def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
@@ -53,7 +164,7 @@ def submission_text(result: Submission, elapsed: float) -> str:
     if not result.created and not result.ran:
         lines.append(f"Already submitted as job {s.job_id}: nothing new to do.")
     lines += [
-        f"Job {s.job_id}: {s.total} studies from {s.source} (model {s.model})",
+        f"Job {s.job_id}: {s.total} studies from {printable(s.source)} (model {printable(s.model)})",
         f"  reported  {c.get('done', 0)}",
         f"  failed    {c.get('failed', 0)}",
         f"  skipped   {c.get('skipped', 0)} (already reported by this model)",
@@ -69,8 +180,8 @@ def submission_text(result: Submission, elapsed: float) -> str:
 def _failure_lines(summary: JobSummary) -> list[str]:
     if not summary.failures:
         return []
-    return ["Failed:"] + [f"  {f.reason}" if f.reason.startswith(f.uid) else f"  {f.uid}: {f.reason}"
-                          for f in summary.failures]
+    return ["Failed:"] + [f"  {printable(f.reason)}" if f.reason.startswith(f.uid)
+                          else f"  {printable(f.uid)}: {printable(f.reason)}" for f in summary.failures]
 
 
 def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
@@ -82,14 +193,15 @@ def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
     for s in summaries:
         c = s.counts
         lines.append(f"{s.job_id:>5}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.total:>7}  {c.get('done', 0):>5}  "
-                     f"{c.get('failed', 0):>6}  {c.get('skipped', 0):>7}  {s.waiting:>7}  {s.source}")
+                     f"{c.get('failed', 0):>6}  {c.get('skipped', 0):>7}  {s.waiting:>7}  {printable(s.source)}")
     if detailed:
-        lines.append(f"model: {summaries[0].model}")
+        lines.append(f"model: {printable(summaries[0].model)}")
         lines += _failure_lines(summaries[0])
     return "\n".join(lines)
 
 
 def reports_text(rows: list[ReportRow], fmt: str) -> str:
+    """Rows as JSON lines, CSV (both as stored) or a table for people (one line per row, escaped)."""
     if fmt == "jsonl":
         return "".join(json.dumps(r.as_dict()) + "\n" for r in rows)
     if fmt == "csv":
@@ -104,9 +216,11 @@ def reports_text(rows: list[ReportRow], fmt: str) -> str:
     width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
     lines = [f"{'job':>4}  {'study':14}  report"]
     for r in rows:
-        shown = r.text if r.status == "done" else f"FAILED: {r.error}"
+        shown = printable(r.text if r.status == "done" else f"FAILED: {r.error}")
         text = shown if len(shown) <= width else shown[: width - 1] + "…"
-        lines.append(f"{r.job_id:>4}  {r.uid[:14]:14}  {text}")
+        uid = printable(r.uid)
+        uid = uid if len(uid) <= 14 else uid[:13] + "…"
+        lines.append(f"{r.job_id:>4}  {uid:14}  {text}")
     return "\n".join(lines) + "\n"
 
 
@@ -115,26 +229,40 @@ def evaluation_text(run: Any) -> str:
     s = run.result.scores
     c = s.corpus
     split = f", split {run.split}" if run.split else ""
-    lines = [f"Evaluation {run.evaluation_id}: {run.source} {run.source_ref} against {run.collection}{split} "
-             f"({run.text}), {s.n_studies} studies"]
-    if run.without_truth:
-        lines.append(f"  ({run.without_truth} reports without ground truth here were left out)")
+    lines = [f"Evaluation {run.evaluation_id}: {run.source} {printable(run.source_ref)} against "
+             f"{printable(run.collection)}{split} ({run.text}), {s.n_studies} studies"]
+    if run.source != "baseline":  # a baseline writes a report for every study of the truth
+        lines.append("  " + match_text(run))
     names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     keys = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
     lines.append("  " + "  ".join(f"{n:>7}" for n in names))
     lines.append("  " + "  ".join(f"{'n/a':>7}" if c[k] is None else f"{c[k]:>7.3f}" for k in keys))
     if s.meteor_error:
-        lines.append(f"  METEOR unavailable: {s.meteor_error}")
+        lines.append(f"  METEOR unavailable: {printable(s.meteor_error)}")
     lines.append("  NLTK BLEU-1..4: " + " ".join(f"{c[f'nltk_bleu_{i}']:.3f}" for i in range(1, 5)))
     lines.append(f"  distinct reports: {s.distinct_reports} of {s.n_studies}")
     labels = run.result.labels
-    lines.append(f"  clinical findings F1 (14 CheXpert observations): micro {labels.micro.f1:.3f}, "
-                 f"macro {labels.macro.f1:.3f}")
+    observed = sum(1 for p in labels.per_observation.values() if p.support)
+    lines.append(f"  clinical findings F1 (CheXpert observations): micro {labels.micro.f1:.3f}, "
+                 f"macro {labels.macro.f1:.3f} (the {observed} of {len(labels.per_observation)} with positive "
+                 "studies)")
     if run.result.normal is not None:
         n = run.result.normal
         lines.append(f"  normal vs abnormal (MeSH): accuracy {n.accuracy:.3f}, F1 {n.f1:.3f}, kappa {n.kappa:.3f}")
-    lines += [f"  wrote {p}" for p in run.files]
+    lines += [f"  wrote {printable(str(p))}" for p in run.files]
     return "\n".join(lines)
+
+
+def match_text(run: Any) -> str:
+    """How the reports met the ground truth: given, with ground truth at all, scored here."""
+    m = run.matched
+    what = "predictions" if run.source == "predictions" else "reports"
+    column = f" (by {printable(m.id_column)})" if m.id_column else ""
+    text = f"{m.given} {what}: {m.known} matched ground truth ids{column}, {m.scored} scored"
+    if m.known > m.scored:
+        text += f" ({m.known - m.scored} outside split {run.split} or without {run.text})" if run.split \
+            else f" ({m.known - m.scored} without {run.text})"
+    return text
 
 
 def activity_text(act: Any) -> str:
@@ -142,5 +270,55 @@ def activity_text(act: Any) -> str:
     lines = [f"last hour: {act.reports} reports ({act.reports / 60:.1f}/min), {act.failures} failures"]
     if act.by_reason:
         lines.append("failures by reason:")
-        lines += [f"  {n:>6}  {reason}" for reason, n in act.by_reason]
+        lines += [f"  {n:>6}  {printable(reason)}" for reason, n in act.by_reason]
     return "\n".join(lines)
+
+
+def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
+    """The function that writes `xrq export` rows (db.queries.EXPORT_COLUMNS) as `fmt` to a file.
+
+    Its libraries are imported here, before the database is read, so a missing one fails first.
+    Typed for pandas users: integers stay integers (`reported_by_job` is a nullable integer),
+    `reported_at` is UTC with its offset, and `images` is a list (joined with `;` in CSV only).
+    """
+    if fmt == "jsonl":
+        return _write_jsonl
+    import pandas as pd
+
+    def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
+        frame = _export_frame(pd, rows)
+        frame["images"] = frame["images"].map(";".join)
+        frame["reported_at"] = frame["reported_at"].map(lambda t: "" if pd.isna(t) else t.isoformat())
+        frame.to_csv(out, index=False)
+
+    if fmt == "csv":
+        return write_csv
+    import pyarrow as pa
+
+    schema = pa.schema([("job_id", pa.int64()), ("study_id", pa.int64()), ("uid", pa.string()),
+                        ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
+                        ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
+                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string()))])
+
+    def write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
+        _export_frame(pd, rows).to_parquet(out, index=False, schema=schema)
+
+    return write_parquet
+
+
+def _export_frame(pd: Any, rows: list[dict[str, Any]]) -> Any:
+    from db.queries import EXPORT_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+    for column in ("job_id", "study_id", "attempts"):
+        frame[column] = frame[column].astype("int64")
+    frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
+    frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
+    return frame
+
+
+def _write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
+    with out.open("w", encoding="utf-8") as f:
+        for row in rows:
+            when = row["reported_at"]
+            f.write(json.dumps({**row, "reported_at": None if when is None else when.isoformat()}) + "\n")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, literal, select
@@ -13,6 +14,15 @@ from db.bulk import chunks
 from db.engine import Database
 from db.errors import NotFoundError
 from db.schema import OPEN, STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
+
+
+def as_utc(when: datetime) -> datetime:
+    """A stored time as an aware UTC datetime, whichever database it came from.
+
+    Every time is written in UTC; PostgreSQL hands it back aware (in the session's time zone),
+    SQLite naive. Normalising here means `+00:00` in every output, on both, as docs/cli.md shows.
+    """
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def job_summary(db: Database, job_id: int, *, with_failures: bool = True) -> Job
             failures = [Failure(sid, uid, err or "unknown") for sid, uid, err in s.execute(
                 select(JobStudy.study_id, Study.uid, JobStudy.error).join(Study, Study.id == JobStudy.study_id)
                 .where(JobStudy.job_id == job_id, JobStudy.status == "failed").order_by(Study.uid))]
-        return JobSummary(job.id, job.source, model_name, job.created_at, counts, failures)
+        return JobSummary(job.id, job.source, model_name, as_utc(job.created_at), counts, failures)
 
 
 def list_jobs(db: Database, *, limit: int = 20) -> list[JobSummary]:
@@ -126,7 +136,7 @@ def reports(db: Database, *, job_id: int | None = None, limit: int | None = None
             stmt = stmt.limit(limit)
         rows = s.execute(stmt).all()
         images = _images_of(s, [(row.study_id, row.job_id) for row in rows])
-        return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", row.created_at,
+        return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", as_utc(row.created_at),
                           images[(row.study_id, row.job_id)], row.settings or {}, f.status, row.error)
                 for row in rows]
 
@@ -179,23 +189,48 @@ def _images_of(s: Session, pairs: list[tuple[int, int]]) -> dict[tuple[int, int]
     return images
 
 
-def export_rows(db: Database, job_ids: list[int]) -> list[dict[str, Any]]:
-    """Every study of the jobs, whatever its status, with its report by the job's model when there is one."""
+EXPORT_COLUMNS = ("job_id", "study_id", "uid", "status", "error", "attempts", "model", "report", "reported_at",
+                  "reported_by_job", "images")
+
+
+def export_count(db: Database, job_ids: list[int]) -> int:
+    """How many rows an export of the jobs has (one per study and job); every job must exist."""
     with db.session() as s:
         for job_id in job_ids:
             if s.get(Job, job_id) is None:
                 raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
-        rows = s.execute(
-            select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
-                   JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
-                   Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
-            .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
-            .join(Model, Model.id == Job.model_id)
-            .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
-            .where(JobStudy.job_id.in_(job_ids)).order_by(JobStudy.job_id, Study.uid)
-        ).all()
-        images = _images_of(s, [(r.study_id, r.job_id) for r in rows])
-        return [{**r._asdict(), "images": ";".join(images[(r.study_id, r.job_id)])} for r in rows]
+        return s.scalar(select(func.count()).select_from(JobStudy).where(JobStudy.job_id.in_(job_ids))) or 0
+
+
+def export_batches(db: Database, job_ids: list[int], *, size: int = 2000) -> Iterator[list[dict[str, Any]]]:
+    """Every study of the jobs, whatever its status, with its report by the job's model when there is one.
+
+    Rows come in batches of at most `size` (job by job, by uid), so a caller can show progress and
+    a night of 100,000 studies is never one query. Each row has EXPORT_COLUMNS: `images` is a list
+    of relative paths, `reported_at` an aware UTC datetime, `reported_by_job` None without a report.
+    """
+    for job_id in job_ids:
+        with db.session() as s:
+            keys = list(s.scalars(select(JobStudy.study_id).join(Study, Study.id == JobStudy.study_id)
+                                  .where(JobStudy.job_id == job_id).order_by(Study.uid, Study.id)))
+        for chunk in chunks(keys, size):
+            with db.session() as s:
+                yield _export_chunk(s, job_id, list(chunk))
+
+
+def _export_chunk(s: Session, job_id: int, study_ids: list[int]) -> list[dict[str, Any]]:
+    rows = s.execute(
+        select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
+               JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
+               Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
+        .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
+        .join(Model, Model.id == Job.model_id)
+        .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
+        .where(JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids)).order_by(Study.uid, Study.id)
+    ).all()
+    images = _images_of(s, [(r.study_id, r.job_id) for r in rows])
+    return [{**r._asdict(), "reported_at": None if r.reported_at is None else as_utc(r.reported_at),
+             "images": images[(r.study_id, r.job_id)]} for r in rows]
 
 
 @dataclass(frozen=True)
@@ -214,18 +249,28 @@ class StudyDetail:
     scores: dict[str, float | None] | None  # per-study scores from the newest evaluation of this report
 
 
-def study_detail(db: Database, study: str, *, job_id: int | None = None) -> StudyDetail:
-    """A study by id (digits that name a stored study) or uid; with a job, its report by the job's model."""
+def study_detail(db: Database, uid: str | None = None, *, study_id: int | None = None,
+                 job_id: int | None = None) -> StudyDetail:
+    """A study by its uid (what people type and `xrq reports` shows) or by its database id.
+
+    With a job: the study must be one of the job's, and the report is the one by the job's model.
+    A uid that names several studies (the same uid submitted with different images) is an error
+    unless a job or the study id says which.
+    """
     with db.session() as s:
-        row = _find_study(s, study)
+        if job_id is not None and s.get(Job, job_id) is None:
+            raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        row = _find_study(s, uid, study_id, job_id)
         model_id = s.scalar(select(Job.model_id).where(Job.id == job_id)) if job_id is not None else None
         reports = select(Report, Model.name).join(Model, Model.id == Report.model_id).where(Report.study_id == row.id)
         if model_id is not None:
             reports = reports.where(Report.model_id == model_id)
         found = s.execute(reports.order_by(Report.created_at.desc(), Report.id.desc())).first()
         report, model = (found[0], found[1]) if found else (None, None)
-        error = s.scalar(select(JobStudy.error).where(JobStudy.study_id == row.id, JobStudy.status == "failed")
-                         .order_by(JobStudy.updated_at.desc()))
+        failed = select(JobStudy.error).where(JobStudy.study_id == row.id, JobStudy.status == "failed")
+        if job_id is not None:
+            failed = failed.where(JobStudy.job_id == job_id)
+        error = s.scalar(failed.order_by(JobStudy.updated_at.desc()))
         truth = s.scalars(select(Truth).where(Truth.uid == row.uid).order_by(Truth.id)).first()
         scores = None
         if report is not None:
@@ -244,15 +289,30 @@ def study_detail(db: Database, study: str, *, job_id: int | None = None) -> Stud
                            truth.findings if truth else None, truth.impression if truth else None, scores)
 
 
-def _find_study(s: Session, key: str) -> Study:
-    if key.isdigit():
-        by_id = s.get(Study, int(key))
-        if by_id is not None:
-            return by_id
-    by_uid = s.scalars(select(Study).where(Study.uid == key).order_by(Study.id.desc())).first()
-    if by_uid is None:
-        raise NotFoundError(f"no study {key!r}: give a study id or uid from `xrq reports`")
-    return by_uid
+def _find_study(s: Session, uid: str | None, study_id: int | None, job_id: int | None) -> Study:
+    """The one study named by id or uid (within the job, when one is given)."""
+    in_job = f" in job {job_id}" if job_id is not None else ""
+    if study_id is not None:
+        row = s.get(Study, study_id)
+        if row is None:
+            raise NotFoundError(f"no study with id {study_id}: `xrq reports` lists study ids and uids")
+        if job_id is not None and s.get(JobStudy, (job_id, study_id)) is None:
+            raise NotFoundError(f"study id {study_id} (uid {row.uid!r}) is not part of job {job_id}; "
+                                f"`xrq reports --job {job_id}` lists its studies")
+        return row
+    if uid is None:
+        raise NotFoundError("no study named: give a study uid or id")
+    stmt = select(Study).where(Study.uid == uid)
+    if job_id is not None:
+        stmt = stmt.join(JobStudy, JobStudy.study_id == Study.id).where(JobStudy.job_id == job_id)
+    found = list(s.scalars(stmt.order_by(Study.id)))
+    if not found:
+        raise NotFoundError(f"no study with uid {uid!r}{in_job}: give a uid from `xrq reports`")
+    if len(found) > 1:
+        ids = ", ".join(str(row.id) for row in found)
+        raise NotFoundError(f"uid {uid!r} names {len(found)} studies{in_job} (ids {ids}: the same uid with "
+                            "different images); say which by its job or its study id")
+    return found[0]
 
 
 def job_study_ids(db: Database, job_id: int) -> list[int]:

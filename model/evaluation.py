@@ -6,7 +6,7 @@ is pure (texts in, numbers out), so the same function serves the CLI, the Celery
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,17 +47,22 @@ class EvaluationResult:
 def evaluate(
     references: Mapping[str, str], hypotheses: Mapping[str, str], *,
     train_texts: Iterable[str] | None = None, mesh: Mapping[str, str] | None = None, with_meteor: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Score `hypotheses` against `references` (raw texts keyed by study id) the way the field does.
 
     With training texts, references keep only words seen at least 3 times in them (others become
     <unk>), as in the benchmark protocol; references are always cut to 59 tokens. `mesh` (study id ->
-    MeSH cell) adds normal-vs-abnormal agreement of the generated reports.
+    MeSH cell) adds normal-vs-abnormal agreement of the generated reports. `on_stage(name)` is called
+    as "scoring" (the language metrics) and "labelling findings" (the clinical labeller) begin.
     """
+    stage = on_stage or (lambda name: None)
+    stage("scoring")
     train = list(train_texts or [])
     vocabulary = Vocabulary.from_reports(train, MIN_COUNT) if train else None
     scores = score(references, hypotheses, vocabulary=vocabulary, max_reference_tokens=MAX_REFERENCE_TOKENS,
                    with_meteor=with_meteor)
+    stage("labelling findings")
     labels = compare(references, hypotheses)
     normal = None
     if mesh:

@@ -147,33 +147,86 @@ def read_reports_csv(
     return out
 
 
-def read_reports_file(
-    path: str | Path, id_column: str = "study_id", report_column: str = "report"
-) -> dict[str, str]:
-    """{study id: report} from a CSV, or from JSON lines (`.jsonl`/`.json`: one object per line).
+@dataclass(frozen=True)
+class Predictions:
+    """Another system's reports (or xrq's own export) read for scoring: {study id: report}."""
 
-    This is how another system's predictions come in, so that systems are compared on one footing.
+    reports: dict[str, str]
+    id_column: str  # the column the ids came from (chosen automatically when not given)
+    rows: int  # rows in the file, blank reports included
+    columns: tuple[str, ...]
+
+
+def read_predictions(path: str | Path, id_column: str | None = None, report_column: str = "report") -> Predictions:
+    """Reports keyed by study id from a CSV, JSON lines (`.jsonl`/`.json`/`.ndjson`) or Parquet file.
+
+    Without `id_column`, ids come from `uid` when the file has one, else from `study_id`: xrq's own
+    files (`xrq reports`, `xrq export`) hold both, and `study_id` there is the database's row id,
+    which ground truth never knows. Rows with a blank report are left out (failed studies in an
+    export); an id listed twice with the same report counts once (a study in two exported jobs),
+    with different reports it is an error.
     """
     path = Path(path)
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        return read_reports_csv(path, id_column, report_column)
+    columns, rows = _table_rows(path)
+    column = id_column or ("uid" if "uid" in columns else "study_id")
+    absent = [c for c in (column, report_column) if c not in columns]
+    if absent:
+        raise TruthFormatError(f"{path} has no column {', '.join(map(repr, absent))}; its columns are "
+                               f"{', '.join(map(repr, columns))}.")
+    out: dict[str, str] = {}
+    count = 0
+    for where, row in rows:
+        count += 1
+        study_id, text = _cell(row.get(column)), _cell(row.get(report_column))
+        if not study_id:
+            raise TruthFormatError(f"{path}{where}: blank {column!r}; every row needs a study id.")
+        if not text:
+            continue
+        if out.get(study_id, text) != text:
+            raise TruthFormatError(f"{path} lists study {study_id!r} twice with different reports; keep one "
+                                   "(the reports of one model).")
+        out[study_id] = text
+    return Predictions(out, column, count, columns)
+
+
+def _cell(value: object) -> str:
+    """A cell as text: None and NaN are blank, 1000.0 (a float column pandas made) is "1000"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _table_rows(path: Path) -> tuple[tuple[str, ...], list[tuple[str, dict[str, object]]]]:
+    """(column names, [(where, row)]) of a predictions file; `where` locates a row in messages."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise TruthFormatError(f"Cannot read {path} as Parquet: {exc}.") from exc
+        records = frame.to_dict(orient="records")
+        return tuple(map(str, frame.columns)), [(f" row {i}", r) for i, r in enumerate(records, 1)]
+    if suffix not in (".jsonl", ".json", ".ndjson"):
+        frame = read_csv(path, (), "Predictions CSV")
+        records = frame.to_dict(orient="records")
+        return tuple(map(str, frame.columns)), [(f" row {i}", r) for i, r in enumerate(records, 1)]
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TruthFormatError(f"Cannot read reports file {path}: {exc.strerror or exc}.") from exc
-    out: dict[str, str] = {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TruthFormatError(f"Cannot read reports file {path}: {getattr(exc, 'strerror', None) or exc}.") from exc
+    rows: list[tuple[str, dict[str, object]]] = []
+    columns: dict[str, None] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            study_id, text = str(row[id_column]).strip(), str(row[report_column] or "").strip()
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TruthFormatError(
-                f"{path}:{number}: expected a JSON object with {id_column!r} and {report_column!r} ({exc})."
-            ) from exc
-        if study_id in out:
-            raise TruthFormatError(f"{path} lists study {study_id!r} twice; keep one line.")
-        if text:
-            out[study_id] = text
-    return out
+        except ValueError as exc:
+            raise TruthFormatError(f"{path}:{number}: not a JSON object ({exc}).") from exc
+        if not isinstance(row, dict):
+            raise TruthFormatError(f"{path}:{number}: expected a JSON object, not {type(row).__name__}.")
+        columns.update(dict.fromkeys(row))
+        rows.append((f":{number}", row))
+    return tuple(columns), rows

@@ -199,8 +199,11 @@ def _prf(tp: int, fp: int, fn: int) -> PRF:
 class LabelAgreement:
     """How well generated reports' labels match the references' labels, over the 14 observations.
 
-    Micro averages pool the counts of all 14; macro averages are the plain mean over all 14
-    (an observation absent from both sides scores 0, as scikit-learn does with zero_division=0).
+    Micro averages pool the counts of all 14. Macro averages are the plain mean over the
+    observations that some reference is positive for: an observation with no positive study has no
+    recall and no F1 to speak of (its per-observation entry has support 0 and scores 0), and
+    counting it as 0 would pull the mean down for a property of the test set, not of the reports.
+    With no positive observation at all the macro scores are 0.
     """
 
     per_observation: dict[str, PRF]
@@ -226,11 +229,12 @@ def compare(references: Mapping[str, str], hypotheses: Mapping[str, str]) -> Lab
             counts[o][2] += r and not h
     per = {o: _prf(*c) for o, c in counts.items()}
     tp, fp, fn = (sum(c[k] for c in counts.values()) for k in range(3))
-    n = len(OBSERVATIONS)
+    observed = [p for p in per.values() if p.support]
+    n = len(observed) or 1
     macro = PRF(
-        sum(p.precision for p in per.values()) / n,
-        sum(p.recall for p in per.values()) / n,
-        sum(p.f1 for p in per.values()) / n,
+        sum(p.precision for p in observed) / n,
+        sum(p.recall for p in observed) / n,
+        sum(p.f1 for p in observed) / n,
         tp + fn,
     )
     return LabelAgreement(per, _prf(tp, fp, fn), macro, len(ids))

@@ -1,4 +1,8 @@
-"""A study as a radiologist wants to see it: the images side by side, the draft report beside the truth."""
+"""A study as a radiologist wants to see it: the images side by side, the draft report beside the truth.
+
+Every text drawn (title, report, truth, reasons) is data: control characters are shown as escapes
+(`model.printable`) and `$` is never read as mathtext, so a report or a file name draws as written.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from model.plots import save_figure  # importing it selects the file-only Agg backend
+from model.printable import printable
 
 MAX_IMAGES = 4
 WRAP = 95  # characters per line of report text
@@ -22,7 +27,7 @@ def render_study(
     """Write a PNG: up to four views in a row, then the generated report, the ground truth, the scores.
 
     `images` are decoded pictures, or a reason string for a view that could not be read (drawn as a
-    labelled grey panel, so a failed study still gets a picture saying why).
+    labelled grey panel, so a failed study still gets a picture saying why). `out`'s folder must exist.
     """
     shown = list(images)[:MAX_IMAGES] or ["no images"]
     text = _text_block(report, truth, scores, note)
@@ -34,8 +39,8 @@ def render_study(
         ax.axis("off")
         if isinstance(image, str):
             ax.set_facecolor("#dddddd")
-            ax.text(0.5, 0.5, textwrap.fill(image, 30), ha="center", va="center", fontsize=9,
-                    transform=ax.transAxes)
+            ax.text(0.5, 0.5, textwrap.fill(printable(image), 30), ha="center", va="center", fontsize=9,
+                    transform=ax.transAxes, parse_math=False)
             ax.axis("on")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -44,8 +49,9 @@ def render_study(
             ax.set_title(f"view {column + 1}: {image.width}×{image.height}", fontsize=9)
     ax_text = fig.add_subplot(grid[1, :])
     ax_text.axis("off")
-    ax_text.text(0.0, 1.0, text, va="top", ha="left", family="monospace", fontsize=9.5, transform=ax_text.transAxes)
-    fig.suptitle(title, fontsize=12, x=0.01, ha="left")
+    ax_text.text(0.0, 1.0, text, va="top", ha="left", family="monospace", fontsize=9.5, transform=ax_text.transAxes,
+                 parse_math=False)
+    fig.suptitle(printable(title), fontsize=12, x=0.01, ha="left", parse_math=False)
     return save_figure(fig, out)
 
 
@@ -63,4 +69,5 @@ def _text_block(report: str | None, truth: str | None, scores: Mapping[str, floa
 
 
 def _wrap(text: str) -> str:
-    return "\n".join(textwrap.wrap(" ".join(text.split()), WRAP)) or "(empty)"
+    """One paragraph of at most WRAP characters a line: whitespace runs become one space, the rest escaped."""
+    return "\n".join(textwrap.wrap(printable(" ".join(text.split())), WRAP)) or "(empty)"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from model.evaluation import EvaluationResult
 
 BASELINES = ("most-frequent",)
+# Fewer predictions than this share matching a ground-truth study: the ids are of another kind
+# (database ids, accession numbers), and scoring them would compare reports of different studies.
+MIN_MATCHED_FRACTION = 0.5
+STAGES = ("reading ground truth", "reading reports", "scoring", "labelling findings", "storing", "writing files")
 
 
 def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str | Path | None, *,
@@ -49,6 +55,19 @@ def import_csv(settings: Settings, path: str | Path, *, collection: str, id_colu
     return db_truth.import_truth(runtime.database(settings.database_url), collection, rows)
 
 
+@dataclass(frozen=True)
+class Matched:
+    """How the reports met the ground truth: `given`, `known` to the collection (any split), `scored`."""
+
+    given: int
+    known: int
+    scored: int
+    id_column: str | None = None  # for predictions: the column the ids were read from
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"given": self.given, "with_truth": self.known, "scored": self.scored, "id_column": self.id_column}
+
+
 @dataclass
 class EvaluationRun:
     evaluation_id: int
@@ -60,27 +79,55 @@ class EvaluationRun:
     text: str
     without_truth: int  # reports left out: no ground truth (or not in the split)
     files: list[Path]
+    matched: Matched = field(default_factory=lambda: Matched(0, 0, 0))
 
     def summary(self) -> dict[str, Any]:
         return {"evaluation_id": self.evaluation_id, "source": self.source, "source_ref": self.source_ref,
                 "collection": self.collection, "split": self.split, "text": self.text,
-                "without_truth": self.without_truth, **self.result.summary(),
+                "without_truth": self.without_truth, "matched": self.matched.as_dict(), **self.result.summary(),
                 "files": [str(p) for p in self.files]}
+
+
+@dataclass(frozen=True)
+class _Hypotheses:
+    """The system being scored: its reports by uid, and where they came from."""
+
+    source: str
+    ref: str
+    reports: dict[str, str]
+    study_ids: dict[str, int] = field(default_factory=dict)  # uid -> database id, for stored reports
+    model_id: int | None = None
+    id_column: str | None = None
 
 
 def run_evaluation(
     settings: Settings, *, job_id: int | None = None, model: str | None = None, predictions: str | None = None,
     baseline: str | None = None, split: str | None = None, text: str = "findings", collection: str | None = None,
-    id_column: str = "study_id", report_column: str = "report", with_meteor: bool = True,
-    out_dir: str | Path | None = None,
+    id_column: str | None = None, report_column: str = "report", with_meteor: bool = True,
+    out_dir: str | Path | None = None, on_stage: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationRun:
-    """Score one system's reports against the stored ground truth and store the run."""
+    """Score one system's reports against the stored ground truth and store the run.
+
+    `out_dir` (made if absent, inside a folder that exists) is checked before any work, so a run
+    is never stored and then lost to an unwritable folder. Predictions must mostly name studies of
+    the ground truth (see MIN_MATCHED_FRACTION); `id_column` None picks `uid` when the file has it.
+    `on_stage(name, done, total)` is called as each of STAGES begins (a progress bar).
+    """
     from model.evaluation import evaluate, reference_text
 
     chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
                              ("baseline", baseline)) if v is not None]
     if len(chosen) != 1:
         raise EvaluationInputError("say what to score: exactly one of --job, --model, --predictions, --baseline")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
+    stages = STAGES if out_dir is not None else STAGES[:-1]
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name, stages.index(name), len(stages))
+
+    stage("reading ground truth")
     db = runtime.database(settings.database_url)
     coll = db_truth.default_collection(db, collection)
     truth = db_truth.truth_rows(db, coll, split=split)
@@ -88,60 +135,95 @@ def run_evaluation(
                                         for u, r in truth.items()) if t}
     train = [t for t in (reference_text(r.findings, r.impression, text)
                          for r in db_truth.truth_rows(db, coll, split="train").values()) if t]
-    source, ref, hyps, study_ids, model_id = _hypotheses(db, chosen[0], job_id, model, predictions, baseline,
-                                                         references, train, id_column, report_column)
-    scored = {uid: h for uid, h in hyps.items() if uid in references}
+    stage("reading reports")
+    hyps = _hypotheses(db, chosen[0], job_id, model, predictions, baseline, references, train, id_column,
+                       report_column)
+    scored = {uid: h for uid, h in hyps.reports.items() if uid in references}
+    matched = _match(db, coll, hyps, len(scored))
     if not scored:
         where = f"split {split!r} of " if split else ""
-        raise EvaluationInputError(f"none of the {len(hyps)} reports has ground truth in {where}collection "
+        raise EvaluationInputError(f"none of the {len(hyps.reports)} reports has ground truth in {where}collection "
                                    f"{coll!r} ({text}); check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
-                      with_meteor=with_meteor)
-    evaluation_id = _store(db, result, source, ref, coll, split, text, study_ids, model_id, job_id)
-    run = EvaluationRun(evaluation_id, result, source, ref, coll, split, text, len(hyps) - len(scored), [])
+                      with_meteor=with_meteor, on_stage=stage)
+    stage("storing")
+    evaluation_id = _store(db, result, hyps, coll, split, text, job_id)
+    run = EvaluationRun(evaluation_id, result, hyps.source, hyps.ref, coll, split, text,
+                        len(hyps.reports) - len(scored), [], matched)
     if out_dir is not None:
+        stage("writing files")
         run.files = write_outputs(run, Path(out_dir))
     return run
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Raise EvaluationInputError unless `out_dir` is a writable folder or can be made as one, alone."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise EvaluationInputError(f"{out_dir} is a file; name a folder for the evaluation's files")
+        target = out_dir
+    else:
+        target = out_dir.absolute().parent
+        if not target.is_dir():
+            raise EvaluationInputError(f"cannot make {out_dir}: the folder {out_dir.parent} does not exist")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise EvaluationInputError(f"cannot write to {target} (no permission)")
+
+
+def _match(db: Database, coll: str, hyps: _Hypotheses, scored: int) -> Matched:
+    """Count the reports that name a study of the collection; refuse predictions whose ids mostly don't."""
+    known = db_truth.truth_rows(db, coll, uids=list(hyps.reports)) if hyps.reports else {}
+    matched = Matched(len(hyps.reports), len(known), scored, hyps.id_column)
+    if hyps.source == "predictions" and matched.known < MIN_MATCHED_FRACTION * matched.given:
+        theirs = ", ".join(repr(u) for u in sorted(hyps.reports)[:3])
+        ours = ", ".join(repr(u) for u in sorted(db_truth.truth_rows(db, coll))[:3])
+        raise EvaluationInputError(
+            f"only {matched.known} of {matched.given} predictions in {hyps.ref} name a study of ground truth "
+            f"{coll!r} by their {hyps.id_column!r} (theirs: {theirs}; the ground truth's: {ours}); "
+            "choose the column that holds the study uid with --id-column, or import the matching ground truth")
+    return matched
+
+
 def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, predictions: str | None,
-                baseline: str | None, references: dict[str, str], train: list[str], id_column: str,
-                report_column: str) -> tuple[str, str, dict[str, str], dict[str, int], int | None]:
-    """(source, source_ref, uid -> report, uid -> study id, model id) for the system being scored."""
+                baseline: str | None, references: dict[str, str], train: list[str], id_column: str | None,
+                report_column: str) -> _Hypotheses:
+    """The reports of the system being scored, by uid."""
     if kind == "job":
         assert job_id is not None
         rows = queries.reports(db, job_id=job_id)
-        model_id = _job_model(db, job_id)
-        return "job", str(job_id), {r.uid: r.text for r in rows}, {r.uid: r.study_id for r in rows}, model_id
+        return _Hypotheses("job", str(job_id), {r.uid: r.text for r in rows}, {r.uid: r.study_id for r in rows},
+                           _job_model(db, job_id))
     if kind == "model":
         assert model is not None
         found = db_evals.find_model(db, model)
         by_uid = db_evals.reports_of_model(db, found.id)
-        return ("model", found.name, {u: t for u, (_, t) in by_uid.items()},
-                {u: sid for u, (sid, _) in by_uid.items()}, found.id)
+        return _Hypotheses("model", found.name, {u: t for u, (_, t) in by_uid.items()},
+                           {u: sid for u, (sid, _) in by_uid.items()}, found.id)
     if kind == "predictions":
-        from model.iu import read_reports_file
+        from model.iu import read_predictions
 
         assert predictions is not None
-        return "predictions", str(predictions), read_reports_file(predictions, id_column, report_column), {}, None
+        read = read_predictions(predictions, id_column, report_column)
+        return _Hypotheses("predictions", str(predictions), read.reports, id_column=read.id_column)
     if baseline not in BASELINES:
         raise EvaluationInputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if not train:
         raise EvaluationInputError("the most-frequent baseline needs a train split in the ground truth")
     from model.evaluation import constant_baseline
 
-    return "baseline", str(baseline), constant_baseline(train, references), {}, None
+    return _Hypotheses("baseline", str(baseline), constant_baseline(train, references))
 
 
 def _job_model(db: Database, job_id: int) -> int:
     return get_job(db, job_id).model_id
 
 
-def _store(db: Database, result: EvaluationResult, source: str, ref: str, coll: str, split: str | None,
-           text: str, study_ids: dict[str, int], model_id: int | None, job_id: int | None) -> int:
+def _store(db: Database, result: EvaluationResult, hyps: _Hypotheses, coll: str, split: str | None,
+           text: str, job_id: int | None) -> int:
     s = result.scores
+    source, study_ids, model_id = hyps.source, hyps.study_ids, hyps.model_id
     return db_evals.store_evaluation(db, db_evals.EvaluationIn(
-        source=source, source_ref=ref, collection=coll, split=split, text=text, corpus=s.corpus,
+        source=source, source_ref=hyps.ref, collection=coll, split=split, text=text, corpus=s.corpus,
         distinct_reports=s.distinct_reports, scores=result.summary(), settings=result.protocol,
         per_study=s.per_study, references=s.references, hypotheses=s.hypotheses,
         study_ids={u: i for u, i in study_ids.items() if u in s.hypotheses},
@@ -152,10 +234,13 @@ def _store(db: Database, result: EvaluationResult, source: str, ref: str, coll: 
 
 
 def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
-    """evaluation.json (corpus and per-study scores) and evaluation.png (the figure)."""
+    """evaluation.json (corpus and per-study scores) and evaluation.png (the figure).
+
+    `out_dir` is made if absent, never its parents: a mistyped path fails instead of growing folders.
+    """
     from model.plots import plot_evaluation
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
     data = {**run.summary(), "per_study": {
         uid: {"reference": run.result.scores.references[uid], "hypothesis": run.result.scores.hypotheses[uid],
               **scores} for uid, scores in run.result.scores.per_study.items()}}

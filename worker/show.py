@@ -1,76 +1,152 @@
-"""`xrq show`: pictures of studies (images beside the report, truth and scores), and an HTML index."""
+"""`xrq show`: pictures of studies (images beside the report, truth and scores), and an HTML index.
+
+Nothing is created but what was asked for: one PNG, or one folder (inside a folder that exists)
+holding a picture per study named by its uid, the views' thumbnails and `index.html`.
+"""
 
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from db.queries import StudyDetail, job_study_ids, study_detail
 from model.errors import ImageError
+from model.printable import printable
 from worker import runtime
 from worker.settings import Settings
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    Views = list[Image | str]  # decoded views, or why a view could not be read
 
-def show_study(settings: Settings, study: str, out: str | Path, *, job_id: int | None = None) -> Path:
-    """Draw one study to `out` (PNG)."""
-    detail = study_detail(runtime.database(settings.database_url), study, job_id=job_id)
-    return _render(detail, Path(out), settings.max_pixels)
+THUMBNAIL = 128  # pixels, the longer side of a view's thumbnail in index.html
+THUMBS = "thumbs"
 
 
-def show_job(settings: Settings, job_id: int, out_dir: str | Path) -> Path:
-    """One picture per study of the job in `out_dir`, and `index.html` listing them; returns the index."""
+def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, study_id: int | None = None,
+               job_id: int | None = None) -> Path:
+    """Draw one study, named by uid or database id (and optionally its job), to `out` (PNG)."""
+    detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
+    return _render(detail, _views(detail, settings.max_pixels), Path(out))
+
+
+def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
+             on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None) -> Path:
+    """One picture per study of the job in `out_dir` (made if absent; its parent must exist), each
+    named by the study's uid, thumbnails of the views, and `index.html` listing them; returns the index.
+
+    `on_start(n)` is called with the number of studies, `progress(1)` after each picture.
+    """
     db = runtime.database(settings.database_url)
+    study_ids = job_study_ids(db, job_id)  # the job must exist before anything is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / THUMBS).mkdir(exist_ok=True)
+    if on_start is not None:
+        on_start(len(study_ids))
+    details = [study_detail(db, study_id=sid, job_id=job_id) for sid in study_ids]
+    names = picture_names({d.study_id: d.uid for d in details})
     rows = []
-    for study_id in job_study_ids(db, job_id):
-        detail = study_detail(db, str(study_id), job_id=job_id)
-        picture = _render(detail, out_dir / f"study-{detail.study_id}.png", settings.max_pixels)
-        rows.append((detail, picture.name))
+    for detail in details:
+        stem = names[detail.study_id]
+        views = _views(detail, settings.max_pixels)
+        picture = _render(detail, views, out_dir / f"{stem}.png")
+        rows.append((detail, picture.name, _thumbnails(views, out_dir / THUMBS, stem)))
+        if progress is not None:
+            progress(1)
     index = out_dir / "index.html"
     index.write_text(_index_html(job_id, rows), encoding="utf-8")
     return index
 
 
-def _render(detail: StudyDetail, out: Path, max_pixels: int) -> Path:
-    # Imported here: matplotlib, Pillow, NumPy and pydicom are for drawing, not for importing this module.
-    from model.images import decode_bytes, read_submitted
-    from model.pictures import render_study
+def picture_names(uids: dict[int, str]) -> dict[int, str]:
+    """study id -> a file name stem from its uid: letters, digits, `._-` only, unique in one folder.
 
-    images: list[Image | str] = []
+    A uid can be a path (`bad/scan.png`) or hold anything a file name can; two uids that clean to
+    the same stem (or differ only in case) get the study id appended to all but the first. An
+    image's extension is dropped (`bad/scan.png` -> `bad_scan`), the picture adds its own.
+    """
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for study_id, uid in sorted(uids.items(), key=lambda item: (item[1], item[0])):
+        bare = re.sub(r"\.(png|jpe?g|dcm|dicom)$", "", uid, flags=re.IGNORECASE)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", bare).strip("._-")[:80] or "study"
+        if stem.lower() in taken:
+            stem = f"{stem}-id{study_id}"
+        taken.add(stem.lower())
+        names[study_id] = stem
+    return names
+
+
+def _views(detail: StudyDetail, max_pixels: int) -> Views:
+    # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
+    from model.images import decode_bytes, read_submitted
+
+    views: Views = []
     for path, relpath, sha256 in detail.images:
         try:  # the same rules as a worker: inside the submitted folder, the submitted content
             data = read_submitted(path, root=detail.root, sha256=sha256)
-            images.append(decode_bytes(data, max_pixels=max_pixels, name=relpath))
+            views.append(decode_bytes(data, max_pixels=max_pixels, name=relpath))
         except ImageError as exc:
-            images.append(f"{relpath}: {exc}")
+            views.append(f"{relpath}: {exc}")
+    return views
+
+
+def _render(detail: StudyDetail, views: Views, out: Path) -> Path:
+    from model.pictures import render_study  # matplotlib: only when drawing
+
     truth = " ".join(t for t in (detail.truth_findings, detail.truth_impression) if t) or None
     title = f"Study {detail.uid} (id {detail.study_id})" + (f" — model {detail.model}" if detail.model else "")
     note = f"FAILED: {detail.error}" if detail.error and detail.report is None else None
-    return render_study(out, title=title, images=images, report=detail.report, truth=truth,
+    return render_study(out, title=title, images=views, report=detail.report, truth=truth,
                         scores=detail.scores, note=note)
 
 
-def _index_row(detail: StudyDetail, picture: str) -> str:
+def _thumbnails(views: Views, folder: Path, stem: str) -> list[str | None]:
+    """A small JPEG per decoded view (None for a view that could not be read); paths relative to the index."""
+    names: list[str | None] = []
+    for k, view in enumerate(views, 1):
+        if isinstance(view, str):
+            names.append(None)
+            continue
+        thumb = view.convert("L")
+        thumb.thumbnail((THUMBNAIL, THUMBNAIL))
+        name = f"{stem}-{k}.jpg"
+        thumb.save(folder / name, quality=85)
+        names.append(f"{THUMBS}/{name}")
+    return names
+
+
+def _text(value: str) -> str:
+    return html.escape(printable(value))
+
+
+def _index_row(detail: StudyDetail, picture: str, thumbs: list[str | None]) -> str:
     report = detail.report if detail.report is not None else f"FAILED: {detail.error or 'unknown'}"
     rouge = detail.scores.get("rouge_l") if detail.scores else None
-    return (f'<tr><td><a href="{html.escape(picture)}">{html.escape(detail.uid)}</a></td>'
-            f"<td>{len(detail.images)}</td><td>{html.escape(report)}</td>"
-            f"<td>{'' if rouge is None else f'{rouge:.3f}'}</td></tr>")
+    href = quote(picture)
+    views = "".join(f'<a href="{href}"><img src="{quote(t)}" alt="view {k}" loading="lazy"></a>' if t else
+                    f'<span class="bad" title="{_text(detail.images[k - 1][1])}">view {k}: unreadable</span>'
+                    for k, t in enumerate(thumbs, 1)) or "no images"
+    return (f'<tr><td><a href="{href}">{_text(detail.uid)}</a></td><td class="views">{views}</td>'
+            f"<td>{_text(report)}</td><td>{'' if rouge is None else f'{rouge:.3f}'}</td></tr>")
 
 
-def _index_html(job_id: int, rows: list[tuple[StudyDetail, str]]) -> str:
-    items = "\n".join(_index_row(detail, picture) for detail, picture in rows)
+def _index_html(job_id: int, rows: list[tuple[StudyDetail, str, list[str | None]]]) -> str:
+    items = "\n".join(_index_row(detail, picture, thumbs) for detail, picture, thumbs in rows)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>xrq job {job_id}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;
-vertical-align:top}}td:nth-child(3){{max-width:60em}}</style></head>
+vertical-align:top;text-align:left}}td:nth-child(3){{max-width:50em}}.views{{white-space:nowrap}}
+.views img{{height:{THUMBNAIL}px;margin-right:4px;background:#000}}
+.bad{{display:inline-block;width:{THUMBNAIL}px;color:#a00;font-size:small}}</style></head>
 <body><h1>xrq job {job_id}: {len(rows)} studies</h1>
-<p>Draft reports generated by a model; not diagnoses. Click a study to see its images.</p>
+<p>Draft reports generated by a model; not diagnoses. Click a study or a view to see its picture.</p>
 <table><tr><th>study</th><th>views</th><th>report</th><th>ROUGE-L</th></tr>
 {items}
 </table></body></html>

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -46,3 +47,53 @@ def test_evaluate_needs_one_source_and_ground_truth(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["evaluate", "--baseline", "most-frequent"], env=env)
     assert result.output == ("Error: no ground truth imported yet: run `xrq truth import REPORTS_CSV "
                              "PROJECTIONS_CSV`\n")
+
+
+@pytest.fixture
+def reported(tiny_model: Path, iu_folder: Path, tmp_path: Path) -> dict[str, str]:
+    """A job of four IU studies (1000, 54, 7, 25), their ground truth imported."""
+    env = {"XRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "XRQ_MODEL": str(tiny_model)}
+    runner = CliRunner()
+    for args in (["submit", str(iu_folder)], ["truth", "import", str(IU_CSV / "indiana_reports.csv")]):
+        result = runner.invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+    return env
+
+
+def scores(env: dict[str, str], *args: str) -> dict:
+    result = CliRunner().invoke(cli, ["evaluate", *args, "--text", "both", "--no-meteor", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(("command", "name"), [(["reports"], "r.jsonl"), (["reports"], "r.csv"),
+                                               (["export", "1"], "e.parquet"), (["export", "1"], "e.jsonl")])
+def test_xrq_reads_its_own_files_by_uid(reported: dict[str, str], tmp_path: Path, command: list[str],
+                                        name: str) -> None:
+    """`study_id` in xrq's files is the database id; scored by it, reports met other studies' truth."""
+    out = tmp_path / name
+    assert CliRunner().invoke(cli, [*command, "-o", str(out)], env=reported).exit_code == 0
+    direct = scores(reported, "--job", "1")
+    read = scores(reported, "--predictions", str(out))
+    assert read["matched"] == {"given": 4, "with_truth": 4, "scored": 4, "id_column": "uid"}
+    assert direct["matched"] == {"given": 4, "with_truth": 4, "scored": 4, "id_column": None}
+    assert {k: read[k] for k in ("bleu_4", "rouge_l", "cider", "n_studies")} == \
+        {k: direct[k] for k in ("bleu_4", "rouge_l", "cider", "n_studies")}
+    table = CliRunner().invoke(cli, ["evaluate", "--predictions", str(out), "--text", "both", "--no-meteor"],
+                               env=reported).output.splitlines()
+    assert table[1] == "  4 predictions: 4 matched ground truth ids (by uid), 4 scored"
+
+
+def test_predictions_that_mostly_name_no_study_are_refused(reported: dict[str, str], tmp_path: Path) -> None:
+    preds = tmp_path / "p.csv"
+    preds.write_text("accession,report\nA1,No acute disease.\nA2,Clear lungs.\n1000,Normal heart.\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--predictions", str(preds), "--id-column", "accession",
+                                      "--no-meteor"], env=reported)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: only 1 of 3 predictions in {preds} name a study of ground truth 'iu' by "
+                             "their 'accession' (theirs: '1000', 'A1', 'A2'; the ground truth's: '1', '10', "
+                             "'100'); choose the column that holds the study uid with --id-column, or import "
+                             "the matching ground truth\n")
+    preds.write_text("accession,report\nA1,No acute disease.\n1000,Normal heart.\n")  # half: scored
+    data = scores(reported, "--predictions", str(preds), "--id-column", "accession")
+    assert data["matched"] == {"given": 2, "with_truth": 1, "scored": 1, "id_column": "accession"}

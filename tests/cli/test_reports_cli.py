@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,9 @@ def jsonl(text: str) -> list[dict]:
 def test_reports_filter_by_job_model_date_status_and_text(env: dict[str, str]) -> None:
     everything = jsonl(run(env, "reports", "--format", "jsonl"))
     assert sorted(r["uid"] for r in everything) == ["1000", "25", "54", "7"]
+    # UTC with its offset on SQLite as on PostgreSQL (SQLite hands times back without one).
+    assert all(datetime.fromisoformat(r["created_at"]).utcoffset() == timedelta(0) for r in everything)
+    assert all(r["created_at"].endswith("+00:00") for r in everything)
     assert jsonl(run(env, "reports", "--job", "1", "--model", "tiny", "--format", "jsonl")) == everything
     assert run(env, "reports", "--model", "other", "--format", "jsonl") == ""
     assert run(env, "reports", "--since", "2999-01-01", "--format", "jsonl") == ""
@@ -45,6 +49,7 @@ def test_reports_filter_by_job_model_date_status_and_text(env: dict[str, str]) -
     found = jsonl(run(env, "reports", "--text", word.upper(), "--format", "jsonl"))
     assert everything[0]["uid"] in {r["uid"] for r in found}
     assert all(word.lower() in r["report"].lower() for r in found)
+    assert run(env, "status", "1", "--json").count("+00:00") == 1
     failed = jsonl(run(env, "reports", "--status", "failed", "--format", "jsonl"))
     assert len(failed) == 7 and {r["status"] for r in failed} == {"failed"}
     bomb = jsonl(run(env, "reports", "--status", "failed", "--text", "too large", "--format", "jsonl"))
@@ -53,18 +58,43 @@ def test_reports_filter_by_job_model_date_status_and_text(env: dict[str, str]) -
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_export_writes_whole_jobs_pandas_reads_back(env: dict[str, str], tmp_path: Path, fmt: str) -> None:
-    out = tmp_path / f"job.{fmt}"
-    assert run(env, "export", "1", "--format", fmt, "-o", str(out)).startswith("Wrote 11 studies of 1 job(s)")
+    out = tmp_path / f"job.{fmt}"  # the format follows the name
+    assert run(env, "export", "1", "-o", str(out)).startswith("Wrote 11 studies of 1 job(s)")
     reader = {"csv": pd.read_csv, "parquet": pd.read_parquet,
-              "jsonl": lambda p: pd.read_json(p, lines=True)}[fmt]
+              "jsonl": lambda p: pd.read_json(p, lines=True, dtype={"uid": str})}[fmt]
     frame = reader(out)
     assert len(frame) == 11
     assert frame["status"].value_counts().to_dict() == {"failed": 7, "done": 4}
     done = frame[frame["status"] == "done"]
     assert done["report"].str.len().min() > 0
     assert sorted(done["uid"].astype(str)) == ["1000", "25", "54", "7"]
-    assert set(frame["images"][frame["uid"].astype(str) == "1000"].iloc[0].split(";")) == {
+    images = frame["images"][frame["uid"].astype(str) == "1000"].iloc[0]
+    assert set(images.split(";") if fmt == "csv" else images) == {
         "1000_IM-0003-1001.dcm.png", "1000_IM-0003-2001.dcm.png", "1000_IM-0003-3001.dcm.png"}
+    # Integers stay integers, the missing ones too (in CSV and JSON lines, as blank and null: pandas
+    # reads those as floats, Parquet keeps them Int64); times are UTC with their offset.
+    for column in ("job_id", "study_id", "attempts"):
+        assert pd.api.types.is_integer_dtype(frame[column]), column
+    assert frame["reported_by_job"].isna().sum() == 7 and set(done["reported_by_job"]) == {1}
+    if fmt == "csv":
+        assert set(done["reported_at"].str[-6:]) == {"+00:00"}
+        assert ",1,1000_IM-0003-1001.dcm.png;" in out.read_text()  # reported_by_job 1, not 1.0
+    else:
+        assert str(frame["reported_at"].dtype).endswith(", UTC]") and frame["reported_at"].isna().sum() == 7
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(out)
+        assert schema.field("images").type.equals(pa.list_(pa.string()))
+        assert schema.field("reported_by_job").type == pa.int64() and schema.field("attempts").type == pa.int64()
+        assert schema.field("reported_at").type == pa.timestamp("us", "UTC")
+        assert str(frame["reported_by_job"].dtype) == "Int64"
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(isinstance(r["images"], list) and isinstance(r["attempts"], int) for r in rows)
+        assert {r["reported_by_job"] for r in rows} == {1, None}
+        assert {r["reported_at"][-6:] for r in rows if r["reported_at"]} == {"+00:00"}
 
 
 def test_show_draws_the_study_with_its_truth(env: dict[str, str], tmp_path: Path) -> None:
@@ -80,13 +110,14 @@ def test_show_draws_the_study_with_its_truth(env: dict[str, str], tmp_path: Path
 def test_show_job_writes_a_picture_per_study_and_an_index(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "pictures"
     run(env, "show", "--job", "1", "-o", str(out))
-    pictures = sorted(out.glob("study-*.png"))
-    assert len(pictures) == 11
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert len(pictures) == 11 and "1000.png" in pictures and "bad_empty.png" in pictures
     index = (out / "index.html").read_text()
-    assert all(p.name in index for p in pictures) and "FAILED: bad/empty.png: empty file (0 bytes)" in index
+    assert all(p in index for p in pictures) and "FAILED: bad/empty.png: empty file (0 bytes)" in index
+    assert len(list((out / "thumbs").glob("*.jpg"))) == 3 + 2 + 2 + 1  # the views of the four good studies
 
 
 def test_show_unknown_study_says_what_to_do(env: dict[str, str], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["show", "nope", "-o", str(tmp_path / "x.png")], env=env)
     assert result.exit_code == 1
-    assert result.output == "Error: no study 'nope': give a study id or uid from `xrq reports`\n"
+    assert result.output == "Error: no study with uid 'nope': give a uid from `xrq reports`\n"

@@ -178,3 +178,15 @@ def test_most_frequent_report_normalises_and_breaks_ties_by_text() -> None:
     assert most_frequent_report(reversed(train)) == "heart normal ."
     with pytest.raises(ScoringError):
         most_frequent_report(["", "  "])
+
+
+def test_clinical_macro_leaves_out_findings_no_study_has() -> None:
+    """Macro F1 averages the observations some reference is positive for; the rest have no F1 to average."""
+    from model.evaluation import evaluate
+
+    result = evaluate(REFS, HYPS, with_meteor=False)
+    per = result.labels.per_observation
+    observed = [p for p in per.values() if p.support]
+    assert 0 < len(observed) < len(per)
+    assert result.labels.macro.f1 == pytest.approx(sum(p.f1 for p in observed) / len(observed))
+    assert result.summary()["clinical"]["macro"]["f1"] == result.labels.macro.f1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -63,7 +65,8 @@ def test_constant_baseline_reproduces_the_published_scores(sqlite_url: str, tmp_
     data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert len(data["per_study"]) == 590 and data["distinct_reports"] == 1
     figure = Image.open(tmp_path / "out" / "evaluation.png").convert("L")
-    assert figure.size[0] >= 1000 and figure.getextrema()[0] < 100  # drawn on, not blank
+    darkest, _ = cast("tuple[int, int]", figure.getextrema())
+    assert figure.size[0] >= 1000 and darkest < 100  # drawn on, not blank
 
 
 def test_a_job_is_scored_on_its_iu_studies(db_url: str, tiny_model: Path, iu_folder: Path) -> None:
@@ -120,3 +123,57 @@ def test_evaluation_errors_say_what_to_do(sqlite_url: str) -> None:
 
     with pytest.raises(NotFoundError, match="xrq truth import"):
         run_evaluation(settings, baseline="most-frequent")
+
+
+def test_an_unusable_output_folder_fails_before_the_run_is_stored(sqlite_url: str, tmp_path: Path) -> None:
+    """`evaluate -o` used to score, store the run, and only then fail to write its files."""
+    settings = Settings(database_url=sqlite_url)
+    import_iu(settings, IU_CSV / "indiana_reports.csv", None)
+    (tmp_path / "file").write_text("")
+    for bad, message in ((tmp_path / "missing" / "out", "does not exist"), (tmp_path / "file", "is a file")):
+        with pytest.raises(EvaluationInputError, match=message):
+            run_evaluation(settings, baseline="most-frequent", with_meteor=False, out_dir=bad)
+    with runtime.database(sqlite_url).session() as s:
+        assert s.scalar(select(func.count()).select_from(Evaluation)) == 0
+    assert not (tmp_path / "missing").exists()
+
+
+def test_each_stage_is_announced_for_a_progress_bar(sqlite_url: str, tmp_path: Path) -> None:
+    from worker.evaluate import STAGES
+
+    settings = Settings(database_url=sqlite_url)
+    import_iu(settings, IU_CSV / "indiana_reports.csv", None)
+    seen: list[tuple[str, int, int]] = []
+    run = run_evaluation(settings, baseline="most-frequent", with_meteor=False, out_dir=tmp_path / "out",
+                         on_stage=lambda *stage: seen.append(stage))
+    assert seen == [(name, done, len(STAGES)) for done, name in enumerate(STAGES)]
+    assert run.files == [tmp_path / "out" / "evaluation.json", tmp_path / "out" / "evaluation.png"]
+
+
+def test_the_figure_gives_cider_its_own_axis_and_unobserved_findings_no_score(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    import model.plots as plots
+
+    refs = {"a": "Stable cardiomegaly.", "b": "Small left pleural effusion.", "c": "Clear lungs."}
+    result = evaluate(refs, dict(refs), with_meteor=False)  # perfect: CIDEr far above 1
+    drawn: list[Figure] = []
+
+    def keep(fig: Figure, out: str | Path) -> Path:
+        drawn.append(fig)
+        return Path(out)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    plots.plot_evaluation(result, tmp_path / "e.png")
+    axes = {tuple(t.get_text() for t in ax.get_xticklabels()): ax for ax in drawn[0].axes}
+    bounded = next(ax for labels, ax in axes.items() if "BLEU-1" in labels and "ROUGE-L" in labels)
+    cider = axes[("CIDEr",)]
+    assert bounded.get_ylim()[1] < 1.1 and cider.get_ylim()[1] >= (result.scores.corpus["cider"] or 0) > 5
+    clinical = next(ax for ax in drawn[0].axes if ax.get_title().startswith("Clinical"))
+    notes = [t.get_text() for t in clinical.texts]
+    observed = sum(1 for p in result.labels.per_observation.values() if p.support)
+    assert notes.count("n/a (no positive study)") == len(result.labels.per_observation) - observed > 0
+    assert result.labels.macro.f1 == pytest.approx(1.0)  # perfect on every observed finding, unobserved left out
+    spread = next(ax for ax in drawn[0].axes if ax.get_title().startswith("Per-study"))
+    legend = spread.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()][:2] == ["mean", "median"]
