@@ -27,9 +27,11 @@ COPY model ./model
 COPY db ./db
 COPY data ./data
 COPY models/demo ./models/demo
-RUN pip install . && python -c "import cli.main, worker.app"
+# The flower extra: the compose file's Flower runs this image, with xrq's own Celery app.
+RUN pip install ".[flower]" && python -c "import cli.main, worker.app, flower"
 
-# Not root: a worker only needs to read images and models, and write nothing on the host.
-RUN useradd --create-home --uid 1000 xrq
+# Not root: a worker only needs to read images and models, and write nothing on the host. Beat keeps
+# its schedule in /var/lib/xrq (a volume in docker-compose.yml; a new volume takes this owner).
+RUN useradd --create-home --uid 1000 xrq && mkdir -p /var/lib/xrq && chown xrq /var/lib/xrq
 USER xrq
 CMD ["xrq", "worker", "--queues", "gpu", "--device", "cuda"]

@@ -6,13 +6,14 @@ import json
 
 import click
 
-from cli.context import settings_from
+from cli.context import settings_from, settings_options
 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be done.")
 @click.option("--no-score", is_flag=True, help="Do not score new reports that have ground truth.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@settings_options("backlog")
 @click.pass_context
 def backlog(ctx: click.Context, dry_run: bool, no_score: bool, as_json: bool) -> None:
     """Queue again what was left undone: pending, stuck and transiently failed studies.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli import output
-from cli.context import settings_from
+from cli.context import COUNT, ID, settings_from, settings_options
 
 if TYPE_CHECKING:
     from db.queries import JobSummary
@@ -19,38 +19,16 @@ if TYPE_CHECKING:
     from worker.submit import Submission
 
 
-class CountOrAuto(click.ParamType):
-    """A whole number >= 1, or `auto` (xrq chooses): what XRQ_BATCH_SIZE and XRQ_DECODE_WORKERS take."""
-
-    name = "N|auto"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-        self.fail(f"{value!r} is neither a whole number of at least 1 nor auto", param, ctx)
-
-
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model", envvar="XRQ_MODEL", show_envvar=True, metavar="DIR",
-              help="Model directory (from `xrq model init` or `xrq train`).")
-@click.option("--batch-size", type=CountOrAuto(), envvar="XRQ_BATCH_SIZE", show_envvar=True,
-              help="Studies per generate call; auto: 8 on a CPU, on a GPU the most its free memory holds  "
-                   "[default: auto]")
 @click.option("--group-by", type=click.Choice(["auto", "image", "folder", "pattern"]), default="auto",
               help="How images form studies: auto (DICOM StudyInstanceUID, IU file names, else one "
                    "image each), image, folder (one subfolder per study), pattern (--pattern).")
 @click.option("--pattern", metavar="REGEX",
               help="With --group-by pattern: a regex on the relative path; group `study` (or 1) is the id.")
-@click.option("--num-beams", type=click.IntRange(min=1), help="Beam search width  [default: 1, greedy]")
-@click.option("--max-new-tokens", type=click.IntRange(min=1),
-              help="Report length cap in tokens  [default: the model's recommendation, else 60]")
-@click.option("--device", help="auto, cpu, cuda, cuda:1 ...  [default: auto]")
 @click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (docs/cli.md).")
+@settings_options("submit", expose=("model", "batch_size", "num_beams", "max_new_tokens", "device"))
 @click.pass_context
 def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | str | None, group_by: str,
            pattern: str | None, num_beams: int | None, max_new_tokens: int | None, device: str | None, wait: bool,
@@ -65,16 +43,35 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
       xrq submit examples/iu --model models/tiny
     """
     from worker.dispatch import runner_for
-    from worker.submit import submit_folder
+    from worker.submit import SubmitHooks, submit_folder
 
     settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
     if batch_size is not None:
         settings = settings.replace(batch_size=None if batch_size == "auto" else batch_size)
-    bar = output.Progress(enabled=not as_json and sys.stderr.isatty())
+    shown = not as_json and sys.stderr.isatty()
+    steps = output.Progress(enabled=shown, desc="Submitting")
+    scanning = output.Progress(enabled=shown, desc="Scanning and hashing", unit="file")
+    bar = output.Progress(enabled=shown)
+    stages = ["loading the model", "scanning and hashing", "recording the job"]
+
+    def stage(name: str) -> None:
+        if name in stages:
+            steps.stage(name, stages.index(name), len(stages))
+        else:  # reporting (its own bar) or queueing
+            steps.close()
+        if name == "scanning and hashing":
+            scanning.start(None)
+        elif name == "recording the job":
+            scanning.close()
+
     started = time.perf_counter()
-    result = submit_folder(settings, folder, group_by=group_by, pattern=pattern,
-                           on_start=bar.start, progress=bar.update, runner=runner_for(settings))
-    bar.close()
+    try:
+        result = submit_folder(settings, folder, group_by=group_by, pattern=pattern, runner=runner_for(settings),
+                               hooks=SubmitHooks(stage=stage, scanned=scanning.update, start=bar.start,
+                                                 progress=bar.update))
+    finally:
+        for shown_bar in (steps, scanning, bar):
+            shown_bar.close()
     if wait and settings.broker_url and not result.summary.finished:
         result = _follow(settings, result, show_bar=not as_json and sys.stderr.isatty())
     elapsed = time.perf_counter() - started
@@ -124,9 +121,9 @@ def _distributed_text(settings: Settings, summaries: list[JobSummary]) -> str:
 
 
 @click.command()
-@click.argument("job", type=int, required=False)
+@click.argument("job", type=ID, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md).")
-@click.option("--limit", type=click.IntRange(min=1), default=20, help="Jobs listed without JOB.")
+@click.option("--limit", type=COUNT, default=20, help="Jobs listed without JOB.")
 @click.pass_context
 def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> None:
     """Show one job (studies by status, failures with reasons) or the latest jobs.

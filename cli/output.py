@@ -42,8 +42,9 @@ class Progress:
         self.scaled = scaled  # bytes: shown as kB, MB, GB (unit "B")
         self._bar: Any = None
 
-    def start(self, total: int) -> None:
-        if self.enabled and total:
+    def start(self, total: int | None) -> None:
+        """Counted work of `total` units; None: of a number not known yet (a counter and a rate)."""
+        if self.enabled and (total or total is None):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit=self.unit, desc=self.desc, leave=False, dynamic_ncols=True,
@@ -150,6 +151,8 @@ def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
     return {
         **result.summary.as_dict(),
         "created": result.created,
+        "changed": {name: {"before": before, "now": now} for name, (before, now) in result.changed.items()},
+        "retried": result.retried,
         "processed": result.ran,
         "files": result.scanned,
         "elapsed_s": round(elapsed, 3),
@@ -161,8 +164,15 @@ def submission_text(result: Submission, elapsed: float) -> str:
     s = result.summary
     c = s.counts
     lines = []
-    if not result.created and not result.ran:
+    if not result.created and not result.ran and not result.retried and not s.waiting:
         lines.append(f"Already submitted as job {s.job_id}: nothing new to do.")
+    elif not result.created:
+        lines.append(f"Submitted again as job {s.job_id}: what is left is done with this submission's settings.")
+    for name, (before, now) in result.changed.items():
+        if name != "search":  # follows num_beams
+            lines.append(f"  {name}: {_setting(name, before)} -> {_setting(name, now)}")
+    if result.retried:
+        lines.append(f"  retrying {result.retried} studies that had failed for a transient reason")
     lines += [
         f"Job {s.job_id}: {s.total} studies from {printable(s.source)} (model {printable(s.model)})",
         f"  reported  {c.get('done', 0)}",
@@ -175,6 +185,10 @@ def submission_text(result: Submission, elapsed: float) -> str:
     if result.ran:
         lines.append(f"Took {elapsed:.1f} s ({result.ran / elapsed:.2f} studies/s)")
     return "\n".join(lines)
+
+
+def _setting(name: str, value: Any) -> str:
+    return "auto" if name == "batch_size" and not value else str(value)  # a job stores auto as 0
 
 
 def _failure_lines(summary: JobSummary) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from db.engine import DEFAULT_URL, Database, open_database
+    from db.engine import Database, open_database
 
-__all__ = ["DEFAULT_URL", "Database", "open_database"]
+__all__ = ["Database", "open_database"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,24 +1,33 @@
-"""Opening the database: URL checks, connection settings, migrations, sessions."""
+"""Opening the database: URL checks, connection settings, migrations, sessions.
+
+Opening migrates the schema to the newest revision, unless the process turned that off
+(`set_auto_migrate(False)`, from XRQ_AUTO_MIGRATE=0): then a schema behind this code is an error that
+names `xrq db upgrade`, the one step that migrates.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseError, DatabaseUnavailableError, DatabaseURLError
+from db.errors import (
+    DatabaseBehindError,
+    DatabaseError,
+    DatabaseReadOnlyError,
+    DatabaseUnavailableError,
+    DatabaseURLError,
+    NumberOutOfRangeError,
+)
 
-DEFAULT_URL = "sqlite:///xrq.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 _URL_HELP = "use for example sqlite:///xrq.db or postgresql://user@host:5432/dbname"
 
@@ -95,10 +104,77 @@ def create(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (Alembic). Safe to call from many processes at once."""
+_auto_migrate = True
+
+
+def set_auto_migrate(enabled: bool) -> None:
+    """Whether `open_database` migrates (the default) or only checks the schema, for this process.
+
+    Set once at start-up from XRQ_AUTO_MIGRATE by whoever reads the settings (the CLI, a worker).
+    """
+    global _auto_migrate
+    _auto_migrate = enabled
+
+
+def _config() -> Any:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this xrq knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None  # there are migrations
+    return head
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema is: `current` (None: no xrq tables yet) against this xrq's `head`."""
+
+    current: str | None
+    head: str
+    known: bool  # False: a revision this xrq has never heard of (a newer xrq migrated it)
+
+    @property
+    def state(self) -> str:
+        """up-to-date, behind, empty or newer."""
+        if self.current == self.head:
+            return "up-to-date"
+        if self.current is None:
+            return "empty"
+        return "behind" if self.known else "newer"
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """The schema revision of the database against this xrq's newest; changes nothing."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_config())
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    known = current is None or current in {rev.revision for rev in script.walk_revisions()}
+    head = script.get_current_head()
+    assert head is not None
+    return SchemaState(current=current, head=head, known=known)
+
+
+def migrate(engine: Engine) -> SchemaState:
+    """Bring the schema to the newest migration (Alembic). Safe to call from many processes at once.
+
+    Returns the state before. Alembic's own log lines are at INFO, which workers quiet (worker/logs.py).
+    """
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    config = _config()
+    before = schema_state(engine)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Workers start together; one of them migrates, the others wait for it here.
@@ -109,11 +185,57 @@ def migrate(engine: Engine) -> None:
         except CommandError as exc:  # e.g. a revision this xrq does not know: a newer xrq migrated it
             raise DatabaseError(f"cannot use the database {engine.url.render_as_string(hide_password=True)}: "
                                 f"{exc}. Was it made by a newer xrq? Upgrade xrq, or use another database.") from exc
+        except SADatabaseError as exc:
+            raise driver_error(exc, engine) or exc from exc
+    return before
 
 
-def open_database(url: str = DEFAULT_URL, *, upgrade: bool = True) -> Database:
-    """Connect to `url` and (by default) migrate it: the one way the rest of xrq gets a database."""
+def check_schema(engine: Engine) -> None:
+    """Raise DatabaseBehindError unless the schema is this xrq's newest (what opening does when
+    automatic migration is off)."""
+    state = schema_state(engine)
+    shown = engine.url.render_as_string(hide_password=True)
+    if state.state == "empty":
+        raise DatabaseBehindError(f"the database {shown} has no xrq tables yet and automatic migration is off "
+                                  f"(XRQ_AUTO_MIGRATE=0): run `xrq db upgrade` to create them")
+    if state.state == "behind":
+        raise DatabaseBehindError(f"the database {shown} is at schema revision {state.current}, this xrq needs "
+                                  f"{state.head}, and automatic migration is off (XRQ_AUTO_MIGRATE=0): "
+                                  "run `xrq db upgrade`")
+    if state.state == "newer":
+        raise DatabaseError(f"cannot use the database {shown}: its schema revision {state.current} is unknown to "
+                            "this xrq. Was it made by a newer xrq? Upgrade xrq, or use another database.")
+
+
+def driver_error(exc: BaseException, engine: Engine | None = None) -> DatabaseError | None:
+    """A named error for a driver error a user can fix (read-only database, a number too large), else None."""
+    from sqlalchemy.exc import DataError, OperationalError
+
+    shown = f" {engine.url.render_as_string(hide_password=True)}" if engine is not None else ""
+    orig = getattr(exc, "orig", None)
+    reason = (str(orig or exc).strip().splitlines() or [""])[0]
+    sqlstate = getattr(orig, "sqlstate", None)
+    if (isinstance(exc, OperationalError) and "readonly database" in reason) or sqlstate == "25006":
+        return DatabaseReadOnlyError(
+            f"the database{shown} is read-only ({reason}): make the SQLite file and its folder writable by "
+            "this user, or set XRQ_DATABASE_URL to a database it may write")
+    if isinstance(exc, OverflowError) or (isinstance(exc, DataError) and sqlstate == "22003"):
+        return NumberOutOfRangeError(
+            f"a number given is too large for the database ({reason}): ids and counts go up to 2147483647; "
+            "check the numbers in the command")
+    return None
+
+
+def open_database(url: str, *, upgrade: bool | None = None) -> Database:
+    """Connect to `url` and migrate it (or, with automatic migration off, check it is migrated): the one
+    way the rest of xrq gets a database. `upgrade` overrides the process's setting."""
     engine = create(url)
-    if upgrade:
-        migrate(engine)
+    try:
+        if _auto_migrate if upgrade is None else upgrade:
+            migrate(engine)
+        else:
+            check_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return Database(engine)

@@ -15,3 +15,15 @@ class DatabaseUnavailableError(DatabaseError):
 
 class NotFoundError(DatabaseError):
     """Raised when a job, study or model id asked for does not exist."""
+
+
+class DatabaseBehindError(DatabaseError):
+    """Raised when automatic migration is off and the schema is older than this xrq (or empty)."""
+
+
+class DatabaseReadOnlyError(DatabaseError):
+    """Raised when the database refuses writes: a read-only SQLite file or folder, a read-only server."""
+
+
+class NumberOutOfRangeError(DatabaseError):
+    """Raised when a number given (an id, a limit) is too large for the database's integer columns."""

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +75,10 @@ class ScannedStudy:
 
 def scan_folder(
     root: str | os.PathLike[str], *, group_by: str = "auto", pattern: str | None = None,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: Callable[[int], None] | None = None,
 ) -> list[ScannedStudy]:
     """Every file under `root` (recursively, hidden names skipped), hashed and grouped into studies,
-    sorted by (grouping, uid).
+    sorted by (grouping, uid). `progress(1)` is called after each file (hashing thousands takes a while).
 
     group_by:
       auto     DICOM files by StudyInstanceUID; IU names `{uid}_IM-…` and `CXR{uid}_IM-…` by uid;
@@ -100,6 +100,8 @@ def scan_folder(
     for image, head in _walk(top, real_top, max_file_bytes):
         key = _study_key(image, head, group_by, regex)
         groups.setdefault(key, []).append(image)
+        if progress is not None:
+            progress(1)
     studies = [
         ScannedStudy(uid=uid, grouping=grouping, images=tuple(sorted(imgs, key=lambda i: i.relpath)))
         for (grouping, uid), imgs in groups.items()

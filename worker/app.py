@@ -15,6 +15,9 @@ losing a message and never minding a duplicate:
 
 Broker settings (`XRQ_VISIBILITY_TIMEOUT`, `XRQ_TASK_MAX_RETRIES`, ...) are read in `worker/settings.py`.
 
+Logging is xrq's, not Celery's (worker/logs.py): XRQ_LOG_LEVEL and XRQ_LOG_FORMAT (text or json) for
+the worker, its pool processes and beat alike. Flower: `celery --app worker.app flower` (see `app`).
+
 The model is never loaded here, and CUDA never touched: a worker's pool processes are forked from
 its parent, and CUDA does not survive a fork. Each pool process loads its model on its first batch.
 """
@@ -29,7 +32,7 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 from kombu import Queue
 
 from worker import tasks
@@ -74,7 +77,10 @@ def make_app(settings: Settings | None = None, options: BrokerOptions | None = N
         broker_url=settings.broker_url,
         # Redis's options; other transports (AMQP, kombu's SQLAlchemy one on a bare bench host) refuse them.
         broker_transport_options=transport_options(options)
-        if (settings.broker_url or "").startswith(("redis", "rediss")) else {},
+        if (settings.broker_url or "").startswith(("redis", "rediss"))
+        # kombu's polling transports (its SQLAlchemy one, on a bench host with no Redis) look every
+        # second by default: a worker would wait up to a second for each message.
+        else {"polling_interval": 0.05} if (settings.broker_url or "").startswith("sqla") else {},
         broker_connection_timeout=3,
         broker_connection_retry_on_startup=True,  # workers wait for the broker to come up
         broker_pool_limit=4,
@@ -103,6 +109,7 @@ def make_app(settings: Settings | None = None, options: BrokerOptions | None = N
         worker_send_task_events=True,  # Flower and `celery events` can watch
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # print() goes to standard output, not through the log handler
         enable_utc=True,
     )
     tasks.register(app)
@@ -126,6 +133,29 @@ def backlog_schedule(cron: str) -> crontab:
                    day_of_week=day_of_week)
 
 
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery asks for logging (worker, pool process, beat): xrq's level and format, not Celery's
+    (connecting here is what stops Celery from configuring its own)."""
+    from celery import current_app
+
+    from worker.logs import configure
+
+    settings = getattr(current_app, "xrq_settings", None) or Settings.from_env()
+    level = settings.log_level or (loglevel if isinstance(loglevel, str) else None) or "info"
+    configure(level.lower(), settings.log_format)
+
+
+@worker_init.connect
+def _init_worker(sender: Any = None, **_: Any) -> None:
+    """The worker's main process, before any pool process is forked: XRQ_AUTO_MIGRATE for the
+    whole worker (the pool processes inherit it)."""
+    from db.engine import set_auto_migrate
+
+    settings = getattr(getattr(sender, "app", None), "xrq_settings", None) or Settings.from_env()
+    set_auto_migrate(settings.auto_migrate)
+
+
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
     """A fresh pool process: no engines or models inherited across the fork. Its threads (decode
@@ -139,7 +169,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, pool: str = "prefork",
-               hostname: str | None = None, loglevel: str = "info") -> None:
+               hostname: str | None = None, loglevel: str = "info", options: BrokerOptions | None = None) -> None:
     """Start a worker in this process (blocks until it is stopped): what `xrq worker` runs.
 
     The database is opened (and migrated) once here, before any pool process exists, so a wrong
@@ -158,7 +188,10 @@ def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, p
         raise SettingsError(f"device {settings.device!r} is not one of auto, cpu, cuda, cuda:N")
     if pool not in ("prefork", "solo", "threads"):
         raise SettingsError(f"pool {pool!r} is not one of prefork, solo, threads")
-    options = BrokerOptions.from_env()
+    options = options or BrokerOptions.from_env()
+    from db.engine import set_auto_migrate
+
+    set_auto_migrate(settings.auto_migrate)
     runtime.database(settings.database_url)
     runtime.clear()
     worker_app = make_app(settings, options)
@@ -168,9 +201,29 @@ def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, p
             f"--loglevel={loglevel}", f"--hostname={hostname or f'xrq-{os.getpid()}@%h'}",
             # Mingle and gossip sync state xrq keeps in the database; skipping them starts faster.
             "--without-mingle", "--without-gossip"]
+    if settings.log_format == "json":
+        argv.insert(0, "--quiet")  # celery's own option, before the command: no banner, JSON lines only
     log.info("starting worker: queues %s, device %s, %d process(es)", queues, settings.device, concurrency)
     worker_app.worker_main(argv)
 
 
-# `celery -A worker.app worker|beat|inspect ...` finds this; `xrq worker` builds its own from its options.
+def run_beat(settings: Settings, options: BrokerOptions | None = None, *, schedule_file: str,
+             loglevel: str = "info") -> None:
+    """Run beat in this process (blocks): the backlog job at XRQ_BACKLOG_CRON. What `xrq beat` runs."""
+    if not settings.broker_url:
+        raise SettingsError("xrq beat needs a broker: set XRQ_BROKER_URL (e.g. redis://localhost:6379/0) "
+                            "or pass --broker-url")
+    beat_app = make_app(settings, options or BrokerOptions.from_env())
+    beat_app.set_current()
+    log.info("starting beat: backlog at %r (UTC), schedule in %s", settings.backlog_cron, schedule_file)
+    beat_app.Beat(schedule=schedule_file, loglevel=loglevel.upper(), quiet=settings.log_format == "json").run()
+
+
+# `celery -A worker.app worker|beat|inspect|flower ...` finds this; `xrq worker` builds its own.
 app = make_app()
+# Flower asks every worker eight things at once (stats, active_queues, registered, conf ...) from a
+# thread pool, each broadcast holding one pooled connection while its producer takes another, and its
+# event thread takes one more: with make_app's pool of 4 they wait on each other forever (Flower shows
+# no workers and no tasks, and its API hangs). This app serves command-line tools, never `xrq submit`:
+# no limit.
+app.conf.broker_pool_limit = None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from model.errors import ImageError
+from model.files import DEFAULT_MAX_FILE_BYTES
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,7 @@ class Limits:
 
     max_pixels: int
     decode_workers: int
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # XRQ_MAX_FILE_BYTES: larger files are refused unread
     max_attempts: int | None = None
     cache: ViewCache | None = None
     processes: bool = False  # decode workers are processes (see the module's note)
@@ -59,8 +61,9 @@ def load_view(ref: jobs.ImageRef, root: str, processor: object, limits: Limits) 
         if hit is not None:
             return hit.image_size, hit.tensor
     try:
-        data = read_submitted(ref.path, root=root, sha256=ref.sha256)
-        image = decode_bytes(data, max_pixels=limits.max_pixels, name=os.path.basename(ref.path))
+        data = read_submitted(ref.path, root=root, sha256=ref.sha256, max_file_bytes=limits.max_file_bytes)
+        image = decode_bytes(data, max_pixels=limits.max_pixels, name=os.path.basename(ref.path),
+                             max_file_bytes=limits.max_file_bytes)
     except ImageError as exc:
         return exc
     tensor = view_tensor(processor, image)  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ class LocalRunner:
         plan = plan_threads(ctx.engine.device.type, processes=self.processes, decode_workers=settings.decode_workers)
         apply_torch_threads(plan)
         limits = Limits(max_pixels=settings.max_pixels, decode_workers=plan.decode_workers,
+                        max_file_bytes=settings.max_file_bytes,
                         max_attempts=settings.max_attempts, cache=runtime.view_cache(settings),
                         processes=plan.decode_workers > 1)
         pool = runtime.decode_pool(ctx.bundle, limits) if limits.processes else None  # kept: slow to start

@@ -1,36 +1,15 @@
-"""Every setting xrq reads, in one place: `XRQ_*` environment variables, overridable by CLI options.
+"""Every setting xrq reads, in one place: `SETTINGS`, one table of `XRQ_*` variables.
 
-| variable              | default            | meaning                                                   |
-|-----------------------|--------------------|-----------------------------------------------------------|
-| XRQ_DATABASE_URL      | sqlite:///xrq.db   | where jobs and reports live (SQLite file or PostgreSQL)   |
-| XRQ_BROKER_URL        | (unset)            | Celery broker; unset: work runs in-process               |
-| XRQ_MODEL             | (unset)            | model directory (or hub id) used by `xrq submit`          |
-| XRQ_BATCH_SIZE        | auto               | studies per `generate` call; auto: 8 on a CPU, what fits a GPU |
-| XRQ_DEVICE            | auto               | auto (CUDA if present), cpu, cuda, cuda:1 ...             |
-| XRQ_NUM_BEAMS         | 1                  | 1: greedy decoding; more: beam search                     |
-| XRQ_MAX_NEW_TOKENS    | (the model's, or 60) | report length cap, in tokens; a trained model recommends one |
-| XRQ_MAX_PIXELS        | 50000000           | larger images are refused (decompression bombs)           |
-| XRQ_DECODE_WORKERS    | auto               | image decoders beside the model (processes if > 1); auto: cores |
-| XRQ_CACHE_DIR         | (unset)            | a folder of preprocessed views: reruns skip decoding      |
-| XRQ_CACHE_MAX_BYTES   | 10000000000        | the view cache's bound; least recently used go first      |
-| XRQ_COMPILE           | 0                  | 1: static KV cache + torch.compile (CUDA graphs); same tokens |
-| XRQ_BACKLOG_CRON      | 0 2 * * *          | when beat runs the backlog job (cron: min hour dom mon dow) |
-| XRQ_STUCK_AFTER       | 7200               | seconds after which a queued/running study counts as lost |
-| XRQ_MAX_ATTEMPTS      | 3                  | tries of a study that failed for a transient reason       |
-| XRQ_INBOX             | (unset)            | a folder the backlog job submits new files from           |
+Each row names a setting (the variable is `XRQ_` + its name in capitals), its kind, its default, one
+line of help and the commands that take it as an option (`xrq` itself: an option of the group, before
+the command). The CLI builds its options from this table (cli/context.py), so `--help` shows each
+one's variable and default from here; docs/operations.md lists the same rows (a test compares them).
 
-Broker-only settings (read by `BrokerOptions`, used by the Celery app and `xrq submit` with a broker):
-
-| variable                | default | meaning                                                              |
-|-------------------------|---------|----------------------------------------------------------------------|
-| XRQ_VISIBILITY_TIMEOUT  | 3600    | seconds before Redis redelivers an unacknowledged batch              |
-| XRQ_TASK_MAX_RETRIES    | 10      | retries of a batch after transient database errors (backoff, jitter) |
-| XRQ_RETRY_BACKOFF_MAX   | 120     | longest wait between two retries, in seconds                         |
-| XRQ_BROKER_PREFIX       | (none)  | prefix for every Redis key: several deployments on one Redis         |
-
+`Settings` holds the settings of the work itself, `BrokerOptions` (rows marked broker) the ones only
+the Celery app needs. Precedence: the default, then the variable, then the option.
 XRQ_DECODE_THREADS is XRQ_DECODE_WORKERS's old name, still read.
 
-This module imports neither celery nor torch: the CLI reads settings without starting either.
+This module imports neither celery nor torch nor SQLAlchemy: the CLI reads settings without them.
 """
 
 from __future__ import annotations
@@ -42,102 +21,204 @@ from typing import Any
 
 from worker.errors import SettingsError
 
+AUTO = "auto"  # the value of XRQ_BATCH_SIZE and XRQ_DECODE_WORKERS that lets xrq choose
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+DB_INT_MAX = 2**31 - 1  # the largest id or count a PostgreSQL INTEGER column holds
+MAX_BATCH_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table. `kind`: text, int, count (a whole number or auto: None), bool, cron, choice."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    commands: tuple[str, ...] = ()
+    shown: str | None = None  # the default as people read it, where the value itself says little
+    minimum: int = 1
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+    old_names: tuple[str, ...] = ()
+    broker: bool = False  # read by BrokerOptions, not Settings
+
+    @property
+    def var(self) -> str:
+        return f"XRQ_{self.name.upper()}"
+
+    @property
+    def shown_default(self) -> str | None:
+        """The default as `--help` and the docs show it; None when there is none (unset)."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None or self.default == "":
+            return None
+        if self.kind == "bool":
+            return "1" if self.default else "0"
+        return str(self.default)
+
+    def parse(self, raw: str) -> Any:
+        """The value of a variable as text, typed and checked; SettingsError names the variable."""
+        text = raw.strip()
+        if self.kind in ("int", "count"):
+            if self.kind == "count" and text.lower() == AUTO:
+                return None
+            try:
+                value = int(text)
+            except ValueError:
+                also = " or auto" if self.kind == "count" else ""
+                raise SettingsError(f"{self.var} must be a whole number{also}, not {raw!r}") from None
+            return self.check(value)
+        if self.kind == "bool":
+            if text.lower() not in _TRUE | _FALSE:
+                raise SettingsError(f"{self.var} must be 1 or 0 (true or false), not {raw!r}")
+            return text.lower() in _TRUE
+        if self.kind == "choice":
+            return self.check(text.lower())
+        return self.check(raw)
+
+    def check(self, value: Any) -> Any:
+        """`value` if this setting can take it, else SettingsError saying what it can take."""
+        if value is None:
+            return None
+        if self.kind in ("int", "count"):
+            if value < self.minimum:
+                raise SettingsError(f"{self.var} must be at least {self.minimum}, not {value}")
+            if self.maximum is not None and value > self.maximum:
+                raise SettingsError(f"{self.var} must be at most {self.maximum}, not {value}")
+        if self.kind == "choice" and value not in self.choices:
+            raise SettingsError(f"{self.var} must be one of {', '.join(self.choices)}, not {value!r}")
+        if self.kind == "cron" and len(str(value).split()) != 5:
+            raise SettingsError(f"{self.var} must have five fields (minute hour day month weekday), not {value!r}")
+        return value
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+_WORK = ("submit", "worker", "backlog")  # the commands that run the pipeline (in-process or as a worker)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database_url", "text", "sqlite:///xrq.db",
+            "Where jobs and reports live: a SQLite file, or postgresql://user@host:5432/xrq.", ("xrq",)),
+    Setting("broker_url", "text", None,
+            "Celery broker, e.g. redis://:password@redis:6379/0; unset: work runs in-process.", ("xrq", "worker")),
+    Setting("model", "text", None,
+            "Model directory (or hub id) to report with; a worker without one uses each job's recorded path.",
+            _WORK),
+    Setting("batch_size", "count", None,
+            "Studies per generate call; auto: 8 on a CPU, on a GPU the most its free memory holds.",
+            ("submit", "backlog"), shown=AUTO, maximum=MAX_BATCH_SIZE),
+    Setting("device", "text", "auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", _WORK),
+    Setting("num_beams", "int", 1, "1: greedy decoding; more: beam search of that width.", ("submit", "backlog"),
+            maximum=32),  # model.generate.MAX_BEAMS (model/ would import torch here)
+    Setting("max_new_tokens", "int", None, "Report length cap, in tokens.", ("submit", "backlog"),
+            shown="the model's recommendation, else 60"),
+    Setting("max_pixels", "int", 50_000_000, "Larger images are refused (decompression bombs).", _WORK),
+    Setting("max_file_bytes", "int", 512 * 1024 * 1024, "Larger files are refused before a byte is read.", _WORK),
+    Setting("decode_workers", "count", None,
+            "Image decoders beside the model (processes if more than 1); auto: from the host's cores.", _WORK,
+            shown=AUTO, maximum=1024, old_names=("XRQ_DECODE_THREADS",)),
+    Setting("cache_dir", "text", None, "A folder of preprocessed views: reruns skip decoding.", _WORK),
+    Setting("cache_max_bytes", "int", 10_000_000_000, "The view cache's bound; least recently used go first.",
+            _WORK),
+    Setting("compile", "bool", False, "Static KV cache + torch.compile (CUDA graphs); the same tokens.", _WORK),
+    Setting("backlog_cron", "cron", "0 2 * * *",
+            "When beat runs the backlog job, in UTC (cron: minute hour day month weekday).", ("beat",)),
+    Setting("stuck_after", "int", 7200, "Seconds after which a queued or running study counts as lost.",
+            ("worker", "backlog")),
+    Setting("max_attempts", "int", 3, "Tries of a study that failed for a transient reason.", _WORK),
+    Setting("inbox", "text", None, "A folder the backlog job submits new files from (with XRQ_MODEL).",
+            ("worker", "backlog")),
+    Setting("auto_migrate", "bool", True,
+            "Migrate the database to this xrq's schema when opening it; 0 in production, where "
+            "`xrq db upgrade` does it.", ("xrq",)),
+    Setting("log_level", "choice", None, "How much to log.", ("xrq", "worker", "beat"),
+            shown="info for worker and beat, else warning", choices=LOG_LEVELS),
+    Setting("log_format", "choice", "text", "text, or json: one JSON object a line, for log collectors.",
+            ("xrq",), choices=LOG_FORMATS),
+    # Broker-only: how the Celery app talks to Redis (worker/app.py).
+    Setting("visibility_timeout", "int", 3600,
+            "Seconds before Redis redelivers an unacknowledged batch: keep it above the slowest batch.",
+            ("worker",), broker=True),
+    Setting("task_max_retries", "int", 10, "Retries of a batch after transient database errors (with backoff).",
+            ("worker",), minimum=0, broker=True),
+    Setting("retry_backoff_max", "int", 120, "Longest wait between two retries, in seconds.", ("worker",),
+            broker=True),
+    Setting("broker_prefix", "text", "", "Prefix of every Redis key: several deployments on one Redis.",
+            ("worker", "beat", "health"), broker=True),
+)
+SETTING = {s.name: s for s in SETTINGS}
+_D = {s.name: s.default for s in SETTINGS}
+
+
+def read_env(env: Mapping[str, str], *, broker: bool) -> dict[str, Any]:
+    """The table's variables found in `env` (empty ones are unset), typed and checked."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.broker != broker:
+            continue
+        for var in (setting.var, *setting.old_names):
+            raw = env.get(var)
+            if raw is not None and raw != "":
+                values[setting.name] = setting.parse(raw)
+                break
+    return values
+
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = "sqlite:///xrq.db"
-    broker_url: str | None = None
-    model: str | None = None
-    batch_size: int | None = None  # None: auto (see the table)
-    device: str = "auto"
-    num_beams: int = 1
-    max_new_tokens: int | None = None  # None: what the model recommends (xrq.json), else 60
-    max_pixels: int = 50_000_000
-    decode_workers: int | None = None  # None: auto, from the host's cores
-    cache_dir: str | None = None
-    cache_max_bytes: int = 10_000_000_000
-    compile: bool = False
-    backlog_cron: str = "0 2 * * *"
-    stuck_after: int = 7200
-    max_attempts: int = 3
-    inbox: str | None = None
+    """The settings of the work (every row of SETTINGS that is not broker-only); defaults from the table."""
+
+    database_url: str = _D["database_url"]
+    broker_url: str | None = _D["broker_url"]
+    model: str | None = _D["model"]
+    batch_size: int | None = _D["batch_size"]  # None: auto
+    device: str = _D["device"]
+    num_beams: int = _D["num_beams"]
+    max_new_tokens: int | None = _D["max_new_tokens"]  # None: what the model recommends (xrq.json), else 60
+    max_pixels: int = _D["max_pixels"]
+    max_file_bytes: int = _D["max_file_bytes"]
+    decode_workers: int | None = _D["decode_workers"]  # None: auto, from the host's cores
+    cache_dir: str | None = _D["cache_dir"]
+    cache_max_bytes: int = _D["cache_max_bytes"]
+    compile: bool = _D["compile"]
+    backlog_cron: str = _D["backlog_cron"]
+    stuck_after: int = _D["stuck_after"]
+    max_attempts: int = _D["max_attempts"]
+    inbox: str | None = _D["inbox"]
+    auto_migrate: bool = _D["auto_migrate"]
+    log_level: str | None = _D["log_level"]  # None: info for workers and beat, warning for other commands
+    log_format: str = _D["log_format"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then `XRQ_*` variables, then explicit overrides (CLI options) that are not None."""
-        env = os.environ if env is None else env
-        if "XRQ_DECODE_THREADS" in env and "XRQ_DECODE_WORKERS" not in env:  # its name before 0.2
-            env = {**env, "XRQ_DECODE_WORKERS": env["XRQ_DECODE_THREADS"]}
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"XRQ_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, _KINDS.get(str(f.type), str))
-        settings = cls(**values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None}).checked()
+        values = read_env(os.environ if env is None else env, broker=False)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).checked()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with these values (None included: for `batch_size`, auto), checked."""
         return replace(self, **changes).checked()
 
     def checked(self) -> Settings:
-        for name in ("batch_size", "num_beams", "max_new_tokens", "max_pixels", "decode_workers", "stuck_after",
-                     "max_attempts", "cache_max_bytes"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SettingsError(f"XRQ_{name.upper()} must be at least 1, not {getattr(self, name)}")
-        if len(self.backlog_cron.split()) != 5:
-            raise SettingsError(f"XRQ_BACKLOG_CRON must have five fields (minute hour day month weekday), "
-                                f"not {self.backlog_cron!r}")
+        for f in fields(self):
+            SETTING[f.name].check(getattr(self, f.name))
         return self
-
-
-AUTO = "auto"  # the value of XRQ_BATCH_SIZE and XRQ_DECODE_WORKERS that lets xrq choose
-_KINDS: dict[str, Any] = {"int": int, "int | None": "int_or_auto", "bool": bool}
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _convert(name: str, raw: str, kind: Any) -> Any:
-    if kind == "int_or_auto" and raw.strip().lower() == AUTO:
-        return None
-    if kind in (int, "int_or_auto"):
-        try:
-            return int(raw)
-        except ValueError:
-            also = " or auto" if kind == "int_or_auto" and name != "max_new_tokens" else ""
-            raise SettingsError(f"XRQ_{name.upper()} must be a whole number{also}, not {raw!r}") from None
-    if kind is bool:
-        if raw.strip().lower() not in _TRUE | _FALSE:
-            raise SettingsError(f"XRQ_{name.upper()} must be 1 or 0 (true or false), not {raw!r}")
-        return raw.strip().lower() in _TRUE
-    return raw
 
 
 @dataclass(frozen=True)
 class BrokerOptions:
-    """The broker-only settings of the table above."""
+    """The broker-only settings of the table (rows marked broker)."""
 
-    visibility_timeout: int = 3600
-    task_max_retries: int = 10
-    retry_backoff_max: int = 120
-    broker_prefix: str = ""
+    visibility_timeout: int = _D["visibility_timeout"]
+    task_max_retries: int = _D["task_max_retries"]
+    retry_backoff_max: int = _D["retry_backoff_max"]
+    broker_prefix: str = _D["broker_prefix"]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerOptions:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, kind in (("visibility_timeout", int), ("task_max_retries", int),
-                           ("retry_backoff_max", int), ("broker_prefix", str)):
-            raw = env.get(f"XRQ_{name.upper()}")
-            if raw is None or raw == "":
-                continue
-            if kind is int:
-                try:
-                    values[name] = int(raw)
-                except ValueError:
-                    raise SettingsError(f"XRQ_{name.upper()} must be a whole number, not {raw!r}") from None
-                if values[name] < (0 if name == "task_max_retries" else 1):
-                    raise SettingsError(f"XRQ_{name.upper()} is too small: {raw}")
-            else:
-                values[name] = raw
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BrokerOptions:
+        values = read_env(os.environ if env is None else env, broker=True)
+        values.update({k: SETTING[k].check(v) for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -23,6 +23,16 @@ from worker.settings import Settings
 
 
 @dataclass(frozen=True)
+class SubmitHooks:
+    """What a caller (the CLI's progress bars) hears while a submission runs; any may be None."""
+
+    stage: Callable[[str], None] | None = None  # "loading the model", "scanning", "recording the job"
+    scanned: Callable[[int], None] | None = None  # n more files hashed
+    start: Callable[[int], None] | None = None  # the number of studies about to be processed here
+    progress: Callable[[int], None] | None = None  # n more studies processed (after each batch)
+
+
+@dataclass(frozen=True)
 class Submission:
     job_id: int
     created: bool  # False: this content was submitted before with this model
@@ -45,14 +55,9 @@ def to_study_in(study: ScannedStudy) -> jobs.StudyIn:
 
 def submit_folder(
     settings: Settings, folder: str | Path, *, group_by: str = "auto", pattern: str | None = None,
-    progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
-    runner: Runner | None = None,
+    hooks: SubmitHooks = SubmitHooks(), runner: Runner | None = None,
 ) -> Submission:
-    """Record a job for the folder's studies and hand what is left to do to `runner`.
-
-    `on_start(n)` is called with the number of studies about to be processed (for a progress bar),
-    `progress(k)` after every batch with the number of studies it held.
-    """
+    """Record a job for the folder's studies and hand what is left to do to `runner` (see SubmitHooks)."""
     from model.generate import check_fits
 
     if not settings.model:
@@ -62,20 +67,29 @@ def submit_folder(
         if settings.broker_url:
             raise SettingsError("a broker is configured: pass runner=worker.dispatch.runner_for(settings)")
         runner = LocalRunner(settings)
+    def stage(name: str) -> None:
+        if hooks.stage is not None:
+            hooks.stage(name)
+
     db = runtime.database(settings.database_url)
+    stage("loading the model")
     bundle = runtime.bundle(settings.model, settings.device)
     generation = runtime.generation(settings, bundle)
     check_fits(bundle, generation, settings.batch_size)  # what the model cannot honour fails now, before any work
-    studies = scan_folder(folder, group_by=group_by, pattern=pattern)
+    stage("scanning and hashing")
+    studies = scan_folder(folder, group_by=group_by, pattern=pattern, max_file_bytes=settings.max_file_bytes,
+                          progress=hooks.scanned)
+    stage("recording the job")
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
         db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
         batch_size=settings.batch_size or 0, settings=generation.as_dict(),  # 0: auto, chosen where it runs
         studies=[to_study_in(s) for s in studies],
     )
-    if runner.local and on_start is not None:
-        on_start(len(record.to_run))
-    result = runner.run(record.job_id, record.to_run, progress=progress) if record.to_run else None
+    if runner.local and hooks.start is not None:
+        hooks.start(len(record.to_run))
+    stage("reporting" if runner.local else "queueing")
+    result = runner.run(record.job_id, record.to_run, progress=hooks.progress) if record.to_run else None
     ran = len(record.to_run) if runner.local else 0
     return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
                       result.timings if result else Timings(), sum(len(s.images) for s in studies), result,

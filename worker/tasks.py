@@ -15,9 +15,9 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any, cast
 
+from model.errors import ModelError
 from worker import runtime
 from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, BrokerRunner
-from model.errors import ModelError
 from worker.errors import ModelMismatchError
 from worker.pipeline import fail_batch, transient_errors
 from worker.runner import LocalRunner

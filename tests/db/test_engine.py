@@ -92,3 +92,44 @@ def test_images_of_an_older_database_go_to_the_first_job_of_their_study(db_url: 
     with db.session() as s:
         assert s.execute(text("SELECT job_id, id > 7 FROM images WHERE job_id = :j"), {"j": rec.job_id}).one() \
             == (rec.job_id, True)
+
+
+def test_without_automatic_migration_a_schema_behind_the_code_is_a_named_error(db_url: str) -> None:
+    from db.engine import create, head_revision, migrate, schema_state, set_auto_migrate
+    from db.errors import DatabaseBehindError
+
+    engine = create(db_url)
+    assert schema_state(engine).state == "empty"
+    with pytest.raises(DatabaseBehindError, match=r"no xrq tables yet .* run `xrq db upgrade`"):
+        open_database(db_url, upgrade=False)
+    set_auto_migrate(False)
+    try:
+        with pytest.raises(DatabaseBehindError):
+            open_database(db_url)  # the process's setting
+        assert migrate(engine).current is None  # what `xrq db upgrade` does; it returns the state before
+        state = schema_state(engine)
+        assert (state.current, state.state) == (head_revision(), "up-to-date")
+        open_database(db_url).dispose()
+    finally:
+        set_auto_migrate(True)
+        engine.dispose()
+
+
+def test_driver_errors_a_user_can_fix_are_named(tmp_path: Path) -> None:
+    from db.engine import driver_error
+    from db.errors import DatabaseReadOnlyError, NumberOutOfRangeError
+
+    too_large = driver_error(OverflowError("Python int too large to convert to SQLite INTEGER"))
+    assert isinstance(too_large, NumberOutOfRangeError) and "up to 2147483647" in str(too_large)
+    path = tmp_path / "x.db"
+    open_database(f"sqlite:///{path}").dispose()
+    db = open_database(f"sqlite:///file:{path}?mode=ro&uri=true")
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError) as caught, db.session() as s:
+        s.execute(text("INSERT INTO locks (name, holder, acquired_at, expires_at) "
+                       "VALUES ('a', 'b', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    assert isinstance(driver_error(caught.value), DatabaseReadOnlyError)
+    assert driver_error(ValueError("other")) is None
+    db.dispose()

@@ -21,7 +21,7 @@ from tests.conftest import EXAMPLES, IU_CSV
 from worker import runtime
 from worker.backlog import LOCK, run_backlog
 from worker.settings import Settings
-from worker.submit import submit_folder, to_study_in
+from worker.submit import SubmitHooks, submit_folder, to_study_in
 
 
 def record_only(settings: Settings, folder: Path) -> int:
@@ -79,7 +79,7 @@ def test_transient_failures_are_retried_permanent_ones_are_not(sqlite_url: str, 
     def network_share_hiccup(_: int) -> None:
         kept.rename(tmp_path / "away.png")  # ... then its target is gone when the worker reads it
 
-    first = submit_folder(settings, iu_folder, on_start=network_share_hiccup)
+    first = submit_folder(settings, iu_folder, hooks=SubmitHooks(start=network_share_hiccup))
     reasons = {f.uid: f.reason for f in first.summary.failures}
     assert reasons["25"].startswith("CXR25_IM-1024-2001.png: cannot read file")
     assert reasons["empty.png"] == "empty.png: empty file (0 bytes)"

@@ -68,6 +68,7 @@ def test_a_job_is_generated_with_the_settings_it_was_submitted_with() -> None:
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["worker"], {}, "Error: xrq worker needs a broker: set XRQ_BROKER_URL"),
+    (["beat"], {}, "Error: xrq beat needs a broker: set XRQ_BROKER_URL"),
     (["worker", "--queues", "gpu,video"], {"XRQ_BROKER_URL": "redis://x"}, "Error: unknown queue video"),
     (["worker", "--device", "gpu0"], {"XRQ_BROKER_URL": "redis://x"}, "Error: device 'gpu0' is not one of"),
 ])
@@ -121,19 +122,58 @@ def test_docker_compose_has_the_services_and_shared_volumes() -> None:
     assert (REPO / ".env.example").is_file() and (REPO / "Dockerfile").is_file()
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
-    """`docker compose config` where the plugin is installed, else Debian's docker-compose (CI installs it)."""
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r", "FLOWER_BASIC_AUTH": "ops:secret",
+               "XRQ_DATABASE_URL": "postgresql://xrq:p@postgres:5432/xrq", "XRQ_BROKER_URL": "redis://:r@redis:6379/0"}
+
+
+def test_docker_compose_is_fit_for_a_real_site() -> None:
+    """Passwords without defaults, ports on 127.0.0.1, healthchecks by `xrq health`, Flower on xrq's app."""
+    text = (REPO / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    assert "--requirepass" in services["redis"]["command"]
+    assert ":-xrq}" not in text and "${POSTGRES_PASSWORD:?" in text  # no default password anywhere
+    for name in ("redis", "postgres", "flower"):
+        assert all(p.startswith("${XRQ_BIND:-127.0.0.1}:") for p in services[name]["ports"]), name
+    for name, queue in (("worker", "gpu"), ("cpu-worker", "cpu")):
+        assert f"{queue}@%h" in services[name]["command"]
+        assert f"xrq health --worker {queue}@$$HOSTNAME" in services[name]["healthcheck"]["test"][1]
+    assert services["flower"]["command"][:3] == ["celery", "--app", "worker.app"]
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert any(v.startswith("beat-data:") for v in services["beat"]["volumes"])
+    assert "/var/lib/xrq/celerybeat-schedule" in services["beat"]["command"]
+
+
+def _compose() -> list[str] | None:
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
                                                  capture_output=True).returncode == 0:
-        cmd = ["docker", "compose"]
-    elif shutil.which("docker-compose"):
-        cmd = ["docker-compose"]
-    else:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file_and_refuses_it_without_passwords() -> None:
+    """`docker compose config` where the plugin is installed, else Debian's docker-compose (CI installs it)."""
+    import os
+
+    cmd = _compose()
+    if cmd is None:
         service_missing("docker compose", FileNotFoundError("neither `docker compose` nor `docker-compose`"))
         return
-    done = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "--profile", "cli", "config", "-q"],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    args = [*cmd, "-f", str(REPO / "docker-compose.yml"), "--profile", "cli", "config", "-q"]
+    bare = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO, env={**bare, **COMPOSE_ENV})
     assert done.returncode == 0, done.stderr
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO, env=bare)
+    assert refused.returncode != 0 and "in .env" in refused.stderr + refused.stdout
+
+
+def test_the_app_for_command_line_tools_has_no_connection_pool_limit() -> None:
+    """Flower runs `worker.app`; a pool of 4 deadlocks its eight parallel inspections (see worker/app.py)."""
+    from worker.app import app
+
+    assert app.conf.broker_pool_limit is None
+    assert make_app(Settings(broker_url="redis://x")).conf.broker_pool_limit == 4  # `xrq submit`'s stays small
 
 
 @pytest.mark.redis

@@ -44,3 +44,36 @@ def test_broker_options() -> None:
     assert BrokerOptions.from_env({"XRQ_VISIBILITY_TIMEOUT": "60"}).visibility_timeout == 60
     with pytest.raises(SettingsError):
         BrokerOptions.from_env({"XRQ_VISIBILITY_TIMEOUT": "0"})
+
+
+def test_the_table_is_the_dataclasses_and_their_defaults() -> None:
+    from dataclasses import fields
+
+    from worker.settings import SETTINGS
+
+    work = {s.name: s.default for s in SETTINGS if not s.broker}
+    broker = {s.name: s.default for s in SETTINGS if s.broker}
+    assert {f.name: f.default for f in fields(Settings)} == work
+    assert {f.name: f.default for f in fields(BrokerOptions)} == broker
+    assert Settings().database_url == "sqlite:///xrq.db" and Settings().max_file_bytes == 512 * 1024 * 1024
+
+
+def test_every_setting_is_checked_where_it_comes_in() -> None:
+    assert Settings.from_env({"XRQ_AUTO_MIGRATE": "0", "XRQ_LOG_LEVEL": "DEBUG", "XRQ_LOG_FORMAT": "json"}) \
+        == Settings(auto_migrate=False, log_level="debug", log_format="json")
+    with pytest.raises(SettingsError, match="XRQ_LOG_FORMAT must be one of text, json, not 'xml'"):
+        Settings.from_env({"XRQ_LOG_FORMAT": "xml"})
+    with pytest.raises(SettingsError, match="XRQ_BATCH_SIZE must be at most 65536, not 99999999999"):
+        Settings.from_env({"XRQ_BATCH_SIZE": "99999999999"})
+    with pytest.raises(SettingsError, match="XRQ_MAX_PIXELS must be at least 1, not 0"):
+        Settings(max_pixels=0).checked()
+    with pytest.raises(SettingsError, match="XRQ_TASK_MAX_RETRIES must be at least 0, not -1"):
+        BrokerOptions.from_env({"XRQ_TASK_MAX_RETRIES": "-1"})
+    assert BrokerOptions.from_env({"XRQ_BROKER_PREFIX": "a:"}, broker_prefix="b:").broker_prefix == "b:"
+
+
+def test_the_beam_limit_is_the_models() -> None:
+    from model.generate import MAX_BEAMS
+    from worker.settings import SETTINGS
+
+    assert next(row for row in SETTINGS if row.name == "num_beams").maximum == MAX_BEAMS

@@ -12,7 +12,7 @@ from tests.badfiles import make_bad_files
 from tests.conftest import EXAMPLES
 from worker import runtime
 from worker.settings import Settings
-from worker.submit import submit_folder
+from worker.submit import SubmitHooks, submit_folder
 
 IU_STUDIES = {"1000": 3, "54": 2, "7": 2, "25": 1}
 
@@ -141,7 +141,8 @@ def test_a_file_swapped_after_submission_is_not_read(sqlite_url: str, tiny_model
         linked.symlink_to(outside)
         shutil.copy(EXAMPLES / "CXR303_IM-1404-1001.png", changed)
 
-    result = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), iu_folder, on_start=swap)
+    result = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), iu_folder,
+                           hooks=SubmitHooks(start=swap))
     reasons = {f.uid: f.reason for f in result.summary.failures}
     assert reasons == {
         "25": "CXR25_IM-1024-2001.png: symbolic link points outside the submitted folder",
