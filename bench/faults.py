@@ -200,7 +200,11 @@ def cli_cases(tmp: Path, model: Path, postgres: str | None) -> dict[str, object]
         text = out + err
         results[name] = {"exit_code": code, "traceback": "Traceback" in text,
                          "error_line": next((line for line in text.splitlines() if line.startswith("Error:")), None)}
-    bad = {k: v for k, v in results.items() if v["traceback"] or v["exit_code"] == 0 or not v["error_line"]}
+    # A generation_config.json is a copy of what xrq.json and config.json say (xrq sets the generation
+    # settings itself), so a damaged one is ignored, not an error: that case must simply work.
+    works = {"model generation-config-not-json"}
+    bad = {k: v for k, v in results.items()
+           if v["traceback"] or (v["exit_code"] == 0) != (k in works) or (k not in works and not v["error_line"])}
     return {"tried": len(results), "tracebacks": sum(bool(v["traceback"]) for v in results.values()),
             "not_an_error": sorted(bad), "cases": results}
 

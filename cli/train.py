@@ -63,6 +63,9 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--warmup", type=int, default=_DEFAULTS["warmup"], help="Linear warm-up steps, then linear decay.")
 @click.option("--clip", type=float, default=_DEFAULTS["clip"], help="Gradient norm clipping.")
 @click.option("--dropout", type=float, help="Override every dropout probability (0 to memorise)  [default: model's]")
+@click.option("--init-std", type=float, default=_DEFAULTS["init_std"], show_default=True,
+              help="Std of the weights of parts trained from scratch (not --init/--encoder/--decoder); 0: the "
+                   "preset's own (tiny: 0.3, which saturates attention and memorises instead of reading images).")
 @click.option("--eval-every", type=int, default=_DEFAULTS["eval_every"],
               help="Validate and checkpoint every N steps (and at the end).")
 @click.option("--best-metric", type=click.Choice(BEST_METRICS), default=_DEFAULTS["best_metric"],

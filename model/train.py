@@ -15,6 +15,7 @@ plan at the saved step, so K steps + resume to N gives the weights of N steps, b
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -172,10 +173,38 @@ def _initial_bundle(config: TrainConfig, train: Sequence[Example]) -> Bundle:
                            max_views=config.max_views)
         bundle.meta["sources"]["tokenizer"] = (
             f"byte-level BPE ({len(bundle.tokenizer)} tokens) trained on the {len(train)} training reports")
+    _reinitialise(bundle, config)
     positions = int(getattr(bundle.model.config.decoder, "n_positions", PRESETS["tiny"]["decoder"]["n_positions"]))
     if config.max_tokens > positions:
         raise TrainingError(f"--max-tokens {config.max_tokens} exceeds the decoder's {positions} positions.")
     return bundle
+
+
+def _reinitialise(bundle: Bundle, config: TrainConfig) -> None:
+    """Redraw the parts built from scratch with `config.init_std` (seeded), as the preset would with it.
+
+    The same modules, rebuilt from their configs with another initializer_range, so every tensor keeps
+    its own scheme (zero biases, unit norms, GPT-2's scaled residual projections); the saved configs
+    then say the range the weights were drawn with. A pretrained part is left alone.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    model = bundle.model
+    # The modules read these very objects, so setting initializer_range below is what the saved configs say.
+    parts: dict[str, Any] = {"encoder": model.config.encoder, "decoder": model.config.decoder}
+    redraw = [name for name in parts if getattr(config, name) is None]  # built from the preset, not pretrained
+    if not config.init_std or all(parts[n].initializer_range == config.init_std for n in redraw):
+        return
+    configs = {name: copy.deepcopy(part) for name, part in parts.items()}
+    for name in redraw:
+        configs[name].initializer_range = config.init_std
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # what build() does, so the same seed draws the same weights
+        fresh = {"encoder": AutoModel.from_config(configs["encoder"]),
+                 "decoder": AutoModelForCausalLM.from_config(configs["decoder"])}
+    for name in redraw:
+        getattr(model, name).load_state_dict(fresh[name].state_dict())
+        parts[name].initializer_range = config.init_std
 
 
 def _prepare(config: TrainConfig, out: Path, bundle: Bundle, data: TrainingData, device: str | None,

@@ -50,7 +50,7 @@ def rows(out: Path) -> list[dict]:
 def test_overfits_the_bundled_studies_until_reports_reproduce_them(tmp_path: Path) -> None:
     config = TrainConfig(reports=REPORTS, projections=PROJECTIONS, images=str(EXAMPLES), tokenizer="train",
                          split="all", max_steps=60, batch_size=9, lr=3e-3, warmup=5, dropout=0.0, eval_every=30,
-                         max_tokens=128, seed=0)
+                         max_tokens=128, seed=0, init_std=0.0)  # the tiny preset's wide init: memorises in 60 steps
     result = train(config, tmp_path / "run")
     assert result.finished and result.step == 60 and result.best == tmp_path / "run" / "best"
 
