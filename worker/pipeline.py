@@ -3,11 +3,12 @@
 Every way xrq reports studies runs this: `xrq submit` in-process, the Celery generate task, the
 in-process backlog. A run takes some studies of one job and
 
-1. plans batches: studies grouped by view count (a 1-view study padded beside 3-view ones costs
-   cross-attention work), cut to the batch size (`auto`: what the engine says fits);
+1. plans batches: full batches of studies with the same number of views first (a 1-view study padded
+   beside 3-view ones costs cross-attention work), then the remainders mixed; the batch size is the
+   job's, or (`auto`) what the engine says fits;
 2. prepares batch k+1 on a helper thread while the model generates batch k: claim it in the
-   database, then read, decode and preprocess its images on the decode workers (threads: Pillow,
-   zlib and pydicom release the GIL);
+   database, then read, decode and preprocess its images on the decode workers (worker/decoding.py:
+   processes when there are several, a thread when one);
 3. finishes batch k on the calling thread: one batched generation, one transaction for the results.
 
 One failure policy, in `fail_batch`: a bad file fails its study with the reason (data, not an
