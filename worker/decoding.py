@@ -11,6 +11,7 @@ imports torch, which costs seconds.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -82,6 +83,11 @@ class DecodePool:
         self.processor, self.limits = processor, limits
         self._executor: Executor
         self.kind = "processes" if limits.processes and limits.decode_workers > 1 else "threads"
+        if self.kind == "processes" and multiprocessing.current_process().daemon:
+            # A prefork pool process of `xrq worker` is daemonic and may not start children: its
+            # decoders are threads. (`xrq worker --pool threads` runs tasks in the main process.)
+            log.info("decode workers as threads: this is a daemonic pool process")
+            self.kind = "threads"
         if self.kind == "processes":
             cache = limits.cache
             try:
@@ -90,7 +96,8 @@ class DecodePool:
                     initializer=_init_process,
                     initargs=(processor, replace(limits, cache=None),
                               (str(cache.root), cache.max_bytes) if cache is not None else None))
-            except (OSError, RuntimeError, AssertionError) as exc:  # e.g. a daemonic pool process
+                atexit.register(self.close)  # before the interpreter tears its modules down
+            except (OSError, RuntimeError) as exc:
                 log.warning("decode workers as threads: cannot start processes here (%s)", exc)
                 self.kind = "threads"
         if self.kind == "threads":

@@ -256,3 +256,25 @@ def test_weights_held_in_bf16_are_still_the_model_the_database_knows(
     db = runtime.database(sqlite_url)
     assert jobs.job_model(db, second.job_id)[1].id == jobs.job_model(db, first.job_id)[1].id
     assert second.summary.counts == {"done": 1}
+
+
+def _pool_kind_in_a_daemon(queue: Any) -> None:
+    from worker.decoding import DecodePool, Limits
+
+    pool = DecodePool(object(), Limits(max_pixels=1, decode_workers=2, processes=True))
+    queue.put(pool.kind)
+    pool.close()
+
+
+def test_a_daemonic_process_decodes_with_threads() -> None:
+    """A prefork pool process of `xrq worker` is daemonic: starting decode processes there fails on the
+    first batch ("daemonic processes are not allowed to have children"), so it uses threads."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    daemon = context.Process(target=_pool_kind_in_a_daemon, args=(queue,), daemon=True)
+    daemon.start()
+    kind = queue.get(timeout=60)
+    daemon.join(timeout=60)
+    assert kind == "threads"
