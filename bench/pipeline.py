@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from db import jobs  # noqa: E402
 from model.bundle import build, save  # noqa: E402
 from worker import runtime  # noqa: E402
-from worker.pipeline import Limits, load_view  # noqa: E402
+from worker.pipeline import Limits  # noqa: E402
 from worker.resources import host_cores, plan_threads  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.submit import submit_folder  # noqa: E402
@@ -48,15 +47,17 @@ def copies(out: Path, count: int, start: int) -> list[Path]:
     return distinct_copies(sorted(EXAMPLES.glob("*.png")), out, count, start=start)
 
 
-def decode_only(paths: list[Path], processor: object, workers: int, max_pixels: int) -> float:
-    """Seconds to read, check, decode and preprocess every file with `workers` threads (the bound)."""
-    refs = [jobs.ImageRef(i, str(p), p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+def decode_only(paths: list[Path], bundle: object, workers: int, max_pixels: int) -> float:
+    """Seconds to read, check, decode and preprocess every file with the pipeline's own decode workers
+    (`workers` of them: processes when more than one, as the pipeline has): the bound."""
+
+    refs = [(jobs.ImageRef(i, str(p), p.name, hashlib.sha256(p.read_bytes()).hexdigest()), str(p.parent))
             for i, p in enumerate(paths)]
-    root = str(paths[0].parent)
-    limits = Limits(max_pixels=max_pixels, decode_workers=workers)
+    limits = Limits(max_pixels=max_pixels, decode_workers=workers, processes=workers > 1)
+    pool = runtime.decode_pool(bundle, limits)  # type: ignore[arg-type]  # kept: started once
+    list(pool.map(refs[:workers]))  # started and warm before timing, as the pipeline's are
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda r: load_view(r, root, processor, limits), refs))
+    results = list(pool.map(refs))
     elapsed = time.perf_counter() - start
     assert all(isinstance(r, tuple) for r in results), "a bench image failed to decode"
     return elapsed
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batch-size", default="auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decode-workers", type=int, help="instead of the plan from the cores")
     parser.add_argument("--via", choices=["inprocess", "celery"], default="inprocess")
     parser.add_argument("--database-url")
     parser.add_argument("--broker-url", default=os.environ.get("XRQ_BROKER_URL", "redis://127.0.0.1:6379/0"))
@@ -117,10 +119,10 @@ def main() -> None:
         model_dir = Path(args.model) if args.model else save(build(args.preset), tmp / "model")
         settings = Settings(database_url=args.database_url or f"sqlite:///{tmp}/bench.db", model=str(model_dir),
                             batch_size=None if args.batch_size == "auto" else int(args.batch_size),
-                            max_new_tokens=args.max_new_tokens, device=args.device,
+                            max_new_tokens=args.max_new_tokens, device=args.device, decode_workers=args.decode_workers,
                             broker_url=args.broker_url if args.via == "celery" else None)
         bundle = runtime.bundle(str(model_dir), args.device)  # loaded once, outside the timings
-        plan = plan_threads(bundle.device.type)
+        plan = plan_threads(bundle.device.type, decode_workers=args.decode_workers)
         worker = _start_worker(settings, tmp) if args.via == "celery" else None
         try:
             # Warm-up: the first batch pays for model loading in the worker and lazy imports here.
@@ -132,7 +134,7 @@ def main() -> None:
             for r in range(args.rounds):
                 folder = tmp / f"round{r}"
                 paths = copies(folder, args.images, start=r * args.images)
-                bound = decode_only(paths, bundle.processor, plan.decode_workers, settings.max_pixels)
+                bound = decode_only(paths, bundle, plan.decode_workers, settings.max_pixels)
                 piped, submitted = run(settings, folder)
                 rounds.append({"bound_s": bound, "pipeline_s": piped, "submit_s": submitted})
         finally:
