@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -29,15 +32,11 @@ def upgrade(ctx: click.Context, as_json: bool) -> None:
     Example:
       XRQ_DATABASE_URL=postgresql://xrq@db/xrq xrq db upgrade
     """
-    from db.engine import create, migrate, schema_state
+    from db.engine import migrate, schema_state
 
-    engine = create(settings_from(ctx).database_url)
-    try:
+    with _engine(ctx) as (engine, shown):
         before = migrate(engine)
         after = schema_state(engine)
-    finally:
-        engine.dispose()
-    shown = engine.url.render_as_string(hide_password=True)
     if as_json:
         click.echo(json.dumps({"url": shown, "before": before.current, "after": after.current, "head": after.head}))
     elif before.current == after.current:
@@ -58,14 +57,10 @@ def current(ctx: click.Context, check: bool, as_json: bool) -> None:
       xrq db current
       xrq db current --check && echo up to date
     """
-    from db.engine import create, schema_state
+    from db.engine import schema_state
 
-    engine = create(settings_from(ctx).database_url)
-    try:
+    with _engine(ctx) as (engine, shown):
         state = schema_state(engine)
-    finally:
-        engine.dispose()
-    shown = engine.url.render_as_string(hide_password=True)
     if as_json:
         click.echo(json.dumps({"url": shown, "current": state.current, "head": state.head, "state": state.state}))
     else:
@@ -77,3 +72,15 @@ def current(ctx: click.Context, check: bool, as_json: bool) -> None:
         }[state.state])
     if check and state.state != "up-to-date":
         ctx.exit(1)
+
+
+@contextmanager
+def _engine(ctx: click.Context) -> Iterator[tuple[Any, str]]:
+    """The database of the command's settings (no migration on opening), and its URL without the password."""
+    from db.engine import create
+
+    engine = create(settings_from(ctx).database_url)
+    try:
+        yield engine, engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
