@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from model.train_config import PRESET_NAMES
+
 
 @click.group()
 def model() -> None:
@@ -17,9 +19,9 @@ def model() -> None:
 @model.command("init")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the model to.")
-@click.option("--preset", type=click.Choice(["tiny", "base"]), default="tiny",
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny",
               help="Sizes of the parts not given as --encoder/--decoder. tiny: seconds on a CPU, for tests "
-                   "and demos; base: ViT-B/16 + GPT-2 small sizes.")
+                   "and demos; small: trains from scratch on a CPU in minutes; base: ViT-B/16 + GPT-2 small sizes.")
 @click.option("--encoder", metavar="ID_OR_PATH", help="Pretrained ViT (hub id or local directory).")
 @click.option("--decoder", metavar="ID_OR_PATH", help="Pretrained GPT-2 (hub id or local directory).")
 @click.option("--tokenizer", metavar="DIR",

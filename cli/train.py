@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 # The light module: `xrq --help` must not import torch (model.train does), STYLE.md 14.
-from model.train_config import BEST_METRICS, TrainConfig
+from model.train_config import BEST_METRICS, PRESET_NAMES, TrainConfig
 
 if TYPE_CHECKING:
     from model.train import TrainResult
@@ -36,7 +36,7 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--init", metavar="MODEL_DIR", help="Start from this xrq model (e.g. `xrq model init` output).")
 @click.option("--encoder", metavar="ID_OR_PATH", help="Pretrained ViT to start from (hub id or directory).")
 @click.option("--decoder", metavar="ID_OR_PATH", help="Pretrained GPT-2 to start from (hub id or directory).")
-@click.option("--preset", type=click.Choice(["tiny", "base"]), default=_DEFAULTS["preset"],
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=_DEFAULTS["preset"],
               help="Model sizes when not starting from --init.")
 @click.option("--tokenizer", type=click.Choice(["gpt2", "train"]), default=_DEFAULTS["tokenizer"],
               help="gpt2: the real GPT-2 vocabulary (needed with --decoder); train: a byte-level BPE fitted to "

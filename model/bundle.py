@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,14 @@ PRESETS: dict[str, dict] = {
         "encoder": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                     "intermediate_size": 128, "image_size": 224, "patch_size": 16, "initializer_range": 0.3},
         "decoder": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256, "initializer_range": 0.3},
+    },
+    "small": {
+        # Trains from scratch on a CPU in minutes and learns where findings are (bench/conditioning.py):
+        # 32-px patches (49 tokens a view) keep a lobar opacity in one or two tokens; standard 0.02 init.
+        "encoder": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                    "intermediate_size": 256, "image_size": 224, "patch_size": 32},
+        "decoder": {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 256},
+        "positions": "sincos",  # see `sincos_positions`
     },
     "base": {
         "encoder": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -143,6 +152,8 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = _build_encoder(PRESETS[preset]["encoder"], encoder)
+        if encoder is None and PRESETS[preset].get("positions") == "sincos":
+            sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
         model = XrqEncoderDecoder(encoder=enc, decoder=dec)
     _set_token_ids(model, tok)
@@ -318,6 +329,30 @@ def _decoder_tokenizer_source(decoder: str | None) -> str | None:
     except (OSError, ValueError):
         return None
     return decoder
+
+
+def sincos_positions(encoder: PreTrainedModel) -> None:
+    """Start a ViT's (learned) position embeddings at 2-D sin-cos values, as MAE does; the class token's at 0.
+
+    Each patch's embedding then says its row and column from the first step: drawn at random with a
+    small std they carry next to nothing, and a ViT trained from scratch on a few thousand studies learns
+    *what* is in an image long before *where* (on bench/conditioning.py: which side an opacity is on).
+    Half the channels encode the row, half the column, each as sines and cosines of geometric frequencies.
+    """
+    table = encoder.embeddings.position_embeddings  # (1, 1 + G*G, C)
+    patches, channels = table.shape[1] - 1, table.shape[2]
+    grid = math.isqrt(patches)
+    if grid * grid != patches or channels % 4:
+        raise ModelError(f"sin-cos positions need a square patch grid and channels divisible by 4, got "
+                         f"{patches} patches of {channels}.")
+    frequencies = 1.0 / 10000 ** (torch.arange(channels // 4, dtype=torch.float64) / (channels // 4))  # (C/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    angles_y, angles_x = rows.reshape(-1, 1) * frequencies, cols.reshape(-1, 1) * frequencies  # (G*G, C/4) each
+    values = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)  # (G*G, C)
+    with torch.no_grad():
+        table[0, 0] = 0
+        table[0, 1:] = values.to(table.dtype)
 
 
 def _build_encoder(sizes: dict[str, Any], source: str | None) -> PreTrainedModel:

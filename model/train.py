@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from model.bundle import PRESETS, Bundle, build, load, resolve_device, save
+from model.bundle import PRESETS, Bundle, build, load, resolve_device, save, sincos_positions
 from model.evaluation import evaluate
 from model.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
 from model.tokenizer_train import save_trained_tokenizer
@@ -44,11 +44,13 @@ from model.train_data import (
     TrainingError,
     load_data,
     loader,
+    view_bytes,
 )
 from model.train_state import append_row, last_info, load_state, replace_dir, save_state, truncate_rows
 
-CACHE_MAX_IMAGES = 1000
-"""Up to this many images are decoded once and kept as tensors (about 0.6 MB each at 224 px)."""
+CACHE_MAX_BYTES = 2 << 30
+"""Training images are decoded once and kept in RAM when their grey levels fit in this (50 KB a 224-px
+view: about 40,000 views, the whole IU collection five times over); else loader workers decode them."""
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
@@ -202,6 +204,8 @@ def _reinitialise(bundle: Bundle, config: TrainConfig) -> None:
         torch.manual_seed(config.seed)  # what build() does, so the same seed draws the same weights
         fresh = {"encoder": AutoModel.from_config(configs["encoder"]),
                  "decoder": AutoModelForCausalLM.from_config(configs["decoder"])}
+    if "encoder" in redraw and PRESETS[config.preset].get("positions") == "sincos":
+        sincos_positions(fresh["encoder"])  # what build() starts this preset's positions at, whatever the std
     for name in redraw:
         getattr(model, name).load_state_dict(fresh[name].state_dict())
         parts[name].initializer_range = config.init_std
@@ -212,7 +216,7 @@ def _prepare(config: TrainConfig, out: Path, bundle: Bundle, data: TrainingData,
     dev = resolve_device(device)
     bundle.model.to(dev)  # type: ignore[arg-type]
     images = sum(len(e.images) for e in data.train) + sum(len(e.images) for e in data.val)
-    cache = images <= CACHE_MAX_IMAGES
+    cache = images * view_bytes(bundle.processor) <= CACHE_MAX_BYTES
     train_set = StudyImages(data.train, bundle.processor, bundle.max_views, cache=cache)
     same = [e.uid for e in data.val] == [e.uid for e in data.train]
     val_set = train_set if same else StudyImages(data.val, bundle.processor, bundle.max_views, cache=cache)

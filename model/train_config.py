@@ -8,6 +8,8 @@ from typing import Any
 from model.tokenizer_train import DEFAULT_VOCAB_SIZE
 
 BEST_METRICS = ("bleu_4", "bleu_1", "rouge_l", "cider", "val_loss")
+PRESET_NAMES = ("tiny", "small", "base")
+"""`model.bundle.PRESETS`' names, where the CLI reads them without importing torch (a test keeps them equal)."""
 
 
 @dataclass(frozen=True)

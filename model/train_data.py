@@ -31,7 +31,7 @@ from model.errors import ImageError, TrainingError
 from model.evaluation import reference_text
 from model.images import decode
 from model.iu import benchmark_split, random_split, read_iu
-from model.preprocess import pixel_values
+from model.preprocess import GreyLevels, compact_view, pixel_values
 
 SPLITS = ("benchmark", "random", "all")
 VIEWS = ("frontal", "all")
@@ -154,10 +154,11 @@ def _split(
 class StudyImages(torch.utils.data.Dataset):
     """Study i → ((V, 3, H, W) pixels, target text), preprocessed exactly as inference does.
 
-    With `cache`, every study is decoded once up front (threads) and kept as tensors: right for the
-    few hundred images of a demo or test, where decoding would otherwise dominate every epoch. Without
-    it, loader workers decode in parallel with the training step. An unreadable file is dropped from
-    its study; a study with no readable image comes back as None and is left out of its batch.
+    With `cache`, every study is decoded once up front (threads) and kept in RAM as its grey levels
+    (`model.preprocess.GreyLevels`: one byte a pixel, the same floats back), so an epoch costs no
+    decoding at all: a few thousand 224-px views take a few hundred MB. Without it, loader workers decode
+    in parallel with the training step. An unreadable file is dropped from its study; a study with no
+    readable image comes back as None and is left out of its batch.
     """
 
     def __init__(self, examples: Sequence[Example], processor: ViTImageProcessorPil, max_views: int,
@@ -165,10 +166,10 @@ class StudyImages(torch.utils.data.Dataset):
         self.examples = list(examples)
         self.processor = processor
         self.max_views = max_views
-        self._cache: list[torch.Tensor | None] | None = None
+        self._cache: list[list[GreyLevels | torch.Tensor] | None] | None = None
         if cache:
             with ThreadPoolExecutor(max_workers=4) as pool:
-                self._cache = list(pool.map(self._pixels, range(len(self.examples))))
+                self._cache = list(pool.map(self._views, range(len(self.examples))))
 
     @property
     def cached(self) -> bool:
@@ -179,20 +180,31 @@ class StudyImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str] | None:
         """((V, 3, H, W) pixels, target text, uid), or None when no image of the study is readable."""
-        pixels = self._cache[i] if self._cache is not None else self._pixels(i)
-        return None if pixels is None else (pixels, self.examples[i].text, self.examples[i].uid)
+        views = self._cache[i] if self._cache is not None else self._views(i)
+        if views is None:
+            return None
+        pixels = torch.stack([v.tensor() if isinstance(v, GreyLevels) else v for v in views])  # (V, 3, H, W)
+        return pixels, self.examples[i].text, self.examples[i].uid
 
-    def _pixels(self, i: int) -> torch.Tensor | None:
+    def _views(self, i: int) -> list[GreyLevels | torch.Tensor] | None:
         pictures: list[Image.Image] = []
         for path in self.examples[i].images[: self.max_views]:
             try:
                 pictures.append(decode(path))
             except ImageError:
                 continue
-        if not pictures:
-            return None
-        pixels, _ = pixel_values(self.processor, [pictures], self.max_views)  # (1, V, 3, H, W)
-        return pixels[0]
+        views = [compact_view(self.processor, picture) for picture in pictures]
+        if len({tuple(v.shape) for v in views}) > 1:  # what pixel_values refuses, said the same way
+            pixel_values(self.processor, [pictures], self.max_views)
+        return views or None
+
+
+def view_bytes(processor: ViTImageProcessorPil) -> int:
+    """About what `StudyImages(cache=True)` keeps per view: one byte a pixel of the model's input."""
+    size = getattr(processor, "size", None) or {}
+    height = int(size.get("height") or size.get("shortest_edge") or 224)
+    width = int(size.get("width") or size.get("shortest_edge") or 224)
+    return height * width
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str], list[str]]

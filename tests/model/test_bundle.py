@@ -57,6 +57,27 @@ def test_default_tokenizer_and_token_ids() -> None:
     assert not bundle.model.training
 
 
+def test_every_preset_builds_and_the_cli_offers_each(studies: list[list[Image.Image]]) -> None:
+    from model.bundle import PRESETS
+    from model.train_config import PRESET_NAMES
+
+    assert tuple(PRESETS) == PRESET_NAMES  # what `xrq train --preset` and `xrq model init --preset` offer
+    small = build("small", seed=0)
+    encoder, decoder = small.model.config.encoder, small.model.config.decoder
+    assert (encoder.patch_size, encoder.hidden_size, decoder.n_embd) == (32, 128, 128)
+    assert encoder.initializer_range == decoder.initializer_range == 0.02
+    assert len(generate(small, studies[:2], GenerationSettings(max_new_tokens=3))) == 2
+    # Its positions start as 2-D sin-cos: patches of one row share the row half, of one column the column half.
+    table = small.model.encoder.embeddings.position_embeddings[0].detach()  # (1 + 7*7, 128)
+    grid, half = table[1:].reshape(7, 7, 128), 64
+    assert torch.equal(table[0], torch.zeros(128))
+    assert torch.equal(grid[2, 0, :half], grid[2, 6, :half]) and not torch.equal(grid[2, 0, :half], grid[3, 0, :half])
+    assert torch.equal(grid[0, 4, half:], grid[6, 4, half:]) and not torch.equal(grid[0, 4, half:], grid[0, 5, half:])
+    assert torch.allclose(grid[0, 0], torch.tensor([0.0, 1.0]).repeat_interleave(32).repeat(2))  # sin 0, cos 0
+    tiny = build("tiny", seed=0).model.encoder.embeddings.position_embeddings[0, 1:]
+    assert tiny.std() > 0.2  # the tiny preset keeps its wide random init (tests want image-dependent words)
+
+
 def test_unknown_preset_and_bad_max_views() -> None:
     with pytest.raises(ModelError, match="Unknown preset"):
         build("huge")

@@ -19,7 +19,15 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from model import preprocess
 from model.errors import ModelError
 from model.images import decode
-from model.preprocess import fast_path_refusal, pixel_values, settings_fingerprint, stack_views, view_tensor
+from model.preprocess import (
+    GreyLevels,
+    compact_view,
+    fast_path_refusal,
+    pixel_values,
+    settings_fingerprint,
+    stack_views,
+    view_tensor,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = sorted((REPO / "examples" / "iu").glob("*.png")) + sorted((REPO / "tests" / "data" / "xray").glob("*.png")) \
@@ -56,6 +64,9 @@ def assert_identical(processor: ViTImageProcessorPil, paths: list[Path]) -> None
         fast, ref = view_tensor(processor, image), reference(processor, image)
         assert fast.dtype == ref.dtype and fast.shape == ref.shape, path.name
         assert torch.equal(fast, ref), f"{path.name}: max |diff| {(fast - ref).abs().max().item()}"
+        kept = compact_view(processor, image)  # what training keeps in RAM: a byte a pixel, the same floats
+        assert isinstance(kept, GreyLevels) and kept.levels.dtype == np.uint8 and kept.shape == ref.shape
+        assert torch.equal(kept.tensor(), ref), path.name
 
 
 def test_the_real_files_are_all_here() -> None:
@@ -146,6 +157,8 @@ def test_images_that_are_not_8_bit_gray_take_the_processors_path(mode: str) -> N
     rgb = Image.open(REPO / "tests" / "data" / "xray" / "h0001.png").convert("RGB")
     image = rgb if mode == "RGB" else rgb.convert("L").convert(mode)
     assert torch.equal(view_tensor(processor, image), reference(processor, image))
+    kept = compact_view(processor, image)
+    assert isinstance(kept, torch.Tensor) and torch.equal(kept, reference(processor, image))
 
 
 def test_gray_with_a_transparent_level_takes_the_processors_path() -> None:

@@ -82,7 +82,7 @@ def test_overfits_the_bundled_studies_until_reports_reproduce_them(tmp_path: Pat
 
 def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train(SHORT, tmp_path / "a")
-    monkeypatch.setattr(train_module, "CACHE_MAX_IMAGES", 0)  # b decodes every batch in 2 loader processes
+    monkeypatch.setattr(train_module, "CACHE_MAX_BYTES", 0)  # b decodes every batch in 2 loader processes
     train(SHORT, tmp_path / "b", workers=2)
     train(replace(SHORT, seed=4), tmp_path / "c")
     assert same_weights(tmp_path / "a" / "last", tmp_path / "b" / "last")
@@ -178,3 +178,18 @@ def test_bad_combinations_are_refused(tmp_path: Path) -> None:
         train(SHORT, tmp_path / "once")
     with pytest.raises(TrainingError, match="exceeds the decoder's 256 positions"):
         train(replace(SHORT, max_tokens=300), tmp_path / "long")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_init_std_redraws_the_parts_built_from_scratch_as_their_preset_would(preset: str) -> None:
+    config = replace(SHORT, preset=preset, init_std=0.05)
+    data = load_data(REPORTS, PROJECTIONS, EXAMPLES, text="findings", views="all", split="all", seed=0)
+    bundle = train_module._initial_bundle(config, data.train)
+    built = build(preset, seed=config.seed)
+    model_config = bundle.model.config
+    assert model_config.encoder.initializer_range == model_config.decoder.initializer_range == 0.05
+    query = bundle.model.encoder.layers[0].attention.q_proj.weight
+    assert abs(float(query.std()) - 0.05) < 0.01  # redrawn at the new std
+    positions = bundle.model.encoder.embeddings.position_embeddings
+    same = torch.equal(positions, built.model.encoder.embeddings.position_embeddings)
+    assert same == (preset == "small")  # the small preset's sin-cos positions are kept, not redrawn
