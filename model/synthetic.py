@@ -7,7 +7,7 @@ image-blind model's is proof that it does (bench/conditioning.py, tests/model/te
 
 A study has a frontal view (a real IU or NIH radiograph as the background, shifted and re-exposed at
 random) and sometimes a lateral one; findings are painted on both as they would project:
-- a round opacity in one of four lung zones (right/left, upper/lower),
+- a patchy opacity (lobar airspace disease) in one of four lung zones (right/left, upper/lower),
 - a pleural effusion at the right or left base (a dense band with a meniscus),
 - an enlarged heart silhouette,
 - or nothing. Right is the patient's right, on the viewer's left of a frontal view (radiological
@@ -184,13 +184,16 @@ def draw(background: np.ndarray, findings: Findings, projection: str, rng: rando
         level = rng.uniform(0.72, 0.76) - 0.1 * across**2  # the meniscus
         fluid = inside * _soft((level - y) / 0.02 + 1.0, 1.0) * (y < 0.93)
         pixels += fluid * (rng.uniform(200, 220) - pixels) * 0.85
-    if findings.opacity is not None:  # a round, soft-edged opacity
+    if findings.opacity is not None:  # lobar airspace disease: a patchy, soft-edged opacity filling much of a zone
         side, zone = findings.opacity.split()
-        cy = (0.36 if zone == "upper" else 0.56) + rng.uniform(-0.03, 0.03)
+        cy = (0.36 if zone == "upper" else 0.56) + rng.uniform(-0.02, 0.02)
         cx = (0.27 if side == "right" else 0.73) if frontal else 0.52
-        radius = rng.uniform(0.055, 0.075)
-        blob = _soft(np.sqrt((y - cy) ** 2 + (x - cx - rng.uniform(-0.03, 0.03)) ** 2) / radius, 0.5)
-        pixels += blob * rng.uniform(60, 85)
+        patch = np.zeros_like(pixels)
+        for _ in range(3):  # overlapping puffs, so no two opacities have the same outline
+            py, px = cy + rng.uniform(-0.04, 0.04), cx + rng.uniform(-0.04, 0.04)
+            radius = rng.uniform(0.05, 0.075)
+            patch = np.maximum(patch, _soft(np.sqrt((y - py) ** 2 + (x - px) ** 2) / radius, 0.5))
+        pixels += patch * (rng.uniform(175, 200) - pixels) * 0.9  # consolidation: as dense as soft tissue
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
 
 
