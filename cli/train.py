@@ -37,7 +37,8 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--encoder", metavar="ID_OR_PATH", help="Pretrained ViT to start from (hub id or directory).")
 @click.option("--decoder", metavar="ID_OR_PATH", help="Pretrained GPT-2 to start from (hub id or directory).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=_DEFAULTS["preset"],
-              help="Model sizes when not starting from --init.")
+              help="Model sizes when not starting from --init. tiny: for tests and demos; small: trains from "
+                   "scratch on a CPU in minutes; base: ViT-B/16 + GPT-2 small.")
 @click.option("--tokenizer", type=click.Choice(["gpt2", "train"]), default=_DEFAULTS["tokenizer"],
               help="gpt2: the real GPT-2 vocabulary (needed with --decoder); train: a byte-level BPE fitted to "
                    "the training reports (far smaller; for decoders trained from scratch).")
@@ -65,7 +66,8 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--dropout", type=float, help="Override every dropout probability (0 to memorise)  [default: model's]")
 @click.option("--init-std", type=float, default=_DEFAULTS["init_std"], show_default=True,
               help="Std of the weights of parts trained from scratch (not --init/--encoder/--decoder); 0: the "
-                   "preset's own (tiny: 0.3, which saturates attention and memorises instead of reading images).")
+                   "preset's own (tiny: 0.3, which saturates attention and memorises instead of reading images; small and "
+                   "base: 0.02).")
 @click.option("--eval-every", type=int, default=_DEFAULTS["eval_every"],
               help="Validate and checkpoint every N steps (and at the end).")
 @click.option("--best-metric", type=click.Choice(BEST_METRICS), default=_DEFAULTS["best_metric"],

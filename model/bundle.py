@@ -61,10 +61,12 @@ PRESETS: dict[str, dict] = {
     },
     "small": {
         # Trains from scratch on a CPU in minutes and learns where findings are (bench/conditioning.py):
-        # 32-px patches (49 tokens a view) keep a lobar opacity in one or two tokens; standard 0.02 init.
+        # 32-px patches (49 tokens a view), standard 0.02 init. The decoder's third layer and 8 heads are
+        # what it takes to say *where* (seed 0, 4500 steps: opacity side 0.54 with 2 layers and 4 heads,
+        # 0.72 with 3 layers, 0.91 with 3 layers and 8 heads).
         "encoder": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                     "intermediate_size": 256, "image_size": 224, "patch_size": 32},
-        "decoder": {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 256},
+        "decoder": {"n_embd": 128, "n_layer": 3, "n_head": 8, "n_positions": 256},
         "positions": "sincos",  # see `sincos_positions`
     },
     "base": {

@@ -22,7 +22,7 @@ class TrainConfig:
     `init_std` is the standard deviation the parts trained from scratch (no --init, --encoder or --decoder)
     start from, instead of their preset's: the tiny preset's 0.3 makes an untrained model's words depend
     on the image (tests want that) but saturates attention, so training memorises studies instead of
-    learning where to look. 0 keeps the preset's own.
+    learning where to look; the small preset (0.02) is the one to train from scratch. 0 keeps the preset's own.
     """
 
     reports: str
@@ -51,7 +51,7 @@ class TrainConfig:
     warmup: int = 100
     clip: float = 1.0
     dropout: float | None = None  # None: the model's own (GPT-2's 0.1); 0 for memorising a few studies
-    init_std: float = 0.0  # 0: the preset's own; see the docstring (0.1 read images best in bench/conditioning.py)
+    init_std: float = 0.0  # 0: the preset's own; see the docstring
     eval_every: int = 200
     best_metric: str = "bleu_4"
     bf16: bool = True
