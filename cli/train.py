@@ -66,8 +66,8 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--dropout", type=float, help="Override every dropout probability (0 to memorise)  [default: model's]")
 @click.option("--init-std", type=float, default=_DEFAULTS["init_std"], show_default=True,
               help="Std of the weights of parts trained from scratch (not --init/--encoder/--decoder); 0: the "
-                   "preset's own (tiny: 0.3, which saturates attention and memorises instead of reading images; small and "
-                   "base: 0.02).")
+                   "preset's own (tiny: 0.3, which saturates attention and memorises instead of reading "
+                   "images; small and base: 0.02).")
 @click.option("--eval-every", type=int, default=_DEFAULTS["eval_every"],
               help="Validate and checkpoint every N steps (and at the end).")
 @click.option("--best-metric", type=click.Choice(BEST_METRICS), default=_DEFAULTS["best_metric"],

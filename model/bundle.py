@@ -341,8 +341,8 @@ def sincos_positions(encoder: PreTrainedModel) -> None:
     *what* is in an image long before *where* (on bench/conditioning.py: which side an opacity is on).
     Half the channels encode the row, half the column, each as sines and cosines of geometric frequencies.
     """
-    table = encoder.embeddings.position_embeddings  # (1, 1 + G*G, C)
-    patches, channels = table.shape[1] - 1, table.shape[2]
+    table = cast(torch.nn.Parameter, encoder.get_submodule("embeddings").position_embeddings)  # (1, 1 + G*G, C)
+    patches, channels = int(table.shape[1]) - 1, int(table.shape[2])
     grid = math.isqrt(patches)
     if grid * grid != patches or channels % 4:
         raise ModelError(f"sin-cos positions need a square patch grid and channels divisible by 4, got "

@@ -1,8 +1,10 @@
-"""Training learns to read the image: the synthetic conditioning benchmark, small, must beat an image-blind run.
+"""Training learns to read the image: the synthetic conditioning benchmark, run as a user would.
 
-Runs bench/conditioning.py as a user would (`xrq truth import`, `xrq train` twice, `xrq submit`,
-`xrq evaluate`) on a seeded synthetic set, and fails when the model's clinical findings F1 does not beat
-the same training with the images blanked by a clear margin. A few minutes on two CPU cores.
+Each test runs bench/conditioning.py (`xrq truth import`, `xrq train` twice, `xrq submit`, `xrq evaluate`)
+on a seeded synthetic set. The small run (a few minutes) fails when the model's clinical findings F1 does
+not beat the same training on blanked images by a clear margin; the full run (the benchmark itself, about
+a quarter of an hour on two CPU cores) holds the model to the issue's targets. Training is budgeted in
+steps and seeded, so each run gives the same numbers on every CPU.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ import pytest
 
 from tests.conftest import REPO
 
-# What the small run does today (seed 0, 600 steps: model F1-macro 0.22 against 0.07 image-blind, 5
-# distinct reports against 1), with room to spare; the issue's targets are the xfail test below.
-MARGIN = 0.1  # clinical F1-macro, model minus image-blind
+# The small run (seed 0, 1000 steps on 1,200 studies) gives clinical F1-macro 0.36 against 0.08 for the
+# image-blind run, and 3 distinct reports against 1; the margins leave room for a change that costs a
+# little, not for one that stops the model reading the image.
+MARGIN = 0.2  # clinical F1-macro, model minus image-blind
+
+
+def conditioning(size: str, seed: int = 0) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "conditioning.py"), "--size", size, "--seed",
+                           str(seed), "--json"], capture_output=True, text=True, timeout=3000, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cast(dict[str, Any], json.loads(done.stdout))
 
 
 @pytest.fixture(scope="module")
 def small_run() -> dict[str, Any]:
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "conditioning.py"), "--size", "small", "--seed", "0",
-                           "--json"], capture_output=True, text=True, timeout=1200, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return cast(dict[str, Any], json.loads(done.stdout))
+    return conditioning("small")
 
 
 def figures(result: dict[str, Any]) -> str:
@@ -41,15 +48,13 @@ def test_the_model_reads_the_image_where_an_image_blind_run_cannot(small_run: di
                                     "test": small_run["size"]["n_test"]}
     assert model["f1_macro"] - blind["f1_macro"] >= MARGIN, figures(small_run)
     assert max(blind["f1_macro"], constant["f1_macro"]) <= 0.4, figures(small_run)
-    assert model["distinct"]["distinct_reports"] >= 3 * blind["distinct"]["distinct_reports"], figures(small_run)
+    assert model["distinct"]["distinct_reports"] >= 2 * blind["distinct"]["distinct_reports"], figures(small_run)
+    assert model["laterality"]["accuracy"] >= 0.8, figures(small_run)  # the effusions it reports, on their side
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="not yet: from scratch on a few hundred studies the tiny model memorises its training "
-                          "studies before it learns where findings are; remove when the targets are met")
-def test_the_issue_targets(small_run: dict[str, Any]) -> None:
-    model = small_run["systems"]["model"]
-    assert model["f1_macro"] >= 0.8, figures(small_run)
-    assert model["laterality"]["accuracy"] >= 0.9, figures(small_run)
-    assert model["distinct"]["ratio"] >= 0.8, figures(small_run)
+def test_the_benchmark_meets_the_issue_targets() -> None:
+    """The full benchmark (seed 0, 4,500 steps on 3,000 studies; about 15 minutes on two cores): F1-macro
+    0.92, laterality 0.96, 27 distinct reports for 25 distinct truths; 4,000 steps gave 0.79 and 0.85."""
+    full = conditioning("full")
+    assert all(full["targets"].values()), f"{full['targets']}\n{figures(full)}"
