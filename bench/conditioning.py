@@ -67,7 +67,7 @@ SIZES = {
 }
 
 
-def run(seed: int, size: Size, work: Path) -> dict[str, Any]:
+def run(seed: int, size: Size, work: Path, device: str | None = None) -> dict[str, Any]:
     """Generate, train twice, report and score in `work`; the benchmark's whole result as a dict."""
     timings: dict[str, float] = {}
     tic = time.perf_counter()
@@ -75,6 +75,7 @@ def run(seed: int, size: Size, work: Path) -> dict[str, Any]:
                     repository=REPO)
     timings["generate_s"] = time.perf_counter() - tic
     xrq = _Xrq(work)
+    on = ("--device", device) if device else ()
     xrq("truth", "import", data.reports_csv, data.projections_csv, "--split-file", data.split_csv,
         "--collection", "synthetic", "--json")
     systems: dict[str, dict[str, Any]] = {}
@@ -86,18 +87,18 @@ def run(seed: int, size: Size, work: Path) -> dict[str, Any]:
         "--tokenizer", "train",
         "--seed", seed, "--max-steps", size.steps, "--batch-size", size.batch_size, "--lr", size.lr,
         "--warmup", size.warmup, "--init-std", size.init_std, "--dropout", 0, "--max-tokens", size.max_tokens,
-        "--eval-every", size.steps, "--json") for name, blank in (("model", False), ("image_blind", True))}
+        "--eval-every", size.steps, *on, "--json") for name, blank in (("model", False), ("image_blind", True))}
     trained = {name: xrq.finish(process) for name, process in running.items()}
     timings["train_s"] = time.perf_counter() - tic
     for name, blank in (("model", False), ("image_blind", True)):
         tic = time.perf_counter()
-        job = xrq("submit", data.split_images("test", blank), "--model", work / name / "best", "--json")
+        job = xrq("submit", data.split_images("test", blank), "--model", work / name / "best", *on, "--json")
         timings[f"submit_{name}_s"] = time.perf_counter() - tic
         systems[name] = _evaluate(xrq, work / "eval" / name, "--job", job["job_id"])
         systems[name]["val_loss"] = trained[name]["scores"].get("val_loss")
     systems["constant"] = _evaluate(xrq, work / "eval" / "constant", "--baseline", "most-frequent")
-    return {"seed": seed, "size": asdict(size), "studies": {s: sum(x.split == s for x in data.studies)
-                                                              for s in ("train", "val", "test")},
+    studies = {s: sum(x.split == s for x in data.studies) for s in ("train", "val", "test")}
+    return {"seed": seed, "size": asdict(size), "device": device or "default", "studies": studies,
             "phrasing": asdict(data.phrasing), "systems": systems, "targets": _targets(systems),
             "timings": {k: round(v, 1) for k, v in timings.items()}}
 
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="one seed, one data set, one result")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: under 15 min on 2 CPU cores")
     parser.add_argument("--steps", type=int, help="override the size's training steps")
+    parser.add_argument("--device", help="cuda, cpu ... for training and reporting  [default: cuda if available]")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it, instead of a temporary one")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -207,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     if args.keep:
         args.keep.mkdir(parents=True)
-        result = run(args.seed, size, args.keep.resolve())
+        result = run(args.seed, size, args.keep.resolve(), args.device)
     else:
         with tempfile.TemporaryDirectory(prefix="xrq-conditioning-") as folder:
-            result = run(args.seed, size, Path(folder))
+            result = run(args.seed, size, Path(folder), args.device)
     result["timings"]["total_s"] = round(time.perf_counter() - tic, 1)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0

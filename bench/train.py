@@ -31,6 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from model.train_config import PRESET_NAMES  # noqa: E402
+
 
 def synthetic_iu(folder: Path, copies: int) -> tuple[Path, Path]:
     """Reports and projections CSVs listing `copies` × the bundled studies, with their images symlinked."""
@@ -94,7 +96,7 @@ def one(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="base", choices=["tiny", "base"])
+    parser.add_argument("--preset", default="base", choices=PRESET_NAMES)
     parser.add_argument("--device", default=None, help="cuda, cpu  [default: cuda if available]")
     parser.add_argument("--batch-size", type=int, default=32, help="Studies per step.")
     parser.add_argument("--max-tokens", type=int, default=128)
