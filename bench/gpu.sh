@@ -2,7 +2,7 @@
 # Every GPU measurement, in one call, on a bare GPU host that has only torch, transformers, pillow,
 # pandas, matplotlib and click (as the device tool's H200 has): the other packages come as wheels.
 #
-#   bash bench/gpu.sh --fetch                  # on a machine with the package registry: wheels into bench/wheels
+#   bash bench/gpu.sh --fetch                  # with the package registry: wheels into bench/wheels (carry it)
 #   bash bench/gpu.sh                          # on the GPU host: the throughput steps (under 8 minutes)
 #   bash bench/gpu.sh train conditioning       # on the GPU host: the training steps (under 8 minutes)
 #
@@ -14,7 +14,8 @@
 #                     database: a bare host runs no Redis or PostgreSQL)
 #   train             bench/train.py: the base preset's training images/s and peak memory, bf16 on and off
 #   conditioning      bench/conditioning.py --seed 0: `xrq train` twice, `xrq submit`, `xrq evaluate`
-# DEVICE=cpu QUICK=1 bash bench/gpu.sh [STEP ...] runs the same steps small, to check the script on a CPU.
+# DEVICE=cpu QUICK=1 bash bench/gpu.sh [STEP ...] runs the same steps small, to check the script on a CPU
+# (in a venv of another Python, fetch with PY_VERSIONS="3.12 3.11" first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=bench/wheels
@@ -24,7 +25,9 @@ python-dateutil six tzdata sqlalchemy greenlet typing_extensions alembic mako ma
 
 if [ "${1:-}" = "--fetch" ]; then
   mkdir -p "$WHEELS"
-  for version in 3.10 3.11 3.12 3.13; do
+  # The H200 we are lent runs Python 3.12, and the tree that travels there holds 64 MiB (the
+  # repository takes 40): one version, unless PY_VERSIONS names more (for a check on another Python).
+  for version in ${PY_VERSIONS:-3.12}; do
     # shellcheck disable=SC2086
     pip download -q --no-deps --only-binary=:all: --python-version "$version" \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$WHEELS" $PACKAGES
