@@ -34,6 +34,7 @@ from celery import Celery
 from celery.schedules import crontab
 from celery.signals import setup_logging, worker_init, worker_process_init
 from kombu import Queue
+from kombu.transport import sqlalchemy as kombu_sqla
 
 from worker import tasks
 from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, QUEUES
@@ -41,6 +42,13 @@ from worker.errors import SettingsError
 from worker.settings import BrokerOptions, Settings
 
 log = logging.getLogger(__name__)
+
+
+class PromptSqlaTransport(kombu_sqla.Transport):
+    """kombu's SQLAlchemy transport, polling its tables every 50 ms, not every second: a worker would
+    otherwise wait up to a second for each message."""
+
+    polling_interval = 0.05
 
 
 class XrqCelery(Celery):
@@ -73,14 +81,15 @@ def make_app(settings: Settings | None = None, options: BrokerOptions | None = N
     app = XrqCelery("xrq", set_as_current=False)
     app.xrq_settings = settings
     app.xrq_options = options
+    url = settings.broker_url or ""
+    sqla = url.startswith("sqla+")
     app.conf.update(
-        broker_url=settings.broker_url,
-        # Redis's options; other transports (AMQP, kombu's SQLAlchemy one on a bare bench host) refuse them.
-        broker_transport_options=transport_options(options)
-        if (settings.broker_url or "").startswith(("redis", "rediss"))
-        # kombu's polling transports (its SQLAlchemy one, on a bench host with no Redis) look every
-        # second by default: a worker would wait up to a second for each message.
-        else {"polling_interval": 0.05} if (settings.broker_url or "").startswith("sqla") else {},
+        # kombu's SQLAlchemy transport (a bench host with no Redis) hands every transport option to
+        # create_engine, so its quicker polling comes as a transport class, named where kombu allows it.
+        broker_url=url.removeprefix("sqla+") if sqla else settings.broker_url,
+        broker_transport=f"{__name__}:PromptSqlaTransport" if sqla else None,
+        # Redis's options; other transports (AMQP, kombu's SQLAlchemy one) refuse them.
+        broker_transport_options=transport_options(options) if url.startswith(("redis", "rediss")) else {},
         broker_connection_timeout=3,
         broker_connection_retry_on_startup=True,  # workers wait for the broker to come up
         broker_pool_limit=4,

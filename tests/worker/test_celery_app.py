@@ -44,6 +44,17 @@ def test_the_app_accepts_json_only_acknowledges_late_and_prefetches_one() -> Non
     assert task.acks_late and task.reject_on_worker_lost
 
 
+def test_kombus_sqlalchemy_broker_connects_and_polls_promptly(tmp_path: Path) -> None:
+    """The bench host's broker (no Redis there): a queue on a SQLite file, polled every 50 ms."""
+    app = make_app(Settings(broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}"), BrokerOptions())
+    with app.connection_for_write() as connection:
+        with connection.SimpleQueue("probe") as queue:
+            queue.put({"n": 1})
+            assert queue.get(timeout=5).payload == {"n": 1}
+        assert connection.transport.polling_interval == 0.05
+    assert (tmp_path / "broker.db").exists()
+
+
 def test_broker_options_come_from_the_environment_and_bad_values_are_named() -> None:
     assert BrokerOptions.from_env({}) == BrokerOptions()
     opts = BrokerOptions.from_env({"XRQ_VISIBILITY_TIMEOUT": "600", "XRQ_TASK_MAX_RETRIES": "0"})
