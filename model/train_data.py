@@ -200,11 +200,12 @@ class StudyImages(torch.utils.data.Dataset):
 
 
 def view_bytes(processor: ViTImageProcessorPil) -> int:
-    """About what `StudyImages(cache=True)` keeps per view: one byte a pixel of the model's input."""
-    size = getattr(processor, "size", None) or {}
-    height = int(size.get("height") or size.get("shortest_edge") or 224)
-    width = int(size.get("width") or size.get("shortest_edge") or 224)
-    return height * width
+    """What `StudyImages(cache=True)` keeps per grey view, measured on a blank one: a byte a pixel of the
+    model's input as grey levels, or the float tensor where this processor's settings refuse them."""
+    kept = compact_view(processor, Image.new("L", (64, 64)))
+    if isinstance(kept, GreyLevels):
+        return int(kept.levels.nbytes)
+    return kept.numel() * kept.element_size()
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str], list[str]]

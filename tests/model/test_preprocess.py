@@ -28,6 +28,7 @@ from model.preprocess import (
     stack_views,
     view_tensor,
 )
+from model.train_data import view_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = sorted((REPO / "examples" / "iu").glob("*.png")) + sorted((REPO / "tests" / "data" / "xray").glob("*.png")) \
@@ -159,6 +160,17 @@ def test_images_that_are_not_8_bit_gray_take_the_processors_path(mode: str) -> N
     assert torch.equal(view_tensor(processor, image), reference(processor, image))
     kept = compact_view(processor, image)
     assert isinstance(kept, torch.Tensor) and torch.equal(kept, reference(processor, image))
+
+
+def test_the_training_cache_budgets_what_it_keeps_per_view() -> None:
+    """A byte a pixel where grey levels are kept; 3 float32 channels where the settings refuse them."""
+    size = {"height": 96, "width": 128}
+    kept = compact_view(vit(size=size), picture(FEW[2]))
+    assert isinstance(kept, GreyLevels) and view_bytes(vit(size=size)) == 96 * 128
+    padded = vit(size=size, do_pad=True, pad_size={"height": 256, "width": 256})
+    tensor = compact_view(padded, picture(FEW[2]))
+    assert isinstance(tensor, torch.Tensor)
+    assert view_bytes(padded) == tensor.numel() * tensor.element_size() == 3 * 256 * 256 * 4
 
 
 def test_gray_with_a_transparent_level_takes_the_processors_path() -> None:
