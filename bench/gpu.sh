@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 WHEELS=bench/wheels
 # --no-deps below, so every package the imports need is named (numpy, torch ... are on the host).
 PACKAGES="celery kombu billiard vine amqp click-didyoumean click-repl click-plugins prompt_toolkit wcwidth
-python-dateutil six tzdata sqlalchemy greenlet typing_extensions alembic mako markupsafe pydicom nltk"
+python-dateutil==2.9.0.post0 six tzdata tzlocal sqlalchemy greenlet typing_extensions alembic mako markupsafe pydicom
+nltk"
 
 if [ "${1:-}" = "--fetch" ]; then
   mkdir -p "$WHEELS"
@@ -50,7 +51,8 @@ TMP=$(mktemp -d)
 mkdir -p "$OUT"
 if ! "$PY" -c "import celery, sqlalchemy, alembic, pydicom, nltk, pycocoevalcap" 2>/dev/null; then
   # shellcheck disable=SC2086
-  "$PY" -m pip install -q --no-deps --no-index --find-links "$WHEELS" --target "$TMP/deps" $PACKAGES
+  "$PY" -m pip install -q --no-deps --no-index --find-links "$WHEELS" --target "$TMP/deps" $PACKAGES \
+    || { echo "no wheels for this Python in $WHEELS: run bash bench/gpu.sh --fetch (PY_VERSIONS) first" >&2; exit 1; }
   export PYTHONPATH="$TMP/deps:$PWD/$WHEELS/site"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
