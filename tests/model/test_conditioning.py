@@ -18,9 +18,10 @@ import pytest
 
 from tests.conftest import REPO
 
-# The small run (seed 0, 1000 steps on 1,200 studies) gives clinical F1-macro 0.36 against 0.08 for the
-# image-blind run, and 3 distinct reports against 1; the margins leave room for a change that costs a
-# little, not for one that stops the model reading the image.
+# The small run (seed 0, 1000 steps on 1,200 studies) gives clinical F1-macro 0.38 against 0.08 for the
+# image-blind run, 3 distinct reports (each a truth, word for word) against 1, and effusion sides 0.81 over
+# 36; the margins leave room for a change that costs a little, not for one that stops the model reading
+# the image. (0.38 is not yet above what reports that ignore the image could reach, 0.48: the full run is.)
 MARGIN = 0.2  # clinical F1-macro, model minus image-blind
 
 
@@ -37,8 +38,9 @@ def small_run() -> dict[str, Any]:
 
 
 def figures(result: dict[str, Any]) -> str:
-    return json.dumps({k: {m: s[m] for m in ("f1_macro", "f1", "laterality", "distinct")}
-                       for k, s in result["systems"].items()}, indent=1)
+    return json.dumps({"image_blind_f1_max": result["image_blind_f1_max"], "checks": result["checks"],
+                       **{k: {m: s[m] for m in ("f1_macro", "f1", "laterality", "distinct", "n_studies")}
+                          for k, s in result["systems"].items()}}, indent=1)
 
 
 @pytest.mark.slow
@@ -49,12 +51,17 @@ def test_the_model_reads_the_image_where_an_image_blind_run_cannot(small_run: di
     assert model["f1_macro"] - blind["f1_macro"] >= MARGIN, figures(small_run)
     assert max(blind["f1_macro"], constant["f1_macro"]) <= 0.4, figures(small_run)
     assert model["distinct"]["distinct_reports"] >= 2 * blind["distinct"]["distinct_reports"], figures(small_run)
-    assert model["laterality"]["accuracy"] >= 0.8, figures(small_run)  # the effusions it reports, on their side
+    assert model["distinct"]["truths_written"] >= 2 * blind["distinct"]["truths_written"], figures(small_run)
+    # The effusions it reports, on their side: 0.81 of 36 pairs, where a guess gets about half.
+    assert model["laterality"]["n"] >= 20 and model["laterality"]["accuracy"] >= 0.7, figures(small_run)
+    assert small_run["checks"]["every_test_study_reported"], figures(small_run)
 
 
 @pytest.mark.slow
 def test_the_benchmark_meets_the_issue_targets() -> None:
-    """The full benchmark (seed 0, 4,500 steps on 3,000 studies; about 15 minutes on two cores): F1-macro
-    0.92, laterality 0.96, 27 distinct reports for 25 distinct truths; 4,000 steps gave 0.79 and 0.85."""
+    """The full benchmark (seed 0, 4,500 steps on 3,000 studies; about 11 minutes on two cores): F1-macro
+    0.90 where reports that ignore the image can expect 0.43 at best, laterality 0.95, 27 distinct reports
+    for 25 distinct truths, 22 of them word for word."""
     full = conditioning("full")
     assert all(full["targets"].values()), f"{full['targets']}\n{figures(full)}"
+    assert all(full["checks"].values()), figures(full)

@@ -29,6 +29,7 @@ from model.synthetic import (
     distinct_ratio,
     draw,
     generate,
+    image_blind_f1_max,
     lateral_findings,
     laterality,
     report,
@@ -152,5 +153,32 @@ def test_laterality_counts_only_findings_both_report_and_checks_their_side() -> 
 def test_distinct_ratio_counts_reports_against_truths() -> None:
     truth = {"1": "a", "2": "b", "3": "b", "4": "c"}
     assert distinct_ratio(truth, {"1": "x", "2": "x", "3": "x", "4": "x"}) == {
-        "distinct_reports": 1, "distinct_truths": 3, "ratio": 1 / 3}
-    assert distinct_ratio(truth, truth)["ratio"] == 1.0
+        "distinct_reports": 1, "distinct_truths": 3, "ratio": 1 / 3, "truths_written": 0, "written_ratio": 0.0}
+    assert distinct_ratio(truth, truth)["ratio"] == distinct_ratio(truth, truth)["written_ratio"] == 1.0
+    # Variety that ignores the image: as many reports as truths, but none of them the study's own.
+    shuffled = distinct_ratio(truth, {"1": "b", "2": "c", "3": "a", "4": "b"})
+    assert (shuffled["ratio"], shuffled["truths_written"]) == (1.0, 0)
+
+
+def test_image_blind_f1_max_is_what_reports_that_ignore_the_image_can_expect() -> None:
+    rng = np.random.default_rng(0)
+    n = 200_000
+    truth = {"No Finding": rng.random(n) < 0.2, **{o: rng.random(n) < p for o, p in
+                                                  (("Cardiomegaly", 0.35), ("Lung Opacity", 0.4),
+                                                   ("Pleural Effusion", 0.4))}}
+    support = {o: int(t.sum()) for o, t in truth.items()}
+
+    def f1(said: np.ndarray, true: np.ndarray) -> float:
+        tp = int((said & true).sum())
+        return 2 * tp / (int(said.sum()) + int(true.sum()))
+
+    def macro(t: float) -> float:  # "no finding" for a random share t of studies, every finding for the rest
+        normal = rng.random(n) < t
+        return float(np.mean([f1(normal if o == "No Finding" else ~normal, true) for o, true in truth.items()]))
+
+    best = image_blind_f1_max(support, n)
+    everyone = macro(0.0)  # every finding for everyone: already above the 0.4
+    assert 0.4 < everyone < best
+    assert max(macro(t / 20) for t in range(21)) <= best + 0.005
+    assert any(abs(macro(t / 100) - best) < 0.005 for t in range(5, 30))
+    assert image_blind_f1_max({"Cardiomegaly": 35}, 100) == 2 * 0.35 / 1.35  # one label: say it for all
