@@ -150,3 +150,48 @@ def test_the_keyset_cursor_goes_on_where_a_page_ended(scaled: str) -> None:
         assert count_rows(db, where, after=after) == count_rows(db, where) - 100
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("scaled", ["sqlite"], indirect=True)
+def test_scoring_a_model_of_ten_times_the_reports_costs_no_more_memory(scaled: str) -> None:
+    """`xrq evaluate` streams the stored reports and keeps those with ground truth (the same 1,000 here)."""
+    once = run_xrq(["evaluate", "--job", "1", "--no-meteor", "--json"], scaled)
+    ten = run_xrq(["evaluate", "--model", "base", "--no-meteor", "--json"], scaled)
+    assert once.exit_code == 0 and ten.exit_code == 0, (once.stderr, ten.stderr)
+    assert ten.peak_rss_mb <= once.peak_rss_mb + MARGIN_MB, (once.peak_rss_mb, ten.peak_rss_mb)
+
+
+@pytest.mark.parametrize("scaled", ["sqlite"], indirect=True)
+def test_the_table_on_a_terminal_is_a_page_that_says_how_to_get_the_next(scaled: str) -> None:
+    import os
+    import pty
+    import subprocess
+
+    from bench.measure import XRQ, xrq_env
+
+    def on_terminal(*args: str) -> list[str]:
+        leader, follower = pty.openpty()
+        env = {**xrq_env(scaled), "LINES": "24", "COLUMNS": "120"}
+        proc = subprocess.Popen([*XRQ, *args], env=env, stdout=follower, stderr=subprocess.PIPE)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+        os.close(leader)
+        return b"".join(chunks).decode().splitlines()
+
+    lines = on_terminal("reports", "--status", "failed")
+    assert len(lines) == 1 + 20 + 1  # header, a page of 24 lines less 4, and the footer
+    failed = count_rows(open_database(scaled), ReportFilter(status="failed"))
+    footer = lines[-1]
+    assert f"20 rows shown, {failed - 20} more: add --after " in footer, footer
+    cursor = footer.split("--after ")[1].split()[0]
+    following = on_terminal("reports", "--status", "failed", "--after", cursor)
+    assert following[1] != lines[1] and f"{failed - 40} more" in following[-1]
