@@ -78,12 +78,36 @@ def report_rows(db: Database, where: ReportFilter, *, limit: int | None = None, 
     if limit is not None:
         stmt = stmt.limit(limit)
     with db.engine.connect() as conn:
+        _plan_for(conn, where)
         for part in stream(conn, stmt):
             files = _images_of(conn, [(row.study_id, row.job_id) for row in part]) if images else {}
             for row in part:
                 yield ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "",
                                 as_utc(row.created_at), files.get((row.study_id, row.job_id), []),
                                 row.settings or {}, where.status, row.error, row.model_id)
+
+
+def _plan_for(conn: Connection, where: ReportFilter) -> None:
+    """Tell PostgreSQL how much of a cursor will be read. By default it plans a cursor for its first 10%
+    (cursor_tuple_fraction): right where an index gives the listing's order (everything, --job, --model,
+    failures), which then starts at once. But for a filter whose index does not (--since, --until,
+    --text) it would rather walk every report in study order until it has found a tenth of the few that
+    match than take them from the filter's index and sort them: there the cursor is planned for all of
+    its rows."""
+    unordered = where.since or where.until or where.text
+    if conn.dialect.name == "postgresql" and unordered:
+        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+
+
+def explain(db: Database, where: ReportFilter) -> list[str]:
+    """The plan of the listing's query as `report_rows` runs it (PostgreSQL: its cursor's; SQLite: EXPLAIN
+    QUERY PLAN), one line a step: what bench/scale.py records and the tests check for each filter's index."""
+    sql = str(listing_query(db, where).compile(db.engine, compile_kwargs={"literal_binds": True}))
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            _plan_for(conn, where)
+            return [row[0] for row in conn.exec_driver_sql(f"EXPLAIN DECLARE c NO SCROLL CURSOR FOR {sql}")]
+        return [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
 
 
 def count_rows(db: Database, where: ReportFilter, *, after: Cursor | None = None) -> int:
