@@ -146,6 +146,30 @@ def plans(url: str, last_job: int) -> dict[str, Any]:
     return out
 
 
+def query_times(url: str) -> dict[str, float]:
+    """The database work of `xrq status` and `xrq backlog --dry-run`, in this process (no start-up)."""
+    from db.backlog import find_backlog, jobs_to_score
+    from db.engine import open_database
+    from db.queries import activity, job_summary, list_jobs
+    from db.schema import utcnow
+
+    db = open_database(url)
+    calls = {"status_jobs": lambda: list_jobs(db),
+             "status_activity": lambda: activity(db, utcnow() - timedelta(hours=1)),
+             "status_job": lambda: job_summary(db, 1),
+             "backlog_selection": lambda: find_backlog(db, stuck_after=timedelta(hours=1), max_attempts=3),
+             "backlog_to_score": lambda: jobs_to_score(db)}
+    out = {}
+    try:
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            out[name] = round(time.perf_counter() - started, 3)
+    finally:
+        db.dispose()
+    return out
+
+
 def measure(kind: str, n: int, workdir: Path, full: list[str], keep: bool) -> dict[str, Any]:
     url = backend_url(kind, n, workdir)
     result: dict[str, Any] = {"backend": kind, "n": n}
@@ -182,6 +206,7 @@ def measure(kind: str, n: int, workdir: Path, full: list[str], keep: bool) -> di
         result["status"] = {"status": run(["status"]), "status_json": run(["status", "--json"]),
                             "status_job": run(["status", str(last_base_job)]),
                             "backlog_dry_run": run(["backlog", "--dry-run"])}
+        result["queries_s"] = query_times(url)
         result["full"] = {name: run(FULL[name]) for name in full}
         for name in ("all.jsonl", "all.csv", "all.parquet"):
             (workdir / name).unlink(missing_ok=True)
@@ -205,7 +230,11 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     started = time.perf_counter()
+    import shutil
+
+    disk = shutil.disk_usage("/")
     out = {"n": args.n, "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+           "disk_free_gb": round(disk.free / 2**30, 1),
            "runs": [measure(kind, args.n, args.workdir, args.full, args.keep) for kind in args.backends]}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(out, indent=1)
