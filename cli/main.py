@@ -13,6 +13,7 @@ from cli import health as health_commands
 from cli import jobs as job_commands
 from cli import models as model_commands
 from cli import reports as report_commands
+from cli import retire as retire_commands
 from cli import train as train_commands
 from cli import workers as worker_commands
 from cli.context import settings_options
@@ -72,6 +73,7 @@ def cli(ctx: click.Context, database_url: str | None, log_level: str | None, log
 
 cli.add_command(job_commands.submit)
 cli.add_command(job_commands.status)
+cli.add_command(retire_commands.jobs)
 cli.add_command(report_commands.reports)
 cli.add_command(report_commands.export)
 cli.add_command(report_commands.show)
