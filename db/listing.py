@@ -111,8 +111,9 @@ def explain(db: Database, where: ReportFilter) -> list[str]:
 
 
 def count_rows(db: Database, where: ReportFilter, *, after: Cursor | None = None) -> int:
-    """How many rows `report_rows(db, where, after=after)` has in all (one COUNT on the same indexes)."""
-    inner = listing_query(db, where, after=after).order_by(None).subquery()
+    """How many rows `report_rows(db, where, after=after)` has in all: one COUNT on the same indexes,
+    without the joins that only name the rows (their study's uid, their model's name)."""
+    inner = listing_query(db, where, after=after, counting=True).order_by(None).subquery()
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(inner)) or 0
 
@@ -124,21 +125,24 @@ def cursor_of(row: ReportRow, where: ReportFilter) -> Cursor:
     return (row.study_id, second)
 
 
-def listing_query(db: Database, where: ReportFilter, *, after: Cursor | None = None) -> Any:
-    """The SELECT behind `report_rows`, ordered by its cursor (what tests EXPLAIN for its index).
+def listing_query(db: Database, where: ReportFilter, *, after: Cursor | None = None, counting: bool = False) -> Any:
+    """The SELECT behind `report_rows`, ordered by its cursor (what tests EXPLAIN for its index);
+    `counting`: the same rows, their study ids only (what `count_rows` counts).
 
     Raises NotFoundError for a job that does not exist.
     """
     known = _resolve(db, where)
     if where.status == "failed":
-        return _failed_query(where, known, after)
-    return _reports_query(where, known, after, sqlite=db.dialect == "sqlite")
+        return _failed_query(where, known, after, counting=counting)
+    return _reports_query(where, known, after, sqlite=db.dialect == "sqlite", counting=counting)
 
 
-def _reports_query(f: ReportFilter, known: _Known, after: Cursor | None, *, sqlite: bool = False) -> Any:
-    stmt = (select(Report.study_id, Study.uid, Report.job_id, Report.model_id, Model.name.label("model"),
-                   Report.text, Report.created_at, Report.settings, literal(None).label("error"))
-            .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
+def _reports_query(f: ReportFilter, known: _Known, after: Cursor | None, *, sqlite: bool = False,
+                   counting: bool = False) -> Any:
+    stmt = select(Report.study_id) if counting else (
+        select(Report.study_id, Study.uid, Report.job_id, Report.model_id, Model.name.label("model"),
+               Report.text, Report.created_at, Report.settings, literal(None).label("error"))
+        .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
     if f.job_id is not None:
         # The job's studies (its primary key, in study order) and the report of each by the job's model.
         stmt = stmt.join(JobStudy, (JobStudy.study_id == Report.study_id) & (JobStudy.job_id == f.job_id)).where(
@@ -157,12 +161,14 @@ def _reports_query(f: ReportFilter, known: _Known, after: Cursor | None, *, sqli
     return stmt.order_by(Report.study_id, Report.model_id)
 
 
-def _failed_query(f: ReportFilter, known: _Known, after: Cursor | None) -> Any:
-    stmt = (select(JobStudy.study_id, Study.uid, JobStudy.job_id, Job.model_id, Model.name.label("model"),
-                   literal(None).label("text"), JobStudy.updated_at.label("created_at"),
-                   literal(None).label("settings"), JobStudy.error)
-            .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
-            .join(Model, Model.id == Job.model_id).where(JobStudy.status == "failed"))
+def _failed_query(f: ReportFilter, known: _Known, after: Cursor | None, *, counting: bool = False) -> Any:
+    stmt = select(JobStudy.study_id).join(Job, Job.id == JobStudy.job_id) if counting else (
+        select(JobStudy.study_id, Study.uid, JobStudy.job_id, Job.model_id, Model.name.label("model"),
+               literal(None).label("text"), JobStudy.updated_at.label("created_at"),
+               literal(None).label("settings"), JobStudy.error)
+        .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
+        .join(Model, Model.id == Job.model_id))
+    stmt = stmt.where(JobStudy.status == "failed")
     if f.job_id is not None:
         stmt = stmt.where(JobStudy.job_id == f.job_id)
     if known.model_ids is not None:
