@@ -111,7 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
             ("submit", "backlog"), shown=AUTO, maximum=MAX_BATCH_SIZE),
     Setting("device", "text", "auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", _WORK),
     Setting("num_beams", "int", 1, "1: greedy decoding; more: beam search of that width.", ("submit", "backlog"),
-            maximum=32),  # model.generate.MAX_BEAMS (model/ would import torch here)
+            maximum=32),  # model.inference.generate.MAX_BEAMS (model/ would import torch here)
     Setting("max_new_tokens", "int", None, "Report length cap, in tokens.", ("submit", "backlog"),
             shown="the model's recommendation, else 60"),
     Setting("max_pixels", "int", 50_000_000, "Larger images are refused (decompression bombs).", _WORK),

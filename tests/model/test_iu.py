@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import ModelError, TruthFormatError
-from model.iu import (
+from model.datasets.iu import (
     IUStudy,
     benchmark_findings,
     benchmark_split,
@@ -18,6 +17,7 @@ from model.iu import (
     read_reports_csv,
     split_texts,
 )
+from model.errors import ModelError, TruthFormatError
 from tests.conftest import IU_CSV as IU_DIR
 
 REPORTS = (

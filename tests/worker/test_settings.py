@@ -73,7 +73,7 @@ def test_every_setting_is_checked_where_it_comes_in() -> None:
 
 
 def test_the_beam_limit_is_the_models() -> None:
-    from model.generate import MAX_BEAMS
+    from model.inference.generate import MAX_BEAMS
     from worker.settings import SETTINGS
 
     assert next(row for row in SETTINGS if row.name == "num_beams").maximum == MAX_BEAMS

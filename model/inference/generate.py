@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from model.bundle import Bundle, resolve_device
 from model.errors import ModelError
-from model.multiview import XrqEncoderDecoder
-from model.preprocess import pixel_values
+from model.imaging.preprocess import pixel_values
+from model.network.bundle import Bundle, resolve_device
+from model.network.multiview import XrqEncoderDecoder
 
 __all__ = ["GenerationSettings", "decode_reports", "device_view_mask", "generate", "generate_ids", "loss", "record",
            "report_labels", "resolve_device"]
@@ -137,7 +137,7 @@ def generate_from_pixels(
     """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask.
 
     `bf16=False` keeps fp32 on CUDA too (the trainer's --no-bf16); on a CPU it changes nothing.
-    The trainer's path: weights stay fp32 (autocast). Serving uses `model.engine.Engine`.
+    The trainer's path: weights stay fp32 (autocast). Serving uses `model.inference.engine.Engine`.
     """
     if not len(pixels):
         return []

@@ -38,10 +38,10 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from model import identity
-from model.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
-from model.multiview import XrqEncoderDecoder
+from model.network import identity
+from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
+from model.network.multiview import XrqEncoderDecoder
 
 # xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
 transformers.utils.logging.disable_progress_bar()
@@ -107,7 +107,7 @@ class Bundle:
     @property
     def fingerprint(self) -> str:
         """sha256 hex of what decides a report: weights, architecture, tokenizer, preprocessing, views
-        (see `model.identity`). What "the same model" means in the database.
+        (see `model.network.identity`). What "the same model" means in the database.
 
         Identical after save/load or a move between devices. The weights' hash is cached until any
         parameter changes (tensor versions are part of the cache key, so an optimizer step
@@ -181,7 +181,7 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
 
     The bundle then points at it (`path`), and its meta records the fingerprint of what was saved.
     """
-    from model.card import write_card
+    from model.network.card import write_card
 
     out = Path(out)
     if out.exists() and not out.is_dir():

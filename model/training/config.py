@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from model.tokenizer_train import DEFAULT_VOCAB_SIZE
+from model.training.tokenizer import DEFAULT_VOCAB_SIZE
 
 BEST_METRICS = ("bleu_4", "bleu_1", "rouge_l", "cider", "val_loss")
 PRESET_NAMES = ("tiny", "small", "base")
-"""`model.bundle.PRESETS`' names, where the CLI reads them without importing torch (a test keeps them equal)."""
+"""`model.network.bundle.PRESETS`' names, where the CLI reads them without importing torch (a test keeps them equal)."""
 
 
 @dataclass(frozen=True)
