@@ -45,7 +45,8 @@ from transformers import VisionEncoderDecoderModel  # noqa: E402
 from model.imaging.preprocess import pixel_values  # noqa: E402
 from model.inference.engine import Engine, EngineOptions  # noqa: E402
 from model.inference.generate import GenerationSettings, generate_from_pixels  # noqa: E402
-from model.network.bundle import PRESETS, Bundle, build, load, resolve_device, save  # noqa: E402
+from model.network.bundle import PRESETS, Bundle, build, resolve_device  # noqa: E402
+from model.network.store import load, save  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "iu"
 BUDGET_S = 20.0  # the most one measurement runs (--seconds)

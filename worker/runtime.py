@@ -43,7 +43,7 @@ def bundle(name_or_path: str, device: str = "auto") -> Bundle:
     key = (name_or_path, device)
     if key not in _bundles:
         from model.inference.generate import resolve_device
-        from model.network.bundle import load
+        from model.network.store import load
 
         _bundles[key] = load(name_or_path, device=resolve_device(device))
         _fingerprints[id(_bundles[key])] = _bundles[key].fingerprint

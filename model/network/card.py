@@ -75,20 +75,6 @@ def summary(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def info(name_or_path: str | Path) -> dict[str, Any]:
-    """`summary` of a saved model (loaded on the CPU), plus its files and whether plain transformers
-    can load its multi-view code."""
-    from model.network.bundle import load
-
-    bundle = load(name_or_path, device="cpu")
-    facts = summary(bundle)
-    folder = bundle.path or Path(str(name_or_path))
-    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
-    auto_map = getattr(bundle.model.config, "auto_map", None) or {}
-    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()),
-            "remote_code": REMOTE_CODE_FILE in files and "AutoModelForImageTextToText" in auto_map}
-
-
 def write_card(bundle: Bundle, out: Path) -> Path:
     """Write README.md, the model card, into the saved model directory `out`."""
     file = out / CARD_FILE

@@ -32,7 +32,8 @@ import torch
 from model.figures.curves import plot_curves
 from model.inference.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
 from model.metrics.evaluation import evaluate
-from model.network.bundle import PRESETS, Bundle, build, load, resolve_device, save, sincos_positions
+from model.network.bundle import PRESETS, Bundle, build, resolve_device, sincos_positions
+from model.network.store import load, save
 from model.training.config import BEST_METRICS, TrainConfig
 from model.training.data import (
     DataSummary,

@@ -12,7 +12,7 @@ from model.datasets.iu import read_iu
 from model.imaging.images import decode
 from model.inference.generate import GenerationSettings, generate
 from model.metrics.text import normalise
-from model.network.bundle import load
+from model.network.store import load
 from tests.conftest import EXAMPLES, IU_CSV, REPO
 
 DATA = ["--reports", str(IU_CSV / "indiana_reports.csv"), "--projections", str(IU_CSV / "indiana_projections.csv"),

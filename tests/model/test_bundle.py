@@ -16,7 +16,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, 
 
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.inference.generate import GenerationSettings, generate
-from model.network.bundle import Bundle, build, load, resolve_device, save
+from model.network.bundle import Bundle, build, resolve_device
+from model.network.store import load, save
 from model.training.tokenizer import save_trained_tokenizer
 from tests.conftest import EXAMPLES, REPO
 

@@ -20,7 +20,8 @@ from model.imaging.images import decode
 from model.imaging.preprocess import pixel_values
 from model.inference.engine import Engine
 from model.inference.generate import GenerationSettings, decode_reports, generate_ids
-from model.network.bundle import build, load, save
+from model.network.bundle import build
+from model.network.store import load, save
 from tests.conftest import EXAMPLES, REPO
 
 STUDIES = {  # a 3-view study and a 1-view study: batched together, the second has two padded views

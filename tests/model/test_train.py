@@ -17,7 +17,8 @@ from model.imaging.images import decode
 from model.inference.generate import GenerationSettings, generate
 from model.metrics.scoring import score
 from model.metrics.text import normalise
-from model.network.bundle import build, load
+from model.network.bundle import build
+from model.network.store import load
 from model.training import loop as train_module
 from model.training.data import iu_key, load_data
 from model.training.loop import TrainConfig, resume, train

@@ -204,8 +204,8 @@ def test_decode_workers_as_processes_give_the_reports_of_threads(tiny_model: Pat
 def test_a_view_cache_skips_decoding_for_a_second_model(tiny_model: Path, iu_folder: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import model.imaging.images
-    from model.network.bundle import build, save
-
+    from model.network.bundle import build
+    from model.network.store import save
     other = save(build("tiny", seed=1), tmp_path / "other")  # same preprocessing, other weights
     cache = tmp_path / "cache"
     first = Settings(database_url=f"sqlite:///{tmp_path}/a.db", model=str(tiny_model), cache_dir=str(cache),
