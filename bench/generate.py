@@ -42,10 +42,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import VisionEncoderDecoderModel  # noqa: E402
 
+from model.defaults import PRESETS  # noqa: E402
 from model.imaging.preprocess import pixel_values  # noqa: E402
 from model.inference.engine import Engine, EngineOptions  # noqa: E402
 from model.inference.generate import GenerationSettings, generate_from_pixels  # noqa: E402
-from model.network.bundle import PRESETS, Bundle, build, resolve_device  # noqa: E402
+from model.network.bundle import Bundle, build, resolve_device  # noqa: E402
 from model.network.store import load, save  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "iu"

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from model.training.config import PRESET_NAMES
+from model.defaults import PRESET_NAMES
 
 
 @click.group()

@@ -13,7 +13,8 @@ import click
 from click.core import ParameterSource
 
 # The light module: `xrq --help` must not import torch (model.training.loop does), STYLE.md 14.
-from model.training.config import BEST_METRICS, PRESET_NAMES, TrainConfig
+from model.defaults import PRESET_NAMES
+from model.training.config import BEST_METRICS, TrainConfig
 
 if TYPE_CHECKING:
     from model.training.loop import TrainResult

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.engine import Database, open_database
+from model.defaults import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
 from worker.errors import ModelMismatchError
 from worker.settings import Settings
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from db.schema import Model
     from model.imaging.view_cache import ViewCache
     from model.inference.engine import Engine
-    from model.inference.generate import GenerationSettings
     from model.network.bundle import Bundle
     from worker.decoding import DecodePool, Limits
     from worker.pipeline import JobContext
@@ -67,13 +67,8 @@ def model_id(db: Database, loaded: Bundle) -> int:
     return _model_ids[key]
 
 
-DEFAULT_MAX_NEW_TOKENS = 60  # the field's report length (R2Gen: 60 tokens)
-
-
 def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSettings:
     """The generation settings asked for; unset ones from what the model recommends, then defaults."""
-    from model.inference.generate import GenerationSettings
-
     recommended = (loaded.meta.get("generation") or {}) if loaded is not None else {}
     max_new_tokens = settings.max_new_tokens or recommended.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
     return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
@@ -160,7 +155,5 @@ def clear() -> None:
 
 def job_generation(stored: dict[str, Any]) -> GenerationSettings:
     """The generation settings the job was submitted with (stored on the job row), not the worker's."""
-    from model.inference.generate import GenerationSettings
-
     known = {f.name for f in fields(GenerationSettings)}
     return GenerationSettings(**{k: v for k, v in stored.items() if k in known})

@@ -34,6 +34,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from model.defaults import DEFAULT_MAX_VIEWS, PRESETS
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.network import identity
 from model.network.multiview import XrqEncoderDecoder
@@ -44,33 +45,6 @@ transformers.utils.logging.disable_progress_bar()
 FORMAT_VERSION = 1
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-
-# Sizes only; the vocabulary always comes from the tokenizer. "base" matches ViT-B/16 and GPT-2 small,
-# so pretrained `google/vit-base-patch16-224-in21k` and `gpt2` parts drop in.
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        # A wide random init so an untrained tiny model's words visibly depend on the image (tests).
-        "encoder": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                    "intermediate_size": 128, "image_size": 224, "patch_size": 16, "initializer_range": 0.3},
-        "decoder": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256, "initializer_range": 0.3},
-    },
-    "small": {
-        # Trains from scratch on a CPU in minutes and learns where findings are (bench/conditioning.py):
-        # 32-px patches (49 tokens a view), standard 0.02 init. The decoder's third layer and 8 heads are
-        # what it takes to say *where* (seed 0, 4500 steps: opacity side 0.54 with 2 layers and 4 heads,
-        # 0.72 with 3 layers, 0.91 with 3 layers and 8 heads).
-        "encoder": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                    "intermediate_size": 256, "image_size": 224, "patch_size": 32},
-        "decoder": {"n_embd": 128, "n_layer": 3, "n_head": 8, "n_positions": 256},
-        "positions": "sincos",  # see `sincos_positions`
-    },
-    "base": {
-        "encoder": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                    "intermediate_size": 3072, "image_size": 224, "patch_size": 16},
-        "decoder": {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024},
-    },
-}
-
 
 @dataclass
 class Bundle:
@@ -93,7 +67,7 @@ class Bundle:
     @property
     def max_views(self) -> int:
         """Views per study the model looks at; extra views are dropped by preprocessing."""
-        return int(self.meta.get("max_views", 4))
+        return int(self.meta.get("max_views", DEFAULT_MAX_VIEWS))
 
     @property
     def device(self) -> torch.device:
@@ -131,7 +105,7 @@ def build(
     decoder: str | None = None,
     tokenizer: str | Path | None = None,
     seed: int = 0,
-    max_views: int = 4,
+    max_views: int = DEFAULT_MAX_VIEWS,
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 

@@ -29,10 +29,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from model.defaults import PRESETS
 from model.figures.curves import plot_curves
 from model.inference.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
 from model.metrics.evaluation import evaluate
-from model.network.bundle import PRESETS, Bundle, build, resolve_device, sincos_positions
+from model.network.bundle import Bundle, build, resolve_device, sincos_positions
 from model.network.store import load, save
 from model.training.config import BEST_METRICS, TrainConfig
 from model.training.data import (

@@ -149,7 +149,7 @@ def test_study_bytes_is_plausible_for_the_base_model() -> None:
     """ViT-B/16 + GPT-2 small, one view, 60 greedy tokens in bf16: about 14 MB of big tensors per study."""
     from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig
 
-    from model.network.bundle import PRESETS
+    from model.defaults import PRESETS
 
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
         ViTConfig(**PRESETS["base"]["encoder"]), GPT2Config(**PRESETS["base"]["decoder"]))
