@@ -93,7 +93,7 @@ def _picture_name(study_id: int, uid: str, taken: set[str]) -> str:
 
 def _views(detail: StudyDetail, max_pixels: int) -> Views:
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
-    from model.images import decode_bytes, read_submitted
+    from model.imaging.images import decode_bytes, read_submitted
 
     views: Views = []
     for path, relpath, sha256 in detail.images:
@@ -106,7 +106,7 @@ def _views(detail: StudyDetail, max_pixels: int) -> Views:
 
 
 def _render(detail: StudyDetail, views: Views, out: Path) -> Path:
-    from model.pictures import render_study  # matplotlib: only when drawing
+    from model.figures.pictures import render_study  # matplotlib: only when drawing
 
     truth = " ".join(t for t in (detail.truth_findings, detail.truth_impression) if t) or None
     title = f"Study {detail.uid} (id {detail.study_id})" + (f" — model {detail.model}" if detail.model else "")
