@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, literal, select, tuple_
@@ -23,8 +24,52 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.errors import NotFoundError
-from db.queries import ReportFilter, ReportRow, as_utc
 from db.schema import Image, Job, JobStudy, Model, Report, Study
+
+
+def as_utc(when: datetime) -> datetime:
+    """A stored time as an aware UTC datetime, whichever database it came from.
+
+    Every time is written in UTC; PostgreSQL hands it back aware (in the session's time zone),
+    SQLite naive. Normalising here means `+00:00` in every output, on both, as docs/cli.md shows.
+    """
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    study_id: int
+    uid: str
+    job_id: int
+    model: str
+    text: str
+    created_at: datetime
+    images: list[str]
+    settings: dict[str, Any]
+    status: str = "done"
+    error: str | None = None
+    model_id: int | None = None  # the keyset cursor's second half (db.listing.cursor_of)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
+                "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
+                "settings": self.settings}
+        if self.status != "done":
+            data.update(status=self.status, error=self.error)
+        return data
+
+
+@dataclass(frozen=True)
+class ReportFilter:
+    """What `xrq reports` and `xrq export` narrow the listing to; every field is optional."""
+
+    job_id: int | None = None
+    model: str | None = None  # model name
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
+    status: str = "done"  # done: reports; failed: failed studies with their reasons
+
 
 CHUNK = 1000  # rows a fetch brings over; also the study ids of one images lookup
 Cursor = tuple[int, int]  # (study id, model id) of a report, (study id, job id) of a failure

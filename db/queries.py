@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,16 +12,9 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.errors import NotFoundError
+from db.listing import ReportFilter, ReportRow, as_utc, report_rows
+from db.listing import export_batches as streamed
 from db.schema import OPEN, STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
-
-
-def as_utc(when: datetime) -> datetime:
-    """A stored time as an aware UTC datetime, whichever database it came from.
-
-    Every time is written in UTC; PostgreSQL hands it back aware (in the session's time zone),
-    SQLite naive. Normalising here means `+00:00` in every output, on both, as docs/cli.md shows.
-    """
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -62,29 +55,6 @@ class JobSummary:
         }
 
 
-@dataclass(frozen=True)
-class ReportRow:
-    study_id: int
-    uid: str
-    job_id: int
-    model: str
-    text: str
-    created_at: datetime
-    images: list[str]
-    settings: dict[str, Any]
-    status: str = "done"
-    error: str | None = None
-    model_id: int | None = None  # the keyset cursor's second half (db.listing.cursor_of)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
-                "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
-                "settings": self.settings}
-        if self.status != "done":
-            data.update(status=self.status, error=self.error)
-        return data
-
-
 def job_summary(db: Database, job_id: int, *, with_failures: bool = True) -> JobSummary:
     with db.session() as s:
         row = s.execute(select(Job, Model.name).join(Model, Job.model_id == Model.id)
@@ -116,18 +86,6 @@ def list_jobs(db: Database, *, limit: int = 20) -> list[JobSummary]:
     return [JobSummary(job.id, job.source, name, as_utc(job.created_at), counts.get(job.id, {})) for job, name in rows]
 
 
-@dataclass(frozen=True)
-class ReportFilter:
-    """What `xrq reports` and `xrq export` narrow the listing to; every field is optional."""
-
-    job_id: int | None = None
-    model: str | None = None  # model name
-    since: datetime | None = None
-    until: datetime | None = None
-    text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
-    status: str = "done"  # done: reports; failed: failed studies with their reasons
-
-
 def reports(db: Database, *, job_id: int | None = None, limit: int | None = None,
             where: ReportFilter | None = None) -> list[ReportRow]:
     """Reports (or failed studies) as a list: `db.listing.report_rows` (which streams them) for few rows.
@@ -135,8 +93,6 @@ def reports(db: Database, *, job_id: int | None = None, limit: int | None = None
     With a job: every study of it that has a report by its model, including studies skipped because
     an earlier job had already reported them.
     """
-    from db.listing import report_rows
-
     return list(report_rows(db, where or ReportFilter(job_id=job_id), limit=limit))
 
 
@@ -155,8 +111,6 @@ def export_count(db: Database, job_ids: list[int]) -> int:
 
 def export_batches(db: Database, job_ids: list[int], *, size: int = 2000) -> Iterator[list[dict[str, Any]]]:
     """Every study of the jobs in batches, streamed: see `db.listing.export_batches`."""
-    from db.listing import export_batches as streamed
-
     return streamed(db, job_ids, size=size)
 
 
