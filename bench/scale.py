@@ -16,7 +16,8 @@ process of the CLI of this tree (bench/measure.py):
 - full reads (--full): wall time and peak RSS of reading everything (`reports -o`, `export` of every
   job, `evaluate --model`): what stays flat as N grows;
 - `xrq status`, `xrq status JOB`, `xrq backlog --dry-run`: wall time, against `xrq --version` (the
-  interpreter and the CLI's start);
+  interpreter and the CLI's start) and `xrq db current` (that and opening the database); their
+  queries timed in this process too;
 - plans: each filter's listing query as the database plans it (PostgreSQL: the cursor's plan, EXPLAIN
   DECLARE), the indexes it uses and whether it reads a whole table.
 
@@ -198,7 +199,8 @@ def measure(kind: str, n: int, workdir: Path, full: list[str], keep: bool) -> di
                     "wall_s": round(m.wall_s, 3), "peak_rss_mb": round(m.peak_rss_mb, 1), "exit_code": m.exit_code,
                     "lines": m.lines, **({"stderr": m.stderr[-300:]} if "Traceback" in m.stderr else {})}
 
-        result["startup"] = run(["--version"])
+        result["startup"] = run(["--version"])  # the interpreter and the CLI
+        result["startup_db"] = run(["db", "current"])  # ... and opening the database, checking its schema
         result["first_line"] = {fmt: run(["reports", "--format", fmt], lines=1 if fmt != "csv" else 2)
                                 for fmt in ("jsonl", "csv", "table")}
         result["filters"] = {name: run(["reports", "--format", "jsonl", *args], lines=1)
