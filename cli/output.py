@@ -214,18 +214,32 @@ def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
     return "\n".join(lines)
 
 
-def reports_text(rows: list[ReportRow], fmt: str) -> str:
-    """Rows as JSON lines, CSV (both as stored) or a table for people (one line per row, escaped)."""
+def _reviewed(row: ReportRow, reviews: dict[tuple[int, int], dict[str, Any]]) -> dict[str, Any]:
+    """A report's review columns (review_state, final_text, signed_by, signed_at), JSON-ready."""
+    found = reviews.get((row.study_id, row.job_id), {"review_state": "draft", "final_text": None,
+                                                        "signed_by": None, "signed_at": None})
+    return {**found, "signed_at": found["signed_at"].isoformat() if found["signed_at"] else None}
+
+
+def reports_text(rows: list[ReportRow], fmt: str, reviews: dict[tuple[int, int], dict[str, Any]] | None = None) -> str:
+    """Rows as JSON lines, CSV (both as stored) or a table for people (one line per row, escaped).
+
+    Reports (not failed studies) carry their review: `reviews` maps (study id, job id) to its columns."""
+    reviews = reviews or {}
     if fmt == "jsonl":
-        return "".join(json.dumps(r.as_dict()) + "\n" for r in rows)
+        return "".join(json.dumps({**r.as_dict(), **(_reviewed(r, reviews) if r.status == "done" else {})}) + "\n"
+                       for r in rows)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         failed = any(r.status == "failed" for r in rows)
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
+        review = [] if failed else ["review_state", "final_text", "signed_by", "signed_at"]
+        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report",
+                         *review])
         for r in rows:
+            extra = [] if failed else list(_reviewed(r, reviews).values())
             writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(),
-                             ";".join(r.images), r.error if failed else r.text])
+                             ";".join(r.images), r.error if failed else r.text, *extra])
         return buf.getvalue()
     width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
     lines = [f"{'job':>4}  {'study':14}  report"]
@@ -302,7 +316,8 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
     def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
         frame = _export_frame(pd, rows)
         frame["images"] = frame["images"].map(";".join)
-        frame["reported_at"] = frame["reported_at"].map(lambda t: "" if pd.isna(t) else t.isoformat())
+        for column in ("reported_at", "signed_at"):
+            frame[column] = frame[column].map(lambda t: "" if pd.isna(t) else t.isoformat())
         frame.to_csv(out, index=False)
 
     if fmt == "csv":
@@ -312,7 +327,9 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
     schema = pa.schema([("job_id", pa.int64()), ("study_id", pa.int64()), ("uid", pa.string()),
                         ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
                         ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
-                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string()))])
+                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string())),
+                        ("review_state", pa.string()), ("final_text", pa.string()), ("signed_by", pa.string()),
+                        ("signed_at", pa.timestamp("us", "UTC"))])
 
     def write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
         _export_frame(pd, rows).to_parquet(out, index=False, schema=schema)
@@ -322,17 +339,20 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
 
 def _export_frame(pd: Any, rows: list[dict[str, Any]]) -> Any:
     from db.queries import EXPORT_COLUMNS
+    from db.review import REVIEW_COLUMNS
 
-    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+    frame = pd.DataFrame(rows, columns=[*EXPORT_COLUMNS, *REVIEW_COLUMNS])
     for column in ("job_id", "study_id", "attempts"):
         frame[column] = frame[column].astype("int64")
     frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
     frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
+    frame["signed_at"] = pd.to_datetime(frame["signed_at"], utc=True)
     return frame
 
 
 def _write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
     with out.open("w", encoding="utf-8") as f:
         for row in rows:
-            when = row["reported_at"]
-            f.write(json.dumps({**row, "reported_at": None if when is None else when.isoformat()}) + "\n")
+            when, signed = row["reported_at"], row.get("signed_at")
+            f.write(json.dumps({**row, "reported_at": None if when is None else when.isoformat(),
+                                "signed_at": None if signed is None else signed.isoformat()}) + "\n")

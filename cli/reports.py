@@ -60,7 +60,10 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     where = ReportFilter(job_id=job, model=model, since=_utc(since), until=_utc(until), text=contains,
                          status=status)
     rows = query_reports(db, where=where, limit=limit)
-    text = output.reports_text(rows, fmt)
+    from db.review import review_columns
+
+    reviews = review_columns(db, [(r.study_id, r.job_id) for r in rows]) if status == "done" else {}
+    text = output.reports_text(rows, fmt, reviews)
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -78,8 +81,9 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
 def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path) -> None:
     """Write whole jobs (every study: status, reason, report, images) to CSV, JSON lines or Parquet.
 
-    Typed for pandas: integers stay integers, `reported_at` is UTC with its offset, and `images` is
-    a list (joined with `;` in CSV).
+    Typed for pandas: integers stay integers, `reported_at` and `signed_at` are UTC with their offset,
+    and `images` is a list (joined with `;` in CSV). The review columns (`review_state`, `final_text`,
+    `signed_by`, `signed_at`) say what radiologists made of each draft in `xrq serve`.
 
     \b
     Examples:
@@ -87,6 +91,7 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
       xrq export 1 2 3 -o night.parquet
     """
     from db.queries import export_batches, export_count
+    from db.review import REVIEW_COLUMNS, review_columns
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
@@ -97,7 +102,10 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     try:
         bar.start(export_count(db, list(jobs)))
         for batch in export_batches(db, list(jobs)):
-            rows += batch
+            reviews = review_columns(db, [(r["study_id"], r["reported_by_job"]) for r in batch
+                                          if r["reported_by_job"] is not None])
+            rows += [{**r, **reviews.get((r["study_id"], r["reported_by_job"]), dict.fromkeys(REVIEW_COLUMNS))}
+                     for r in batch]
             bar.update(len(batch))
     finally:
         bar.close()

@@ -191,3 +191,28 @@ def image_file(db: Database, image_id: int) -> tuple[str, str, str | None]:
         if row is None:
             raise NotFoundError(f"no image {image_id}")
         return row.path, row.source, row.sha256
+
+
+REVIEW_COLUMNS = ("review_state", "final_text", "signed_by", "signed_at")  # what `xrq reports`/`export` add
+
+
+def review_columns(db: Database, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict[str, object]]:
+    """(study id, id of the job that wrote the report) -> REVIEW_COLUMNS, for the reports among `keys`.
+
+    A report is unique per (study, model) and a job has one model, so the pair names one report. A
+    report nobody has reviewed is a draft; `signed_at` is an aware UTC datetime or None.
+    """
+    from db.bulk import chunks
+
+    found: dict[tuple[int, int], dict[str, object]] = {}
+    for chunk in chunks(sorted({sid for sid, _ in keys})):
+        with db.session() as s:
+            rows = s.execute(
+                select(Report.study_id, Report.job_id, Review.state, Review.final_text, User.name, Review.signed_at)
+                .outerjoin(Review, Review.report_id == Report.id).outerjoin(User, User.id == Review.signed_by)
+                .where(Report.study_id.in_(list(chunk)))).all()
+        for sid, jid, state, final, signer, signed_at in rows:
+            found[(sid, jid)] = {"review_state": state or "draft", "final_text": final, "signed_by": signer,
+                                 "signed_at": as_utc(signed_at) if signed_at is not None else None}
+    wanted = set(keys)
+    return {k: v for k, v in found.items() if k in wanted}
