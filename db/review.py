@@ -216,3 +216,36 @@ def review_columns(db: Database, keys: list[tuple[int, int]]) -> dict[tuple[int,
                                  "signed_at": as_utc(signed_at) if signed_at is not None else None}
     wanted = set(keys)
     return {k: v for k, v in found.items() if k in wanted}
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """A report that a reviewer signed or rejected, as `xrq evaluate --truth signed` scores it."""
+
+    report_id: int
+    study_id: int
+    uid: str
+    job_id: int
+    model_id: int
+    model: str
+    draft: str
+    state: str  # signed | rejected
+    final_text: str | None
+    reject_reason: str | None
+
+
+def reviewed(db: Database, *, job_id: int | None = None, model_id: int | None = None) -> list[Reviewed]:
+    """Signed and rejected reports (of a job, or a model), oldest report first."""
+    with db.session() as s:
+        if job_id is not None and s.get(Job, job_id) is None:
+            raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
+        stmt = (select(Report.id.label("report_id"), Report.study_id, Study.uid, Report.job_id, Report.model_id,
+                       Model.name.label("model"), Report.text.label("draft"), Review.state, Review.final_text,
+                       Review.reject_reason)
+                .join(Review, Review.report_id == Report.id).join(Study, Study.id == Report.study_id)
+                .join(Model, Model.id == Report.model_id).where(Review.state.in_(("signed", "rejected"))))
+        if job_id is not None:
+            stmt = stmt.where(Report.job_id == job_id)
+        if model_id is not None:
+            stmt = stmt.where(Report.model_id == model_id)
+        return [Reviewed(**row._asdict()) for row in s.execute(stmt.order_by(Report.id))]
