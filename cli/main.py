@@ -87,6 +87,7 @@ cli.add_command(db_commands.db)
 cli.add_command(health_commands.health)
 cli.add_command(serve_commands.serve)
 cli.add_command(serve_commands.user)
+cli.add_command(serve_commands.study)
 
 
 def main() -> None:

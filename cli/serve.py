@@ -136,3 +136,77 @@ def user_enable(ctx: click.Context, name: str) -> None:
 
     set_disabled(runtime.database(settings_from(ctx).database_url), name, False)
     click.echo(f"Enabled {printable(name)}")
+
+
+@click.group()
+def study() -> None:
+    """Reader studies: readers compare two reports of a study, blinded, in `xrq serve`."""
+
+
+@study.command("create")
+@click.argument("name")
+@click.option("--job", "jobs", type=int, multiple=True, help="A job whose reports are compared (once or twice).")
+@click.option("--truth", "collections", multiple=True, metavar="COLLECTION",
+              help="Compare with this imported ground truth (e.g. iu).")
+@click.option("--reader", "readers", multiple=True, required=True, help="A user who reads (repeat for each).")
+@click.option("--studies", type=click.IntRange(1, 100_000), default=50, help="How many studies to draw.")
+@click.option("--seed", type=int, default=0, help="Seed of the draw and of the sides.")
+@click.pass_context
+def study_create(ctx: click.Context, name: str, jobs: tuple[int, ...], collections: tuple[str, ...],
+                 readers: tuple[str, ...], studies: int, seed: int) -> None:
+    """Make a reader study comparing two sources: two jobs, or a job and the ground truth.
+
+    Studies with a report from both are drawn at random (seeded); each case shows the two reports
+    side by side, sides randomised, labels hidden, and no ground truth.
+
+    \b
+    Examples:
+      xrq study create draft-vs-truth --job 3 --truth iu --reader alice --reader bob --studies 50
+      xrq study create old-vs-new --job 3 --job 5 --reader alice --reader bob --reader carol
+    """
+    from db.readers import StudyPlan, create
+    from worker import runtime
+
+    sources = [f"job:{j}" for j in jobs] + [f"truth:{c}" for c in collections]
+    if len(sources) != 2:
+        raise click.UsageError("compare exactly two sources: --job A --job B, or --job A --truth COLLECTION")
+    plan = StudyPlan(name, (sources[0], sources[1]), tuple(readers), studies, seed)
+    made = create(runtime.database(settings_from(ctx).database_url), plan)
+    click.echo(f"Reader study {printable(name)}: {made} cases, {len(set(readers))} readers "
+               f"({sources[0]} vs {sources[1]})")
+
+
+@study.command("list")
+@click.pass_context
+def study_list(ctx: click.Context) -> None:
+    """List the reader studies.
+
+    \b
+    Example:
+      xrq study list
+    """
+    from db.readers import study_names
+    from worker import runtime
+
+    for name in study_names(runtime.database(settings_from(ctx).database_url)):
+        click.echo(printable(name))
+
+
+@study.command("results")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def study_results(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Preference rates with 95% confidence intervals (Wilson), errors per report by kind, and agreement
+    between readers (Cohen's kappa for two, Fleiss' for more).
+
+    \b
+    Examples:
+      xrq study results draft-vs-truth
+      xrq study results draft-vs-truth --json
+    """
+    from worker import runtime
+    from worker.readers import results, results_text
+
+    found = results(runtime.database(settings_from(ctx).database_url), name)
+    click.echo(json.dumps(found) if as_json else results_text(found))
