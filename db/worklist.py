@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import func, select, tuple_
 
 from db.engine import Database
 from db.queries import as_utc
@@ -67,38 +68,41 @@ class WorklistPage:
     next: Cursor | None  # None: the last page
 
 
-def _where(stmt: object, f: WorklistFilter, model_id: int | None) -> object:
-    from typing import Any
-
-    q: Any = stmt
+def _where(stmt: Any, f: WorklistFilter, model_id: int | None) -> Any:
+    """The filters, on reports alone: a review state is an EXISTS on `reviews`, so that the planner
+    walks the (created_at, id) index newest first and stops at the page's end, whatever the filter."""
     if f.job_id is not None:
-        q = q.where(Report.job_id == f.job_id)
+        stmt = stmt.where(Report.job_id == f.job_id)
     if f.model:
-        q = q.where(Report.model_id == (model_id if model_id is not None else -1))
+        stmt = stmt.where(Report.model_id == (model_id if model_id is not None else -1))
+    reviewed = select(Review.report_id).where(Review.report_id == Report.id)
     if f.state == "draft":
-        q = q.where(or_(Review.state.is_(None), Review.state == "draft"))
+        stmt = stmt.where(~reviewed.where(Review.state != "draft").exists())
     elif f.state in STATES:
-        q = q.where(Review.state == f.state)
+        stmt = stmt.where(reviewed.where(Review.state == f.state).exists())
     if f.text:
-        q = q.where(func.lower(Report.text).contains(f.text.lower(), autoescape=True))
-    return q
+        stmt = stmt.where(func.lower(Report.text).contains(f.text.lower(), autoescape=True))
+    return stmt
 
 
 def worklist(db: Database, f: WorklistFilter, *, after: Cursor | None = None, limit: int = 50) -> WorklistPage:
     with db.session() as s:
         model_id = s.scalar(select(Model.id).where(Model.name == f.model).order_by(Model.id)) if f.model else None
+        # The page's report ids first (an index walk), then their details: 51 lookups, not a million.
+        page = _where(select(Report.id, Report.created_at), f, model_id)
+        if after is not None:
+            page = page.where(tuple_(Report.created_at, Report.id) < tuple_(after.created_at, after.report_id))
+        ids = page.order_by(Report.created_at.desc(), Report.id.desc()).limit(limit + 1).subquery()
         stmt = (select(Report.id, Study.uid, Report.job_id, Model.name, Report.created_at, Review.state,
                        func.substr(Report.text, 1, EXCERPT).label("excerpt"), User.name.label("signer"))
+                .join(ids, ids.c.id == Report.id)
                 .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id)
                 .outerjoin(Review, Review.report_id == Report.id).outerjoin(User, User.id == Review.signed_by))
-        stmt = _where(stmt, f, model_id)  # type: ignore[assignment]
-        if after is not None:
-            stmt = stmt.where(tuple_(Report.created_at, Report.id) < tuple_(after.created_at, after.report_id))
-        rows = s.execute(stmt.order_by(Report.created_at.desc(), Report.id.desc()).limit(limit + 1)).all()
-    page = [WorklistRow(r.id, r.uid, r.job_id, r.name, as_utc(r.created_at), r.state or "draft", r.excerpt or "",
-                        r.signer) for r in rows[:limit]]
+        rows = s.execute(stmt.order_by(Report.created_at.desc(), Report.id.desc())).all()
+    page_rows = [WorklistRow(r.id, r.uid, r.job_id, r.name, as_utc(r.created_at), r.state or "draft",
+                             r.excerpt or "", r.signer) for r in rows[:limit]]
     more = len(rows) > limit
-    return WorklistPage(page, Cursor(rows[limit - 1].created_at, rows[limit - 1].id) if more else None)
+    return WorklistPage(page_rows, Cursor(rows[limit - 1].created_at, rows[limit - 1].id) if more else None)
 
 
 def model_names(db: Database) -> list[str]:
