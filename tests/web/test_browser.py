@@ -56,6 +56,10 @@ def test_sign_in_worklist_study_save_and_sign(any_site: Site, page: Any, tmp_pat
     report = page.get_by_label("Report")
     assert report.input_value() == "Patchy opacity in the right lower lobe, concerning for pneumonia."
     assert page.get_by_role("region", name="Ground truth").count() == 0  # none for this study
+    before = page.locator("img.xray").bounding_box()["width"]
+    page.get_by_role("button", name="+").click()  # zoom in: wider than its frame, scrolled within it
+    assert page.locator("img.xray.zoomed").count() == 1
+    assert page.locator("img.xray").bounding_box()["width"] > before * 1.4
 
     report.fill("Patchy opacity in the right lower lobe. Pneumonia.")
     page.get_by_role("button", name="Save").click()
