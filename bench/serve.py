@@ -132,7 +132,7 @@ def prepare(n: int, keep: bool) -> str:
     return url
 
 
-async def session(base: str, user: str, until: float, n: int, samples: dict[str, list[float]]) -> None:
+async def session(base: str, user: str, until: float, n: int, samples: dict[str, list[float]], think: float) -> None:
     import httpx
 
     rng = random.Random(user)
@@ -158,6 +158,8 @@ async def session(base: str, user: str, until: float, n: int, samples: dict[str,
             if response.status_code != 200:
                 raise RuntimeError(f"{path}: HTTP {response.status_code}")
             samples.setdefault(kind, []).append(elapsed * 1000)
+            if think:  # a reader's pace: reading the page before the next click
+                await asyncio.sleep(rng.uniform(0, 2 * think))
             if kind.startswith("worklist"):
                 found = re.search(r'href="/\?([^"]+)" rel="next"', response.text)
                 older = "/?" + found.group(1).replace("&amp;", "&") if found else None
@@ -175,6 +177,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--keep", action="store_true", help="reuse the database when it holds --reports")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds a session waits between requests (0: back to back, a stress test)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     url = prepare(args.reports, args.keep)
@@ -187,11 +191,12 @@ def main() -> None:
     try:
         wait_for(lambda: port_open(port), timeout=60, what="xrq serve to listen")
         samples: dict[str, list[float]] = {}
+        load_before = os.getloadavg()[0]
         until = time.monotonic() + args.seconds
 
         async def run() -> None:
-            await asyncio.gather(*(session(f"http://127.0.0.1:{port}", f"reader{i + 1}", until, args.reports, samples)
-                                   for i in range(args.sessions)))
+            await asyncio.gather(*(session(f"http://127.0.0.1:{port}", f"reader{i + 1}", until, args.reports, samples,
+                                           args.think) for i in range(args.sessions)))
 
         asyncio.run(run())
     finally:
@@ -202,8 +207,11 @@ def main() -> None:
     rows = {**{k: samples[k] for k in sorted(samples)}, "worklist (all kinds)": worklist}
     result = {k: {"requests": len(v), "p50_ms": round(statistics.median(v), 1), "p95_ms": round(percentile(v, 0.95), 1),
                   "max_ms": round(max(v), 1)} for k, v in rows.items() if v}
+    total = sum(len(v) for v in samples.values())
     result["setup"] = {"reports": args.reports, "sessions": args.sessions, "seconds": args.seconds,
-                       "server_processes": args.workers, "cpus": os.cpu_count()}
+                       "think_s": args.think, "server_processes": args.workers, "cpus": os.cpu_count(),
+                       "requests_per_s": round(total / args.seconds, 1),
+                       "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
     if args.json:
         print(json.dumps(result))
         return

@@ -7,6 +7,7 @@ here and hand the rest to the pool.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -66,6 +67,18 @@ async def logout(request: Request) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
+_models: dict[str, tuple[float, list[str]]] = {}
+
+
+def _model_names(db: Any) -> list[str]:
+    """The models for the filter, read at most once a minute per process (the list rarely changes)."""
+    read_at, names = _models.get(db.url, (-60.0, []))
+    if time.monotonic() - read_at > 60:
+        names = worklist.model_names(db)
+        _models[db.url] = (time.monotonic(), names)
+    return names
+
+
 def worklist_page(request: Request) -> Response:
     user = require(request)
     q = request.query_params
@@ -78,7 +91,7 @@ def worklist_page(request: Request) -> Response:
     params = {k: v for k, v in (("job", f.job_id), ("model", f.model), ("state", f.state), ("q", f.text)) if v}
     more = urlencode({**params, "after": page.next.encode()}) if page.next else None
     return render(request, "worklist.html", {
-        "user": user, "page": page, "filter": f, "models": worklist.model_names(db), "states": STATES,
+        "user": user, "page": page, "filter": f, "models": _model_names(db), "states": STATES,
         "next_query": more, "first_query": urlencode(params), "paged": bool(q.get("after"))})
 
 

@@ -36,6 +36,19 @@ def take(page: Any, base_url: str, report_id: int, out: Path) -> list[Path]:
     return [worklist, study]
 
 
+def _reviewed(site: Any) -> None:
+    """A signed and a rejected draft, so the worklist shows every state."""
+    from db import review
+    from db.accounts import by_name
+
+    bob = by_name(site.db, "bob")
+    ids = site.seeded.report_ids
+    review.submit(site.db, ids["1002"], base_version=0, action="sign", author_id=bob.id,
+                  text="No acute cardiopulmonary abnormality.")
+    review.submit(site.db, ids["1001"], base_version=0, action="reject", text="", author_id=bob.id,
+                  reason="Wrong side: the effusion is on the right")
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -44,6 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site_gen = serve(f"sqlite:///{tmp}/xrq.db", Path(tmp))
         site = next(site_gen)
+        _reviewed(site)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
