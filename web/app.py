@@ -6,9 +6,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -16,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.engine import Database
 from db.errors import NotFoundError
-from web.auth import Forbidden, LoginRequired, Throttle, csrf_token
+from web.auth import Forbidden, LoginRequired, Throttle
+from web.pages import render, templates
 
 HERE = Path(__file__).parent
 SECRET_VAR = "XRQ_SECRET_KEY"
@@ -69,20 +67,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-
-def templates() -> Jinja2Templates:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    env.globals["csrf_token"] = csrf_token
-    env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d is not None else ""
-    return Jinja2Templates(env=env)
-
-
-def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    tpl: Jinja2Templates = request.app.state.templates
-    user = context.pop("user", None)
-    return tpl.TemplateResponse(request, name, {"user": user, **context}, status_code=status)
 
 
 async def _login_required(request: Request, exc: Exception) -> Response:

@@ -1,5 +1,5 @@
 """A study's images as PNG, rendered on the server: any format xrq reads, DICOM through its own VOI
-window (model.images applies it), shrunk to the size asked for.
+window (model.imaging.images applies it), shrunk to the size asked for.
 
 A file is read the way a worker reads it: only inside the folder its job was submitted from, only if
 it still holds the content that was submitted (its sha256). Rendered images are kept in a small
@@ -26,7 +26,7 @@ _lock = threading.Lock()
 
 
 def render_png(path: str, root: str, sha256: str | None, longest: int) -> bytes:
-    from model.images import decode_bytes, read_submitted
+    from model.imaging.images import decode_bytes, read_submitted
 
     picture = decode_bytes(read_submitted(path, root=root, sha256=sha256), name=path)
     picture.thumbnail((longest, longest))

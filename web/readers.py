@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from db import readers
 from db.review_schema import CHOICES, ERROR_KINDS, ReaderStudyError
-from web.app import render
 from web.auth import check_csrf, require
+from web.pages import render
 
 SIDES = (("left", "Report 1"), ("right", "Report 2"))
 MARKS = (("", "no"), ("minor", "yes, not significant"), ("significant", "yes, clinically significant"))

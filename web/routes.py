@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from db import accounts, review, worklist
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
-from web.app import render
 from web.auth import check_csrf, end_session, login, require, start_session
 from web.images import image_response
+from web.pages import render
 from worker import review as review_service
 
 

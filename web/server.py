@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from common.errors import XrqError
 from web.app import SECRET_VAR, WebConfig
 
 
-class ServeError(Exception):
+class ServeError(XrqError):
     """Raised when the server cannot run as asked (several processes on SQLite)."""
 
 

@@ -22,8 +22,8 @@ from worker.evaluate import check_out_dir
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from model.evaluation import EvaluationResult
-    from model.review_metrics import ReviewStats
+    from model.metrics.evaluation import EvaluationResult
+    from model.metrics.review import ReviewStats
 
 STAGES = ("reading reviews", "scoring", "storing", "writing files")
 
@@ -55,7 +55,7 @@ def run_signed_evaluation(settings: Settings, *, job_id: int | None = None, mode
                           with_meteor: bool = True, out_dir: str | Path | None = None,
                           on_stage: Callable[[str, int, int], None] | None = None) -> SignedRun:
     """Score every signed (and count every rejected) draft, of a job or a model or all, per model and per job."""
-    from model.review_metrics import ReviewOutcome, review_stats
+    from model.metrics.review import ReviewOutcome, review_stats
 
     if out_dir is not None:
         check_out_dir(Path(out_dir))
@@ -110,7 +110,7 @@ def _keys(members: list[db_review.Reviewed]) -> dict[int, str]:
 
 
 def _score(members: list[db_review.Reviewed], keyed: dict[int, str], with_meteor: bool) -> EvaluationResult | None:
-    from model.evaluation import evaluate
+    from model.metrics.evaluation import evaluate
 
     signed = [r for r in members if r.state == "signed" and r.final_text]
     if not signed:
@@ -137,7 +137,7 @@ def _store(db: Any, group: SignedGroup, members: list[db_review.Reviewed]) -> in
 
 def write_outputs(run: SignedRun, out_dir: Path) -> list[Path]:
     """evaluation.json and evaluation.png (acceptance, edit distances, scores and rejection reasons)."""
-    from model.review_plots import plot_signed
+    from model.figures.review import plot_signed
 
     out_dir.mkdir(exist_ok=True)
     json_path = out_dir / "evaluation.json"

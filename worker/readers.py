@@ -12,7 +12,7 @@ from db.review_schema import ERROR_KINDS
 def results(db: Database, name: str) -> dict[str, Any]:
     """`xrq study results NAME`: preference rates with Wilson 95% intervals, errors per report by kind,
     inter-reader agreement, and how many of the cases each reader has done."""
-    from model.reader_stats import summarise
+    from model.metrics.readers import summarise
 
     data = db_readers.answers(db, name)
     summary = summarise(data.sources, data.readers, data.answers, data.errors, ERROR_KINDS)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from db import review
 from db.accounts import by_name
-from model.review_metrics import ReviewOutcome, review_stats, word_edit_distance, words
+from model.metrics.review import ReviewOutcome, review_stats, word_edit_distance, words
 from tests.web.conftest import make_site
 
 

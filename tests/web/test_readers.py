@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from db import readers
 from db.accounts import by_name
-from model.reader_stats import cohen_kappa, fleiss_kappa, wilson
+from model.metrics.readers import cohen_kappa, fleiss_kappa, wilson
 from tests.web.conftest import Site, sign_in
 from tests.web.seed import DRAFTS, seed
 

@@ -1,7 +1,7 @@
 """How much radiologists changed the drafts: acceptance, word-level edit distance, rejection reasons.
 
 Pure functions (texts in, numbers out) for `xrq evaluate --truth signed`. The field's metrics
-(BLEU, ROUGE-L, CIDEr, clinical F1) with the signed text as the reference come from model.evaluation;
+(BLEU, ROUGE-L, CIDEr, clinical F1) with the signed text as the reference come from model.metrics.evaluation;
 these are the measures a report generator is judged by in practice: how often a radiologist signs the
 draft as it is, and how many words they change when they do not.
 """

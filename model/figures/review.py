@@ -11,7 +11,7 @@ from model.printable import printable
 
 def plot_signed(groups: list[dict[str, Any]], out: str | Path) -> Path:
     """A 2×2 PNG from the groups' summaries (worker.evaluate_signed.SignedGroup.summary)."""
-    from model.plots import plt, save_figure  # model.plots chose matplotlib's file-only backend
+    from model.figures.plots import plt, save_figure  # it chose matplotlib's file-only backend
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9), dpi=110)
     names = [printable(f"{g['group']} {g['ref']}") for g in groups]
