@@ -248,3 +248,11 @@ def answers(db: Database, name: str) -> StudyAnswers:
 def study_names(db: Database) -> list[str]:
     with db.session() as s:
         return list(s.scalars(select(ReaderStudy.name).order_by(ReaderStudy.name)))
+
+
+def blinded(db: Database, study_id: int, user_id: int) -> bool:
+    """Whether this user reads this study in a reader study: their review page then hides its ground truth."""
+    with db.session() as s:
+        return s.scalar(select(ReaderCase.id).join(
+            ReaderStudyReader, ReaderStudyReader.reader_study_id == ReaderCase.reader_study_id)
+            .where(ReaderCase.study_id == study_id, ReaderStudyReader.user_id == user_id).limit(1)) is not None

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from db import accounts, review, worklist
+from db import accounts, readers, review, worklist
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
 from web.auth import check_csrf, end_session, login, require, start_session
 from web.images import image_response
@@ -103,7 +103,11 @@ def report_page(request: Request) -> Response:
                       status=404)
     data = review.report_review(request.app.state.db, report_id)
     return render(request, "report.html", {"user": user, "r": data, "done": request.query_params.get("done", ""),
-                                           "refused": ""})
+                                           "refused": "", "blind": _blind(request, data, user.id)})
+
+
+def _blind(request: Request, data: review.ReportReview, user_id: int) -> bool:
+    return data.truth is not None and readers.blinded(request.app.state.db, data.study_id, user_id)
 
 
 async def report_submit(request: Request) -> Response:
@@ -128,8 +132,9 @@ def _report_submit(request: Request, form: FormData) -> Response:
         return render(request, "conflict.html", {"user": user, "r": review.report_review(db, report_id),
                                                  "mine": text, "action": action}, status=409)
     except ReviewRefusedError as exc:
-        return render(request, "report.html", {"user": user, "r": review.report_review(db, report_id),
-                                               "done": "", "refused": str(exc), "typed": text}, status=422)
+        data = review.report_review(db, report_id)
+        return render(request, "report.html", {"user": user, "r": data, "done": "", "refused": str(exc),
+                                               "typed": text, "blind": _blind(request, data, user.id)}, status=422)
     return RedirectResponse(f"/reports/{report_id}?done={done.action}", status_code=303)
 
 

@@ -113,3 +113,9 @@ def test_only_its_readers_see_a_study(site: Site) -> None:
     view = readers.case(db, "solo", 1, alice.id)  # type: ignore[arg-type]
     assert view.cases == 1 and {view.left, view.right} == {
         DRAFTS["1000"], "The cardiomediastinal silhouette is normal. The lungs are clear.\n\nNo acute disease."}
+    # The study's own review page hides its ground truth from its readers, not from others.
+    from tests.web.test_app import signed_in
+
+    rid = site.seeded.report_ids["1000"]
+    assert "No acute disease." not in signed_in(site.app, "alice").get(f"/reports/{rid}").text
+    assert "No acute disease." in signed_in(site.app, "bob").get(f"/reports/{rid}").text
