@@ -14,6 +14,7 @@ from cli import jobs as job_commands
 from cli import models as model_commands
 from cli import reports as report_commands
 from cli import retire as retire_commands
+from cli import serve as serve_commands
 from cli import train as train_commands
 from cli import workers as worker_commands
 from cli.context import settings_options
@@ -83,6 +84,9 @@ cli.add_command(worker_commands.beat)
 cli.add_command(backlog_commands.backlog)
 cli.add_command(db_commands.db)
 cli.add_command(health_commands.health)
+cli.add_command(serve_commands.serve)
+cli.add_command(serve_commands.user)
+cli.add_command(serve_commands.study)
 
 
 def main() -> None:

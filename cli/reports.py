@@ -87,6 +87,7 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     """
     from db.listing import report_rows
     from db.queries import ReportFilter
+    from db.review import with_reviews
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, REPORT_FORMATS, "table")
@@ -97,6 +98,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
         _table_page(db, where, offset=offset, after=after)
         return
     rows = report_rows(db, where, limit=limit, offset=offset, after=after)
+    if status == "done":
+        rows = with_reviews(db, rows)
     if out is None:
         listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed")
         return
@@ -150,7 +153,9 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
       xrq export 1 -o job1.csv
       xrq export 1 2 3 -o night.parquet
     """
-    from db.queries import export_batches, export_count
+    from db.listing import export_batches
+    from db.queries import export_count
+    from db.review import REVIEW_COLUMNS, review_columns
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
@@ -162,7 +167,10 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
         with listing.export_file(fmt, out) as write:
             bar.start(total)
             for batch in export_batches(db, list(jobs)):
-                write(batch)
+                reviews = review_columns(db, [(r["study_id"], r["reported_by_job"]) for r in batch
+                                              if r["reported_by_job"] is not None])
+                empty = dict.fromkeys(REVIEW_COLUMNS)
+                write([{**r, **reviews.get((r["study_id"], r["reported_by_job"]), empty)} for r in batch])
                 n += len(batch)
                 bar.update(len(batch))
     except OSError as exc:
