@@ -17,10 +17,11 @@ from cli import train as train_commands
 from cli import workers as worker_commands
 from cli.context import settings_options
 from db.errors import DatabaseError
+from interop.errors import InteropError
 from model.errors import ModelError
 from worker.errors import WorkerError
 
-USER_ERRORS = (ModelError, DatabaseError, WorkerError)
+USER_ERRORS = (ModelError, DatabaseError, WorkerError, InteropError)
 
 
 class XrqGroup(click.Group):
