@@ -57,30 +57,36 @@ class ReportSource:
     model_name: str
     model_fingerprint: str
     files: tuple[str, ...]
+    study_fingerprint: str
 
 
-def report_sources(db: Database, job_ids: Sequence[int]) -> list[ReportSource]:
+def report_sources(db: Database, job_ids: Sequence[int], *,
+                   study_ids: set[int] | None = None) -> list[ReportSource]:
     """The reports of the jobs' studies (by each job's model), in job and uid order, with the files
-    each job found for the study. Studies without a report (failed, open) are left out."""
+    each job found for the study (only `study_ids`, when given). Studies without a report are left out."""
     out: list[ReportSource] = []
     with db.session() as s:
         for job_id in job_ids:
             if s.get(Job, job_id) is None:
                 raise NotFoundError(f"no job {job_id}; `xrq status` lists the jobs")
-            rows = s.execute(
-                select(Report.id, Study.id.label("study_id"), Study.uid, Study.grouping, Report.text,
+            stmt = (
+                select(Report.id, Study.id.label("study_id"), Study.uid, Study.grouping, Study.fingerprint.label("sfp"),
+                       Report.text,
                        Report.created_at, Model.name, Model.fingerprint)
                 .select_from(JobStudy).join(Job, Job.id == JobStudy.job_id)
                 .join(Study, Study.id == JobStudy.study_id).join(Model, Model.id == Job.model_id)
                 .join(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
-                .where(JobStudy.job_id == job_id).order_by(Study.uid, Study.id)).all()
+                .where(JobStudy.job_id == job_id).order_by(Study.uid, Study.id))
+            if study_ids is not None:
+                stmt = stmt.where(JobStudy.study_id.in_(sorted(study_ids)))
+            rows = s.execute(stmt).all()
             files: dict[int, list[str]] = {r.study_id: [] for r in rows}
             for chunk in chunks(sorted(files)):
                 for sid, path in s.execute(select(Image.study_id, Image.path).where(
                         Image.job_id == job_id, Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
                     files[sid].append(path)
             out += [ReportSource(r.id, job_id, r.uid, r.grouping, r.text, as_utc(r.created_at), r.name,
-                                 r.fingerprint, tuple(files[r.study_id])) for r in rows]
+                                 r.fingerprint, tuple(files[r.study_id]), r.sfp) for r in rows]
     return out
 
 

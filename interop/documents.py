@@ -58,6 +58,7 @@ class ReportDoc:
     created_at: datetime
     model: ModelInfo
     files: tuple[str, ...] = ()  # the study's image files as submitted (or in the listener's inbox)
+    study_fingerprint: str = ""  # xrq's content hash of the study: a study grown by a late image is new
 
 
 @dataclass(frozen=True)

@@ -19,3 +19,8 @@ class DeliveryError(InteropError):
 
 class ListenerError(InteropError):
     """Raised when the listener cannot start (a port in use, an inbox that cannot be written, no --allow)."""
+
+
+class UnreachableError(DeliveryError):
+    """Raised when a destination cannot be reached at all (down, refusing the association): a push stops
+    there, and what it did not send is recorded for the backlog to retry."""

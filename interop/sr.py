@@ -125,7 +125,7 @@ def _comprehensive(doc: ReportDoc, evidence: list[Dataset], text: str, version: 
         content=content_tree(doc, text, notice=signed is None),
         series_instance_uid=uids.sr_series_uid(study_uid, doc.model.fingerprint),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.sr_instance_uid(study_uid, doc.model.fingerprint, version),
+        sop_instance_uid=uids.sr_instance_uid(study_uid, doc.model.fingerprint, version, doc.study_fingerprint),
         instance_number=instance_number,
         manufacturer="xrq",
         is_complete=signed is not None,

@@ -22,9 +22,11 @@ def sr_series_uid(study_instance_uid: str, model_fingerprint: str) -> str:
     return derived_uid("series", study_instance_uid, model_fingerprint)
 
 
-def sr_instance_uid(study_instance_uid: str, model_fingerprint: str, version: str = "draft") -> str:
-    """The SR of a report: `draft` for the machine draft, another name per signed version."""
-    return derived_uid("instance", study_instance_uid, model_fingerprint, version)
+def sr_instance_uid(study_instance_uid: str, model_fingerprint: str, version: str = "draft",
+                    content: str = "") -> str:
+    """The SR of a report: `draft` for the machine draft, another name per signed version; `content`
+    (the study's content hash) makes a study reported again over more images a new document."""
+    return derived_uid("instance", study_instance_uid, model_fingerprint, version, content)
 
 
 def device_uid(model_fingerprint: str) -> str:
