@@ -87,3 +87,112 @@ class ListenerProcess:
             except subprocess.TimeoutExpired:
                 self.kill9()
         self._out.close()
+
+
+ORTHANC_CONFIG = Path(__file__).resolve().parent / "orthanc" / "orthanc.json.template"
+
+
+class Orthanc:
+    """Debian's Orthanc (with its DICOMweb plugin) as the hospital's PACS, on free ports of 127.0.0.1.
+
+    `xrq_port`: where it sends studies to (its modality `xrq`, AE title XRQ). Its REST API is used to
+    load images into it, to route a study to xrq (C-STORE) and to read back what it holds.
+    """
+
+    def __init__(self, folder: Path, *, xrq_port: int, xrq_aet: str = "XRQ") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.dicom_port, self.http_port = free_port(), free_port()
+        text = ORTHANC_CONFIG.read_text()
+        for key, value in {"storage": str(folder / "storage"), "dicom_port": self.dicom_port,
+                           "http_port": self.http_port, "xrq_port": xrq_port, "xrq_aet": xrq_aet}.items():
+            text = text.replace("{" + key + "}", str(value))
+        self.config = folder / "orthanc.json"
+        self.config.write_text(text)
+        self.log = folder / "orthanc.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def destination(self) -> str:
+        return f"dicom://ORTHANC@127.0.0.1:{self.dicom_port}"
+
+    def start(self) -> Orthanc:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen([tool("Orthanc"), str(self.config)], stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                return self.get("/system") is not None
+            except OSError:
+                return False
+
+        wait_for(up, timeout=60, what="Orthanc to start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> object:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        with urllib.request.urlopen(req, timeout=60) as response:
+            data = response.read()
+        return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+    def get(self, path: str) -> object:
+        return self.request("GET", path)
+
+    def upload(self, path: Path) -> str:
+        """Store a file in Orthanc (its REST API); the Orthanc id of the instance."""
+        answer = self.request("POST", "/instances", path.read_bytes())
+        assert isinstance(answer, dict)
+        return str(answer["ID"])
+
+    def study_id(self, study_uid: str) -> str | None:
+        found = self.request("POST", "/tools/lookup", study_uid.encode())
+        assert isinstance(found, list)
+        ids = [f["ID"] for f in found if f["Type"] == "Study"]
+        return ids[0] if ids else None
+
+    def send_to_xrq(self, orthanc_ids: list[str]) -> None:
+        """Orthanc C-STOREs these resources (instances, series or studies) to its modality `xrq`."""
+        import json
+
+        answer = self.request("POST", "/modalities/xrq/store", json.dumps(orthanc_ids).encode())
+        assert isinstance(answer, dict) and answer.get("FailedInstancesCount", 0) == 0, answer
+
+    def instances_of(self, study_uid: str) -> list[dict[str, object]]:
+        """The instances Orthanc holds of a study, with their main tags."""
+        study = self.study_id(study_uid)
+        if study is None:
+            return []
+        found = self.get(f"/studies/{study}/instances?expand")
+        assert isinstance(found, list)
+        return found
+
+    def file(self, orthanc_id: str) -> bytes:
+        data = self.request("GET", f"/instances/{orthanc_id}/file")
+        assert isinstance(data, bytes)
+        return data

@@ -109,3 +109,14 @@ def test_kill_9_after_acknowledgement_loses_nothing(tmp_path: Path, sqlite_url: 
         assert rows[0][1:] == (2, 1)
     finally:
         second.stop()
+
+
+def test_a_late_image_reports_the_study_again_over_all_its_images(listening: Listener, tmp_path: Path) -> None:
+    study, files = make_study(tmp_path / "s", 2)
+    assert storescu(listening.scp.port, files[0]).returncode == 0
+    wait_for(lambda: [r for r in reported(listening.settings) if r[2]], timeout=120, what="the first report")
+    assert storescu(listening.scp.port, files[1]).returncode == 0
+    wait_for(lambda: len(listening.stats.submitted) == 2, timeout=120, what="the second submission")
+    jobs = sorted(reported(listening.settings))
+    assert [(images, n) for _, images, n in jobs] == [(1, 1), (2, 1)]  # the new report covers both images
+    assert [uid for uid, _ in listening.stats.submitted] == [study, study]
