@@ -31,6 +31,7 @@ OUT_OF_RESOURCES = 0xA700
 NOT_SUPPORTED = 0x0122  # Refused: SOP Class not supported
 DOES_NOT_MATCH = 0xA900  # Error: data set does not match SOP class
 CANNOT_UNDERSTAND = 0xC000
+MAX_PDU = 4 * 1024 * 1024  # what we receive: a 127 kB radiograph comes in one P-DATA instead of eight
 
 _UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
 _COMPRESSED = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
@@ -119,6 +120,7 @@ class StorageSCP:
         config = self.config
         ae = AE(ae_title=config.aet)
         ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = MAX_PDU  # fewer, larger PDUs: pynetdicom's reactor handles each in a loop turn
         syntaxes = decodable_transfer_syntaxes()
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), syntaxes)
