@@ -98,7 +98,8 @@ def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, **NODELAY}
     else:
         cmd = [sys.executable, "-c", "from cli.main import main; main()", "listen",
-               "--model", str(REPO / "models" / "demo"), "--port", str(port), "--allow", "BENCH@127.0.0.1", "--study-timeout", "86400",
+               "--model", str(REPO / "models" / "demo"), "--port", str(port), "--allow", "BENCH@127.0.0.1",
+               "--study-timeout", "86400",
                "--listen-inbox", str(work / "inbox"), "--min-free-bytes", "0"]
         env = {**os.environ, "XRQ_DATABASE_URL": f"sqlite:///{work / 'xrq.db'}", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
