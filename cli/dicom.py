@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from types import FrameType
 
@@ -38,6 +39,7 @@ def listen(ctx: click.Context, allow: tuple[str, ...], model: str | None) -> Non
 
     settings = settings_from(ctx, model=model)
     configure(settings.log_level or "info", settings.log_format)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO and DEBUG lines describe data sets
     if not settings.model:
         raise click.UsageError("give the model to report with: --model DIR (or XRQ_MODEL)")
     listener = Listener(settings, scp_config(settings, allow))

@@ -109,6 +109,9 @@ def test_kill_9_after_acknowledgement_loses_nothing(tmp_path: Path, sqlite_url: 
         assert rows[0][1:] == (2, 1)
     finally:
         second.stop()
+    logs = first.text() + second.text()
+    assert "submitted as job" in logs
+    assert "Doe" not in logs and "PID-4711" not in logs  # patient data never in a log
 
 
 def test_a_late_image_reports_the_study_again_over_all_its_images(listening: Listener, tmp_path: Path) -> None:
