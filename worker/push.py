@@ -41,7 +41,8 @@ class PushResult:
 
 def push_jobs(settings: Settings, job_ids: Sequence[int], to: str) -> PushResult:
     """Push the SRs of the jobs' reports to `to`; raises UnreachableError (after recording) when it is down."""
-    return push_sources(settings, reports_of(settings, job_ids), parse_destination(to))
+    dest = parse_destination(to)  # a typo is named before anything is read
+    return push_sources(settings, reports_of(settings, job_ids), dest)
 
 
 def push_sources(settings: Settings, sources: Sequence[ReportSource], dest: Destination) -> PushResult:
