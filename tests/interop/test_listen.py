@@ -123,3 +123,16 @@ def test_a_late_image_reports_the_study_again_over_all_its_images(listening: Lis
     jobs = sorted(reported(listening.settings))
     assert [(images, n) for _, images, n in jobs] == [(1, 1), (2, 1)]  # the new report covers both images
     assert [uid for uid, _ in listening.stats.submitted] == [study, study]
+
+
+def test_too_little_free_disk_is_out_of_resources(tmp_path: Path, sqlite_url: str, tiny_model: Path) -> None:
+    settings = settings_for(tmp_path, sqlite_url, tiny_model, min_free_bytes=10**15)  # a petabyte free
+    listener = Listener(settings, scp_config(settings))
+    listener.start()
+    try:
+        _, files = make_study(tmp_path / "s", 1)
+        out = storescu(listener.scp.port, files[0])
+        assert "Store Response (Refused: OutOfResources)" in out.stdout + out.stderr
+        assert not list(Path(settings.listen_inbox).rglob("*.dcm"))
+    finally:
+        listener.stop()
