@@ -126,7 +126,7 @@ def test_xrq_push_to_sends_each_report_of_a_submitted_folder(tmp_path: Path, sql
     """XRQ_PUSH_TO on `xrq submit`: each batch's reports reach the PACS without a hand step."""
     pacs = Orthanc(tmp_path / "orthanc", xrq_port=free_port()).start()
     try:
-        study_uid, files = make_study(tmp_path / "folder", 2)
+        study_uid, _ = make_study(tmp_path / "folder", 2)
         env = {"XRQ_DATABASE_URL": sqlite_url, "XRQ_MODEL": str(tiny_model), "XRQ_PUSH_TO": pacs.destination}
         result = CliRunner().invoke(cli, ["submit", str(tmp_path / "folder")], env=env)
         assert result.exit_code == 0, result.output
