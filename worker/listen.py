@@ -82,6 +82,7 @@ class Listener:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._failures: dict[str, int] = {}  # study uid -> failed submissions in a row
 
     @property
     def counters(self) -> Counters:
@@ -128,11 +129,15 @@ class Listener:
                 folder = self.inbox.hand_over(uid)
                 job_id = self._submit(folder)
                 self.inbox.submitted(uid)
+                self._failures.pop(uid, None)
                 self.stats.submitted.append((uid, job_id))
                 log.info("study %s submitted as job %d", uid, job_id)
-            except Exception as exc:  # the study stays pending: submitted again at the next start
+            except Exception as exc:  # the study stays pending: tried again later, and at every start
                 self.stats.errors.append(f"{uid}: {exc}")
-                log.error("study %s could not be submitted: %s", uid, exc)
+                tries = self._failures[uid] = self._failures.get(uid, 0) + 1
+                delay = min(self.settings.study_timeout * 2 ** tries, 3600)
+                log.error("study %s could not be submitted (try %d, again in %d s): %s", uid, tries, delay, exc)
+                self.clock.touch(uid, time.monotonic() + delay - self.settings.study_timeout)
             finally:
                 self._queue.task_done()
 

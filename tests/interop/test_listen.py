@@ -136,3 +136,26 @@ def test_too_little_free_disk_is_out_of_resources(tmp_path: Path, sqlite_url: st
         assert not list(Path(settings.listen_inbox).rglob("*.dcm"))
     finally:
         listener.stop()
+
+
+def test_a_submission_that_fails_is_tried_again(tmp_path: Path, sqlite_url: str, tiny_model: Path) -> None:
+    settings = settings_for(tmp_path, sqlite_url, tiny_model)
+    calls: list[Path] = []
+
+    def flaky(folder: Path) -> int:
+        calls.append(folder)
+        if len(calls) == 1:
+            raise OSError("the database is down")
+        return 7
+
+    listener = Listener(settings, scp_config(settings), submit=flaky)
+    listener.start()
+    try:
+        study, files = make_study(tmp_path / "s", 1)
+        assert storescu(listener.scp.port, files[0]).returncode == 0
+        wait_for(lambda: listener.stats.submitted, timeout=60, what="the second try")
+        assert listener.stats.submitted == [(study, 7)] and len(calls) == 2
+        assert listener.stats.errors == [f"{study}: the database is down"]
+        assert not (Path(settings.listen_inbox) / "studies" / study / ".pending").exists()
+    finally:
+        listener.stop()
