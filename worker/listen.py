@@ -123,23 +123,27 @@ class Listener:
     def _submitter(self) -> None:
         while True:
             uid = self._queue.get()
-            try:
-                if uid is None:
-                    return
-                folder = self.inbox.hand_over(uid)
-                job_id = self._submit(folder)
-                self.inbox.submitted(uid)
-                self._failures.pop(uid, None)
-                self.stats.submitted.append((uid, job_id))
-                log.info("study %s submitted as job %d", uid, job_id)
-            except Exception as exc:  # the study stays pending: tried again later, and at every start
-                self.stats.errors.append(f"{uid}: {exc}")
-                tries = self._failures[uid] = self._failures.get(uid, 0) + 1
-                delay = min(self.settings.study_timeout * 2 ** tries, 3600)
-                log.error("study %s could not be submitted (try %d, again in %d s): %s", uid, tries, delay, exc)
-                self.clock.touch(uid, time.monotonic() + delay - self.settings.study_timeout)
-            finally:
+            if uid is None:
                 self._queue.task_done()
+                return
+            self._submit_one(uid)
+
+    def _submit_one(self, uid: str) -> None:
+        try:
+            folder = self.inbox.hand_over(uid)
+            job_id = self._submit(folder)
+            self.inbox.submitted(uid)
+            self._failures.pop(uid, None)
+            self.stats.submitted.append((uid, job_id))
+            log.info("study %s submitted as job %d", uid, job_id)
+        except Exception as exc:  # the study stays pending: tried again later, and at every start
+            self.stats.errors.append(f"{uid}: {exc}")
+            tries = self._failures[uid] = self._failures.get(uid, 0) + 1
+            delay = min(self.settings.study_timeout * 2 ** tries, 3600)
+            log.error("study %s could not be submitted (try %d, again in %d s): %s", uid, tries, delay, exc)
+            self.clock.touch(uid, time.monotonic() + delay - self.settings.study_timeout)
+        finally:
+            self._queue.task_done()
 
     def _submit_folder(self, folder: Path) -> int:
         from worker.dispatch import runner_for
