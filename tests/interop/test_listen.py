@@ -159,3 +159,26 @@ def test_a_submission_that_fails_is_tried_again(tmp_path: Path, sqlite_url: str,
         assert not (Path(settings.listen_inbox) / "studies" / study / ".pending").exists()
     finally:
         listener.stop()
+
+
+def test_associations_beyond_the_bound_are_rejected(tmp_path: Path, sqlite_url: str, tiny_model: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    settings = settings_for(tmp_path, sqlite_url, tiny_model, max_associations=1)
+    listener = Listener(settings, scp_config(settings))
+    listener.start()
+    held = None
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        held = ae.associate("127.0.0.1", listener.scp.port, ae_title="XRQ")
+        assert held.is_established
+        second = echoscu(listener.scp.port)
+        assert second.returncode != 0 and "Association Rejected" in second.stderr + second.stdout
+        held.release()
+        assert wait_for(lambda: echoscu(listener.scp.port).returncode == 0, timeout=30, what="a free association")
+    finally:
+        if held is not None and held.is_established:
+            held.release()
+        listener.stop()
