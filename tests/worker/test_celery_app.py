@@ -153,6 +153,11 @@ def test_docker_compose_is_fit_for_a_real_site() -> None:
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert any(v.startswith("beat-data:") for v in services["beat"]["volumes"])
     assert "/var/lib/xrq/celerybeat-schedule" in services["beat"]["command"]
+    listener = services["listener"]  # the DICOM listener shares the inbox with the workers
+    assert listener["command"][:2] == ["xrq", "listen"] and listener["profiles"] == ["dicom"]
+    assert all(p.startswith("${XRQ_BIND:-127.0.0.1}:") for p in listener["ports"])
+    for name in ("worker", "cpu-worker", "listener"):
+        assert "inbox:/data/inbox" in services[name]["volumes"], name
 
 
 def _compose() -> list[str] | None:
