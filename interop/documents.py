@@ -2,11 +2,8 @@
 
 `ReportDoc` is everything the database knows of a report (no patient identity: xrq stores none);
 `read_sources` takes the patient and study from the study's own DICOM files when a document is
-written, so names and ids live only in the documents. The two entry points a caller needs:
-
-- `draft_documents(doc)`: the machine draft, SR (UNVERIFIED, PARTIAL) and FHIR (preliminary).
-- `signed_sr(doc, signed)` / `signed_fhir(doc, signed)`: a radiologist's signed version, a new SR
-  instance (VERIFIED, COMPLETE, the draft SR in its predecessor documents) and a final FHIR report.
+written, so names and ids live only in the documents. `interop.produce` turns them into documents:
+`draft_documents`, `signed_sr`, `signed_fhir`.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -112,34 +108,3 @@ def read_sources(files: Sequence[str | os.PathLike[str]], study_instance_uid: st
             "export it as FHIR instead")
     first = headers[0].StudyInstanceUID
     return [h for h in headers if h.StudyInstanceUID == first]
-
-
-def draft_documents(doc: ReportDoc) -> tuple[Dataset | None, Any]:
-    """The draft's SR (None for a study without DICOM identity) and FHIR DiagnosticReport."""
-    from interop import fhir, sr
-
-    try:
-        sources = read_sources(doc.files, doc.study_uid if doc.grouping == "dicom" else None)
-    except NoDicomIdentityError:
-        return None, fhir.diagnostic_report(doc, [])
-    return sr.draft_sr(doc, sources), fhir.diagnostic_report(doc, sources)
-
-
-def signed_sr(doc: ReportDoc, signed: Signed) -> Dataset:
-    """The SR of a signed report: a new instance, VERIFIED and COMPLETE, the reviewer as verifying
-    observer, the draft SR in its predecessor documents. Called by the review application on signing."""
-    from interop import sr
-
-    sources = read_sources(doc.files, doc.study_uid if doc.grouping == "dicom" else None)
-    return sr.signed_sr(doc, sources, signed)
-
-
-def signed_fhir(doc: ReportDoc, signed: Signed) -> Any:
-    """The final FHIR DiagnosticReport of a signed report (the reviewer as results interpreter)."""
-    from interop import fhir
-
-    try:
-        sources = read_sources(doc.files, doc.study_uid if doc.grouping == "dicom" else None)
-    except NoDicomIdentityError:
-        sources = []
-    return fhir.diagnostic_report(doc, sources, signed=signed)

@@ -9,18 +9,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from interop.documents import (
-    ModelInfo,
-    ReportDoc,
-    Signed,
-    draft_documents,
-    read_sources,
-    sections,
-    signed_fhir,
-    signed_sr,
-)
+from interop.documents import ModelInfo, ReportDoc, Signed, read_sources, sections
 from interop.errors import NoDicomIdentityError
 from interop.fhir import ndjson_line
+from interop.produce import draft_documents, signed_fhir, signed_sr
 from interop.sr import report_text
 from tests.conftest import DATA, EXAMPLES
 from tests.interop.peers import dciodvfy_errors
