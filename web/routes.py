@@ -93,7 +93,8 @@ def worklist_page(request: Request) -> Response:
     more = urlencode({**params, "after": page.next.encode()}) if page.next else None
     return render(request, "worklist.html", {
         "user": user, "page": page, "filter": f, "models": _model_names(db), "states": STATES,
-        "next_query": more, "first_query": urlencode(params), "paged": bool(q.get("after"))})
+        "next_query": more, "first_query": urlencode(params), "paged": bool(q.get("after")),
+        "none_left": q.get("done") == "none"})
 
 
 def report_page(request: Request) -> Response:
