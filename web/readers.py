@@ -78,7 +78,27 @@ async def case_submit(request: Request) -> Response:
     return await run_in_threadpool(act)
 
 
+def results_page(request: Request) -> Response:
+    """An admin's view of a study's results: what `xrq study results` prints."""
+    from worker.readers import results
+
+    user = require(request, "admin")
+    name = request.path_params["name"]
+    try:
+        found = results(request.app.state.db, name)
+    except ReaderStudyError as exc:
+        return render(request, "error.html", {"user": user, "title": "Not found", "message": str(exc)}, status=404)
+    return render(request, "reader_results.html", {"user": user, "r": found})
+
+
+def studies_page(request: Request) -> Response:
+    user = require(request, "admin")
+    return render(request, "reader_studies.html", {"user": user, "names": readers.study_names(request.app.state.db)})
+
+
 ROUTES: list[Any] = [
+    Route("/admin/studies", studies_page, methods=["GET"]),
+    Route("/admin/studies/{name}", results_page, methods=["GET"]),
     Route("/reader", index, methods=["GET"]),
     Route("/reader/{name}/{position}", case_page, methods=["GET"]),
     Route("/reader/{name}/{position}", case_submit, methods=["POST"]),

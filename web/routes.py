@@ -46,7 +46,8 @@ async def _form(request: Request) -> FormData:
 
 
 def login_page(request: Request) -> Response:
-    return render(request, "login.html", {"next": _safe_next(request.query_params.get("next")), "message": ""})
+    return render(request, "login.html", {"next": _safe_next(request.query_params.get("next")), "message": "",
+                                          "name": ""})
 
 
 async def login_submit(request: Request) -> Response:
@@ -55,8 +56,8 @@ async def login_submit(request: Request) -> Response:
     config = request.app.state.config
     result = await run_in_threadpool(login, request.app.state.db, name, password, config.throttle)
     if result.account is None:
-        return render(request, "login.html", {"next": _safe_next(form.get("next")), "message": result.message},
-                      status=401)
+        return render(request, "login.html", {"next": _safe_next(form.get("next")), "message": result.message,
+                                              "name": name[:64]}, status=401)
     start_session(request, result.account, config.secret_key)
     return RedirectResponse(_safe_next(form.get("next")), status_code=303)
 
@@ -92,7 +93,8 @@ def worklist_page(request: Request) -> Response:
     more = urlencode({**params, "after": page.next.encode()}) if page.next else None
     return render(request, "worklist.html", {
         "user": user, "page": page, "filter": f, "models": _model_names(db), "states": STATES,
-        "next_query": more, "first_query": urlencode(params), "paged": bool(q.get("after"))})
+        "next_query": more, "first_query": urlencode(params), "paged": bool(q.get("after")),
+        "none_left": q.get("done") == "none"})
 
 
 def report_page(request: Request) -> Response:

@@ -65,6 +65,18 @@ def test_worklist_pages_by_keyset(sqlite_url: str, tmp_path: Path) -> None:
     assert "No reports match." in client.get("/?model=other").text
 
 
+def test_next_says_when_no_draft_is_left(sqlite_url: str, tmp_path: Path) -> None:
+    app, db, seeded = make_site(sqlite_url, tmp_path)
+    from db.accounts import by_name
+
+    alice = by_name(db, "alice")
+    assert alice is not None
+    for rid in seeded.report_ids.values():
+        review.submit(db, rid, base_version=0, action="save", text="seen", author_id=alice.id)
+    page = signed_in(app).get(f"/reports/{seeded.report_ids['1000']}/next")
+    assert "Every draft has been reviewed" in page.text and page.url.path == "/"
+
+
 def test_a_disabled_user_is_signed_out(sqlite_url: str, tmp_path: Path) -> None:
     app, db, _ = make_site(sqlite_url, tmp_path)
     client = signed_in(app)

@@ -99,6 +99,14 @@ def test_reader_study_in_the_browser(site: Site, browser: Any, tmp_path: Path) -
     assert marked == 2
     people = runner.invoke(cli, [*base, "study", "results", "pilot"]).output
     assert "preferred (95% CI, Wilson)" in people and "Cohen's kappa 1.000 over 3 cases" in people
+    # The same for an admin in the browser; not for a reader.
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, site, "root")
+    page.goto(site.url + "/admin/studies")
+    page.get_by_role("link", name="pilot").click()
+    assert "Cohen's kappa 1.000 over 3 cases" in page.locator("main").inner_text()
+    context.close()
 
 
 def test_only_its_readers_see_a_study(site: Site) -> None:
