@@ -24,7 +24,7 @@ def test_0007_downgrades_and_upgrades(db_url: str) -> None:
         config = _config()
         with engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.downgrade(config, "0005")
+            command.downgrade(config, "0006")  # the revision before 0007
         assert "users" not in set(inspect(engine).get_table_names())
         assert "reviewed_reports" not in set(inspect(engine).get_view_names())
         migrate(engine)
