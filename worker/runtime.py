@@ -62,15 +62,15 @@ def model_id(db: Database, loaded: Bundle) -> int:
     if key not in _model_ids:
         _model_ids[key] = jobs.upsert_model(
             db, name=loaded.name, fingerprint=fingerprint(loaded),
-            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta,
+            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta.to_dict(),
         )
     return _model_ids[key]
 
 
 def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSettings:
     """The generation settings asked for; unset ones from what the model recommends, then defaults."""
-    recommended = (loaded.meta.get("generation") or {}) if loaded is not None else {}
-    max_new_tokens = settings.max_new_tokens or recommended.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    recommended = loaded.meta.recommended_max_new_tokens if loaded is not None else None
+    max_new_tokens = settings.max_new_tokens or recommended or DEFAULT_MAX_NEW_TOKENS
     return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
 
 

@@ -62,7 +62,7 @@ def test_train_errors_are_short(tmp_path: Path) -> None:
 def test_the_shipped_demo_model_reproduces_its_training_studies() -> None:
     demo = REPO / "models" / "demo"
     bundle = load(demo, device="cpu")
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["training"]["command"].startswith("xrq train ")
     assert meta["training"]["data"]["train"] == 9 and meta["training"]["config"]["split"] == "all"
     assert "not clinically meaningful" in (demo / "README.md").read_text()

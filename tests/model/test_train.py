@@ -69,7 +69,7 @@ def test_overfits_the_bundled_studies_until_reports_reproduce_them(tmp_path: Pat
     assert normalise(hypotheses["7"]) == normalise(truth["7"])
 
     # The run describes itself: metadata, rows, figure.
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["training"]["config"]["tokenizer"] == "train" and meta["training"]["data"]["train"] == 9
     assert meta["scores"]["val_bleu_4"] == result.best_score > 0.85  # the protocol cuts references at 59 tokens
     assert len(bundle.tokenizer) < 1000 and bundle.model.config.decoder.vocab_size == len(bundle.tokenizer)

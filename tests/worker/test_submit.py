@@ -90,7 +90,7 @@ def test_the_model_recommends_the_report_length_unless_the_user_sets_it(sqlite_u
     from worker.runtime import generation
 
     bundle = load(tiny_model)
-    bundle.meta["generation"] = {"max_new_tokens": 17}
+    bundle.meta.generation = {"max_new_tokens": 17}
     recommending = save(bundle, tmp_path / "recommending")
     loaded = runtime.bundle(str(recommending))
     assert generation(Settings(), loaded).max_new_tokens == 17
