@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from model.defaults import MAX_SEQUENCES, GenerationSettings
-from model.errors import ModelError
+from model.defaults import GenerationSettings, decoder_positions
 from model.imaging.preprocess import pixel_values
 from model.network.bundle import Bundle, resolve_device
 from model.network.multiview import XrqEncoderDecoder
@@ -42,18 +41,8 @@ logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFil
 
 
 def check_fits(bundle: Bundle, settings: GenerationSettings, batch_size: int | None = None) -> None:
-    """Refuse, before any work, reports longer than the decoder has positions for (it would crash mid-batch)
-    and batches of more sequences (studies x beams) than MAX_SEQUENCES (`batch_size` None: auto, which
-    stays within it)."""
-    if batch_size is not None and batch_size * settings.num_beams > MAX_SEQUENCES:
-        raise ModelError(f"a batch of {batch_size} studies with {settings.num_beams} beams is "
-                         f"{batch_size * settings.num_beams} sequences at once, more than {MAX_SEQUENCES}: "
-                         "lower XRQ_BATCH_SIZE (--batch-size) or XRQ_NUM_BEAMS (--num-beams), or use auto")
-    decoder = bundle.model.config.decoder
-    positions = getattr(decoder, "n_positions", None) or getattr(decoder, "max_position_embeddings", None)
-    if positions and settings.max_new_tokens + 1 > positions:  # + the start token
-        raise ModelError(f"this model's decoder writes at most {positions - 1} tokens, not "
-                         f"{settings.max_new_tokens}: lower XRQ_MAX_NEW_TOKENS (--max-new-tokens)")
+    """`GenerationSettings.check_fits` for this model's decoder."""
+    settings.check_fits(decoder_positions(bundle.model.config.decoder), batch_size)
 
 
 def record(settings: GenerationSettings, device: torch.device) -> dict[str, Any]:

@@ -7,10 +7,12 @@ it, with defaults for what an older or foreign file leaves out, and unknown keys
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from model.defaults import DEFAULT_MAX_VIEWS
+from model.defaults import DEFAULT_MAX_VIEWS, decoder_positions
 from model.errors import ModelFormatError
+from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_json, read_meta
 
 FORMAT_VERSION = 1
 _SOURCE_PARTS = ("encoder", "decoder", "tokenizer")
@@ -63,3 +65,38 @@ class BundleMeta:
         """The report length the model recommends (what it was trained on), if it says."""
         value = self.generation.get("max_new_tokens")
         return int(value) if value else None
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """What a saved model says about itself, read without loading its weights (nor importing torch).
+
+    `fingerprint` is the one recorded when it was saved: `xrq submit` with a broker records jobs under it,
+    and a worker loads the weights and refuses them if they do not match (worker.runtime.job_bundle).
+    """
+
+    name: str
+    path: Path | None  # None: a hub model
+    meta: BundleMeta
+    positions: int | None  # the decoder's, from config.json
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.meta.fingerprint
+
+
+def describe(name_or_path: str | Path) -> SavedModel:
+    """A model directory (or hub id) checked whole, and its recorded facts; the weights' header only is read."""
+    path = locate(name_or_path)
+    check_complete(path)
+    stored = read_meta(path)
+    meta = BundleMeta.from_dict(stored, where=str(path / META_FILE)) if stored is not None else BundleMeta()
+    local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
+    if not local:
+        meta.source = str(name_or_path)
+    config = read_json(path / "config.json")
+    if isinstance(config.get("max_views"), int):
+        meta.max_views = config["max_views"]
+    decoder = config.get("decoder")
+    return SavedModel(name=path.name if local else str(name_or_path), path=path if local else None, meta=meta,
+                      positions=decoder_positions(decoder) if isinstance(decoder, dict) else None)
