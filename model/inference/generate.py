@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -37,7 +37,16 @@ class _UnpaddedDecoderFilter(logging.Filter):
         return "attention mask is not set with a batched input" not in record.getMessage()
 
 
-logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFilter())
+@contextlib.contextmanager
+def _unpadded_warning_dropped() -> Iterator[None]:
+    """`_UnpaddedDecoderFilter` on transformers' generation log for one call, then off (importing xrq
+    changes no logging)."""
+    log, dropped = logging.getLogger("transformers.generation.utils"), _UnpaddedDecoderFilter()
+    log.addFilter(dropped)
+    try:
+        yield
+    finally:
+        log.removeFilter(dropped)
 
 
 def check_fits(bundle: Bundle, settings: GenerationSettings, batch_size: int | None = None) -> None:
@@ -114,9 +123,10 @@ def generate_ids(
         generate_kwargs["cross_attention_mask"] = cross  # (B, 1, 1, V*T)
     # The start token is real: saying so spares GPT-2 its per-step "is this padding?" look at the ids.
     started = torch.ones(len(pixels), 1, dtype=torch.long, device=pixels.device)  # (B, 1)
-    return cast(torch.Tensor, model.generate(
-        encoder_outputs=encoded, decoder_attention_mask=started, **settings.generate_kwargs(), **generate_kwargs,
-    ))
+    with _unpadded_warning_dropped():
+        return cast(torch.Tensor, model.generate(
+            encoder_outputs=encoded, decoder_attention_mask=started, **settings.generate_kwargs(), **generate_kwargs,
+        ))
 
 
 def device_view_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -13,6 +13,8 @@ cross-attention with a (B, V*T) encoder attention mask built from a (B, V) `view
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -39,9 +41,6 @@ from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.network import identity
 from model.network.meta import FORMAT_VERSION, BundleMeta
 from model.network.multiview import XrqEncoderDecoder, XrqEncoderDecoderConfig
-
-# xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
-transformers.utils.logging.disable_progress_bar()
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -98,6 +97,20 @@ class Bundle:
         return cached[1]
 
 
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """transformers' (and the hub's) per-load progress bars off while xrq builds or loads a model, then as
+    they were: xrq shows its own progress, and importing xrq changes nothing."""
+    was_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@without_progress_bars()
 def build(
     preset: str = "tiny",
     *,

@@ -20,12 +20,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, ViTImageProcess
 
 from model.errors import ModelError, ModelFormatError
 from model.network import card
-from model.network.bundle import Bundle, resolve_device, set_token_ids
+from model.network.bundle import Bundle, resolve_device, set_token_ids, without_progress_bars
 from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_json, read_meta
 from model.network.meta import BundleMeta
 from model.network.multiview import XrqEncoderDecoder
 
 
+@without_progress_bars()
 def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the bundle as one directory: safetensors, configs, tokenizer, preprocessing, xrq.json, the
     modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
@@ -52,6 +53,7 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
+@without_progress_bars()
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Bundle:
     """Load a saved bundle from a directory, or a hub id (`org/name`, or plainly `hf-hub:org/name`).
 
