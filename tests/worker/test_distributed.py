@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 
 from cli.main import cli
 from db.schema import JobStudy, Report
+from testing.services import PrivatePostgres, PrivateRedis, distinct_copies, wait_for, workers
 from tests.conftest import EXAMPLES, service_missing
-from tests.services import PrivatePostgres, PrivateRedis, distinct_copies, wait_for, workers
 from worker import runtime
 from worker.settings import Settings
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from db.schema import Image, Job, JobStudy, Report, Study
 from model.errors import ModelError
-from tests.badfiles import make_bad_files
+from testing.badfiles import make_bad_files
 from tests.conftest import EXAMPLES
 from worker import runtime
 from worker.settings import Settings
