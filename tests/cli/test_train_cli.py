@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -21,6 +22,7 @@ FAST = ["--tokenizer", "train", "--split", "all", "--max-steps", "2", "--batch-s
         "--max-tokens", "12"]
 
 
+@pytest.mark.slow  # trains
 def test_train_stop_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     runner = CliRunner()
