@@ -1,4 +1,4 @@
-"""Cheap commands stay cheap (STYLE.md 14): help and database reads never import the heavy libraries.
+"""Cheap commands stay cheap (docs/architecture.md): help and database reads never import the heavy libraries.
 
 Each case runs `xrq ARGS` in a fresh interpreter (against a fresh SQLite file, no broker) and reads
 back which top-level modules it imported. torch, transformers, matplotlib and pandas each cost
