@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # Debian's DCMTK leaves Nagle's algorithm on unless told (its TCP_NODELAY variable): each small C-STORE
 # response then waits for a delayed ACK (about 45 ms an instance, storescp's rate capped near 21/s).
 # Both DCMTK tools get it off, so storescp is the real bound.
