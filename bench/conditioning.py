@@ -1,7 +1,7 @@
 """Does `xrq train` learn to read the image? A synthetic conditioning benchmark, on a CPU, in minutes.
 
 A decoder that ignores the image and writes the same few fluent reports for everyone still scores well
-on BLEU and ROUGE-L. This generates a seeded synthetic data set (model/synthetic.py: findings drawn at
+on BLEU and ROUGE-L. This generates a seeded synthetic data set (model/datasets/synthetic.py: findings drawn at
 random into real radiographs, reports built from IU sentences that say exactly those findings), then,
 as a user would, in a temporary folder:
 
@@ -42,7 +42,7 @@ from typing import Any, cast
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.synthetic import LATERALISED, OBSERVED, distinct_ratio, generate, image_blind_f1_max, laterality  # noqa: E402
+from model.datasets.synthetic import LATERALISED, OBSERVED, distinct_ratio, generate, image_blind_f1_max, laterality  # noqa: E402
 
 TARGETS = {"f1_macro": 0.8, "blind_f1_macro_max": 0.4, "laterality": 0.9, "distinct_ratio": 0.8}
 

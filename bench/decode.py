@@ -3,10 +3,10 @@
     python bench/decode.py [--folder examples/iu] [--rounds 5] [--workers 1,2,4] [--tasks 36]
 
 1. Per image, single-threaded, on the real files (bytes already in memory): Pillow's decode alone
-   (`Image.open(...).load()`, the floor), then `model.images.decode_bytes` + preprocessing by the old
-   path (RGB first, then the processor) and by `model.preprocess.view_tensor`. Reported: the sum over
+   (`Image.open(...).load()`, the floor), then `model.imaging.images.decode_bytes` + preprocessing by the old
+   path (RGB first, then the processor) and by `model.imaging.preprocess.view_tensor`. Reported: the sum over
    the folder of each image's median, and the ratio to Pillow's decode alone (target: new <= 1.25).
-   Also a view cache hit (`model.view_cache.ViewCache.get`), the cost that replaces all of it.
+   Also a view cache hit (`model.imaging.view_cache.ViewCache.get`), the cost that replaces all of it.
 2. Throughput of read + decode + `view_tensor` (what a decode worker does) with N workers as threads
    and as processes (`concurrent.futures`; pools started and warmed before timing; a process returns
    its (3, H, W) tensor through a pipe, as it would to the batch).
@@ -44,15 +44,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import ViTImageProcessorPil  # noqa: E402
 
-from model.images import decode_bytes  # noqa: E402
-from model.preprocess import fast_path_refusal, view_tensor  # noqa: E402
-from model.view_cache import ViewCache  # noqa: E402
+from model.imaging.images import decode_bytes  # noqa: E402
+from model.imaging.preprocess import fast_path_refusal, view_tensor  # noqa: E402
+from model.imaging.view_cache import ViewCache  # noqa: E402
 
 _processor: ViTImageProcessorPil | None = None
 
 
 def processor() -> ViTImageProcessorPil:
-    """xrq's default preprocessing (what `model.bundle` builds): ViT's, at 224×224."""
+    """xrq's default preprocessing (what `model.network.bundle` builds): ViT's, at 224×224."""
     global _processor
     if _processor is None:
         _processor = ViTImageProcessorPil()

@@ -12,7 +12,7 @@ the same work per report. Runs:
   (single-view models load there), `generate` on one image at a time, fp32: the baseline.
 - `hf-batched`: the same model, one `generate` per batch of the largest --batch-sizes, fp32.
 - `xrq-autocast`: `generate_from_pixels` (the trainer's path: fp32 weights, bf16 autocast on CUDA).
-- `engine`: `model.engine.Engine` at each batch size; fp32 and bf16 on CUDA (fp32 on a CPU);
+- `engine`: `model.inference.engine.Engine` at each batch size; fp32 and bf16 on CUDA (fp32 on a CPU);
   with --compile also the compiled static-cache engine.
 
 HF runs only with --views 1 (transformers' model takes one image per report). Prints JSON: reports/s,
@@ -42,10 +42,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import VisionEncoderDecoderModel  # noqa: E402
 
-from model.bundle import PRESETS, Bundle, build, load, resolve_device, save  # noqa: E402
-from model.engine import Engine, EngineOptions  # noqa: E402
-from model.generate import GenerationSettings, generate_from_pixels  # noqa: E402
-from model.preprocess import pixel_values  # noqa: E402
+from model.defaults import PRESETS  # noqa: E402
+from model.imaging.preprocess import pixel_values  # noqa: E402
+from model.inference.engine import Engine, EngineOptions  # noqa: E402
+from model.inference.generate import GenerationSettings, generate_from_pixels  # noqa: E402
+from model.network.bundle import Bundle, build, resolve_device  # noqa: E402
+from model.network.store import load, save  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "iu"
 BUDGET_S = 20.0  # the most one measurement runs (--seconds)

@@ -84,7 +84,8 @@ def main() -> None:
     import psycopg
     import redis
 
-    from model.bundle import build, save
+    from model.network.bundle import build
+    from model.network.store import save
     from worker.follow import follow_job
     from worker.submit import submit_folder
 

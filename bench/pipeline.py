@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from db import jobs  # noqa: E402
-from model.bundle import build, save  # noqa: E402
+from model.network.bundle import build  # noqa: E402
+from model.network.store import save  # noqa: E402
 from worker import runtime  # noqa: E402
 from worker.pipeline import Limits  # noqa: E402
 from worker.resources import host_cores, plan_threads  # noqa: E402

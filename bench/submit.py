@@ -26,7 +26,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.bundle import build, save
+from model.network.bundle import build
+from model.network.store import save
 from worker import runtime
 from worker.settings import Settings
 from worker.submit import submit_folder

@@ -17,12 +17,8 @@ from cli import reports as report_commands
 from cli import train as train_commands
 from cli import workers as worker_commands
 from cli.context import settings_options
+from common.errors import XrqError
 from db.errors import DatabaseError
-from interop.errors import InteropError
-from model.errors import ModelError
-from worker.errors import WorkerError
-
-USER_ERRORS = (ModelError, DatabaseError, WorkerError, InteropError)
 
 
 class XrqGroup(click.Group):
@@ -31,7 +27,7 @@ class XrqGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as exc:
+        except XrqError as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             named = _driver_error(exc)

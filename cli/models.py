@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from model.train_config import PRESET_NAMES
+from model.defaults import PRESET_NAMES
 
 
 @click.group()
@@ -39,8 +39,9 @@ def init(out: Path, preset: str, encoder: str | None, decoder: str | None, token
       xrq model init --out models/base --preset base \\
           --encoder google/vit-base-patch16-224-in21k --decoder gpt2
     """
-    from model.bundle import build, save
-    from model.card import architecture_text
+    from model.network.bundle import build
+    from model.network.card import architecture_text
+    from model.network.store import save
 
     bundle = build(preset, encoder=encoder, decoder=decoder, tokenizer=tokenizer, seed=seed)
     path = save(bundle, out, overwrite=force)
@@ -66,7 +67,7 @@ def info(model_dir: str, as_json: bool) -> None:
       xrq model info models/demo
       xrq model info models/demo --json | jq .fingerprint
     """
-    from model.card import info as model_info
+    from model.network.store import info as model_info
 
     facts = model_info(model_dir)
     click.echo(json.dumps(facts, indent=2) if as_json else _info_text(facts))

@@ -1,7 +1,12 @@
-"""Every error that db/ raises on purpose. The CLI prints their messages as `Error: ...`."""
+"""Every error that db/ raises on purpose. The CLI prints their messages as `Error: ...`.
+
+All are `XrqError`s (common/errors.py).
+"""
+
+from common.errors import XrqError
 
 
-class DatabaseError(Exception):
+class DatabaseError(XrqError):
     """Base class: raised for database failures a user can cause or fix."""
 
 

@@ -1,7 +1,9 @@
 """Named errors of interop/: each says what is wrong and what to change; cli/ prints them as `Error: ...`."""
 
+from common.errors import XrqError
 
-class InteropError(Exception):
+
+class InteropError(XrqError):
     """Root of interop's errors."""
 
 

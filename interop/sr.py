@@ -36,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
 from interop import uids
-from interop.documents import MACHINE_DRAFT_NOTICE, ReportDoc, Signed, sections
+from interop.data import MACHINE_DRAFT_NOTICE, ReportDoc, Signed, sections
 
 SERIES_NUMBER = 9901  # high, so viewers list xrq's series after the images
 SERIES_DESCRIPTION = "xrq report drafts"

@@ -85,8 +85,8 @@ def _fresh_runtime() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight model directory, made once per test session."""
-    from model.bundle import build, save
-
+    from model.network.bundle import build
+    from model.network.store import save
     out = tmp_path_factory.mktemp("models") / "tiny"
     save(build("tiny", seed=0), out)
     return out

@@ -21,7 +21,7 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     # The rest of model/ is imported where used: the scorers pull in NLTK and pycocoevalcap, the CSV
     # readers pandas; scoring stored reports (the backlog, `xrq evaluate --job`) never needs pandas.
-    from model.evaluation import EvaluationResult
+    from model.metrics.evaluation import EvaluationResult
 
 BASELINES = ("most-frequent",)
 # Fewer predictions than this share matching a ground-truth study: the ids are of another kind
@@ -34,7 +34,7 @@ def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str 
               split_file: str | Path | None = None, seed: int = 0,
               collection: str = "iu") -> db_truth.ImportCounts:
     """Load the IU CSVs as ground truth: benchmark split from `split_file`, else a seeded random 80/20."""
-    from model.iu import benchmark_split, random_split, read_iu
+    from model.datasets.iu import benchmark_split, random_split, read_iu
 
     studies = read_iu(reports_csv, projections_csv)
     split = benchmark_split(split_file) if split_file else random_split(studies, seed)
@@ -47,7 +47,7 @@ def import_iu(settings: Settings, reports_csv: str | Path, projections_csv: str 
 def import_csv(settings: Settings, path: str | Path, *, collection: str, id_column: str = "study_id",
                report_column: str = "report", seed: int = 0) -> db_truth.ImportCounts:
     """Any CSV with a study id and a report: the report is stored as findings, with a seeded 80/20 split."""
-    from model.iu import random_split, read_reports_csv
+    from model.datasets.iu import random_split, read_reports_csv
 
     reports = read_reports_csv(path, id_column, report_column)
     split = random_split(reports, seed)
@@ -113,7 +113,7 @@ def run_evaluation(
     the ground truth (see MIN_MATCHED_FRACTION); `id_column` None picks `uid` when the file has it.
     `on_stage(name, done, total)` is called as each of STAGES begins (a progress bar).
     """
-    from model.evaluation import evaluate, reference_text
+    from model.metrics.evaluation import evaluate, reference_text
 
     chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
                              ("baseline", baseline)) if v is not None]
@@ -200,7 +200,7 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
         return _Hypotheses("model", found.name, {u: t for u, (_, t) in by_uid.items()},
                            {u: sid for u, (sid, _) in by_uid.items()}, found.id)
     if kind == "predictions":
-        from model.iu import read_predictions
+        from model.datasets.iu import read_predictions
 
         assert predictions is not None
         read = read_predictions(predictions, id_column, report_column)
@@ -209,7 +209,7 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
         raise EvaluationInputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if not train:
         raise EvaluationInputError("the most-frequent baseline needs a train split in the ground truth")
-    from model.evaluation import constant_baseline
+    from model.metrics.evaluation import constant_baseline
 
     return _Hypotheses("baseline", str(baseline), constant_baseline(train, references))
 
@@ -238,7 +238,7 @@ def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
 
     `out_dir` is made if absent, never its parents: a mistyped path fails instead of growing folders.
     """
-    from model.plots import plot_evaluation
+    from model.figures.plots import plot_evaluation
 
     out_dir.mkdir(exist_ok=True)
     data = {**run.summary(), "per_study": {

@@ -39,9 +39,9 @@ __all__ = ["BatchError", "JobContext", "Limits", "Pipeline", "RunResult", "Timin
 if TYPE_CHECKING:
     import torch
 
-    from model.bundle import Bundle
-    from model.engine import Engine
-    from model.generate import GenerationSettings
+    from model.inference.engine import Engine
+    from model.inference.generate import GenerationSettings
+    from model.network.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Pipeline:
 
     def _finish(self, prepared: _Prepared) -> None:
         """Generate the readable studies' reports in one batch; store everything in one transaction."""
-        from model.preprocess import stack_views
+        from model.imaging.preprocess import stack_views
 
         ctx, outcome = self.ctx, prepared.outcome
         t0 = time.perf_counter()
@@ -281,7 +281,7 @@ def _overlapped(planned: list[list[int]], start: Callable[[list[int]], Future[_P
 
 def report_settings(ctx: JobContext) -> dict[str, object]:
     """What is stored with each report: how it was generated, where, and by which weights."""
-    from model.generate import record
+    from model.inference.generate import record
 
     dtype = str(ctx.engine.dtype).removeprefix("torch.")  # what the weights were held in, bf16 on GPUs
     return {**record(ctx.generation, ctx.engine.device), "dtype": dtype, "model": ctx.bundle.name,

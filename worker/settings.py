@@ -9,7 +9,8 @@ one's variable and default from here; docs/operations.md lists the same rows (a 
 the Celery app needs. Precedence: the default, then the variable, then the option.
 XRQ_DECODE_THREADS is XRQ_DECODE_WORKERS's old name, still read.
 
-This module imports neither celery nor torch nor SQLAlchemy: the CLI reads settings without them.
+This module imports neither celery nor torch nor SQLAlchemy: the CLI reads settings without them. The
+generation defaults and limits come from model/defaults.py, which imports no torch either.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from model.defaults import DEFAULT_MAX_NEW_TOKENS, MAX_BEAMS, GenerationSettings
 from worker.errors import SettingsError
 
 AUTO = "auto"  # the value of XRQ_BATCH_SIZE and XRQ_DECODE_WORKERS that lets xrq choose
@@ -110,10 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Studies per generate call; auto: 8 on a CPU, on a GPU the most its free memory holds.",
             ("submit", "backlog"), shown=AUTO, maximum=MAX_BATCH_SIZE),
     Setting("device", "text", "auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", _WORK),
-    Setting("num_beams", "int", 1, "1: greedy decoding; more: beam search of that width.", ("submit", "backlog"),
-            maximum=32),  # model.generate.MAX_BEAMS (model/ would import torch here)
+    Setting("num_beams", "int", GenerationSettings.num_beams, "1: greedy decoding; more: beam search of that width.",
+            ("submit", "backlog"), maximum=MAX_BEAMS),
     Setting("max_new_tokens", "int", None, "Report length cap, in tokens.", ("submit", "backlog"),
-            shown="the model's recommendation, else 60"),
+            shown=f"the model's recommendation, else {DEFAULT_MAX_NEW_TOKENS}"),
     Setting("max_pixels", "int", 50_000_000, "Larger images are refused (decompression bombs).", _WORK),
     Setting("max_file_bytes", "int", 512 * 1024 * 1024, "Larger files are refused before a byte is read.", _WORK),
     Setting("decode_workers", "count", None,

@@ -85,7 +85,7 @@ def picture_names(uids: dict[int, str]) -> dict[int, str]:
 
 def _views(detail: StudyDetail, max_pixels: int) -> Views:
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
-    from model.images import decode_bytes, read_submitted
+    from model.imaging.images import decode_bytes, read_submitted
 
     views: Views = []
     for path, relpath, sha256 in detail.images:
@@ -98,7 +98,7 @@ def _views(detail: StudyDetail, max_pixels: int) -> Views:
 
 
 def _render(detail: StudyDetail, views: Views, out: Path) -> Path:
-    from model.pictures import render_study  # matplotlib: only when drawing
+    from model.figures.pictures import render_study  # matplotlib: only when drawing
 
     truth = " ".join(t for t in (detail.truth_findings, detail.truth_impression) if t) or None
     title = f"Study {detail.uid} (id {detail.study_id})" + (f" — model {detail.model}" if detail.model else "")

@@ -14,7 +14,7 @@ from typing import Any
 
 from db import jobs
 from db.queries import JobSummary, job_summary
-from model.scan import ScannedStudy, scan_folder
+from model.imaging.scan import ScannedStudy, scan_folder
 from worker import runtime
 from worker.errors import NoModelError, SettingsError
 from worker.pipeline import RunResult, Timings
@@ -58,7 +58,7 @@ def submit_folder(
     hooks: SubmitHooks = SubmitHooks(), runner: Runner | None = None,
 ) -> Submission:
     """Record a job for the folder's studies and hand what is left to do to `runner` (see SubmitHooks)."""
-    from model.generate import check_fits
+    from model.inference.generate import check_fits
 
     if not settings.model:
         raise NoModelError("no model given: pass --model DIR or set XRQ_MODEL "

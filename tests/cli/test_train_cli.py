@@ -8,11 +8,11 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cli.main import cli
-from model.bundle import load
-from model.generate import GenerationSettings, generate
-from model.images import decode
-from model.iu import read_iu
-from model.text import normalise
+from model.datasets.iu import read_iu
+from model.imaging.images import decode
+from model.inference.generate import GenerationSettings, generate
+from model.metrics.text import normalise
+from model.network.store import load
 from tests.conftest import EXAMPLES, IU_CSV, REPO
 
 DATA = ["--reports", str(IU_CSV / "indiana_reports.csv"), "--projections", str(IU_CSV / "indiana_projections.csv"),

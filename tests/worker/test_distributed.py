@@ -295,7 +295,7 @@ def test_a_cpu_worker_runs_evaluations_and_the_backlog(
     """The cpu queue: `xrq evaluate` and the nightly backlog as Celery tasks, as beat sends them."""
     from db import jobs
     from db.schema import Evaluation
-    from model.scan import scan_folder
+    from model.imaging.scan import scan_folder
     from tests.conftest import IU_CSV
     from worker.app import app_for
     from worker.evaluate import import_iu

@@ -22,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from db import jobs
 from db.schema import JobStudy, Report
-from model.engine import Engine
-from model.scan import scan_folder
+from model.imaging.scan import scan_folder
+from model.inference.engine import Engine
 from tests.conftest import EXAMPLES
 from worker import runtime
 from worker.pipeline import describe, message_size, plan_batches
@@ -203,9 +203,9 @@ def test_decode_workers_as_processes_give_the_reports_of_threads(tiny_model: Pat
 
 def test_a_view_cache_skips_decoding_for_a_second_model(tiny_model: Path, iu_folder: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.images
-    from model.bundle import build, save
-
+    import model.imaging.images
+    from model.network.bundle import build
+    from model.network.store import save
     other = save(build("tiny", seed=1), tmp_path / "other")  # same preprocessing, other weights
     cache = tmp_path / "cache"
     first = Settings(database_url=f"sqlite:///{tmp_path}/a.db", model=str(tiny_model), cache_dir=str(cache),
@@ -214,8 +214,8 @@ def test_a_view_cache_skips_decoding_for_a_second_model(tiny_model: Path, iu_fol
     assert len(list(cache.rglob("*.safetensors"))) == 8  # the folder's eight images
 
     decoded: list[int] = []
-    real = model.images.decode_bytes
-    monkeypatch.setattr(model.images, "decode_bytes", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    real = model.imaging.images.decode_bytes
+    monkeypatch.setattr(model.imaging.images, "decode_bytes", lambda *a, **k: decoded.append(1) or real(*a, **k))
     second = submit_folder(Settings(**{**first.__dict__, "model": str(other)}), iu_folder)
     assert second.summary.counts == {"done": 4} and decoded == []
     with runtime.database(first.database_url).session() as s:  # sizes are known from the cache too

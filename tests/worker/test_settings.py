@@ -72,8 +72,9 @@ def test_every_setting_is_checked_where_it_comes_in() -> None:
     assert BrokerOptions.from_env({"XRQ_BROKER_PREFIX": "a:"}, broker_prefix="b:").broker_prefix == "b:"
 
 
-def test_the_beam_limit_is_the_models() -> None:
-    from model.generate import MAX_BEAMS
-    from worker.settings import SETTINGS
+def test_a_beam_width_the_model_refuses_is_refused_where_it_comes_in() -> None:
+    from model.defaults import MAX_BEAMS
 
-    assert next(row for row in SETTINGS if row.name == "num_beams").maximum == MAX_BEAMS
+    with pytest.raises(SettingsError, match=f"XRQ_NUM_BEAMS must be at most {MAX_BEAMS}, not {MAX_BEAMS + 1}"):
+        Settings.from_env({"XRQ_NUM_BEAMS": str(MAX_BEAMS + 1)})
+    assert Settings.from_env({"XRQ_NUM_BEAMS": str(MAX_BEAMS)}).num_beams == MAX_BEAMS

@@ -86,7 +86,7 @@ def test_a_job_interrupted_midway_is_finished_by_submitting_again(
 
 def test_the_model_recommends_the_report_length_unless_the_user_sets_it(sqlite_url: str, tiny_model: Path,
                                                                        tmp_path: Path) -> None:
-    from model.bundle import load, save
+    from model.network.store import load, save
     from worker.runtime import generation
 
     bundle = load(tiny_model)
@@ -112,8 +112,8 @@ def test_the_same_studies_from_another_folder_are_read_from_that_folder(
     sqlite_url: str, tiny_model: Path, iu_folder: Path, tmp_path: Path
 ) -> None:
     """Same content, other file names, another model: the new job reads its own files only."""
-    from model.bundle import build, save
-
+    from model.network.bundle import build
+    from model.network.store import save
     other_model = save(build("tiny", seed=1), tmp_path / "other-model")
     first = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), iu_folder)
     second_folder = tmp_path / "elsewhere" / "sub"

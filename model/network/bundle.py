@@ -1,7 +1,8 @@
-"""The encoder-decoder and everything that travels with it: build, save, load.
+"""The encoder-decoder and everything that travels with it: what a model is, and building one.
 
 A `Bundle` is model + image processor + tokenizer + xrq's own metadata, so preprocessing can never
-drift from the weights (the open_clip pattern). A saved bundle is one self-describing directory.
+drift from the weights (the open_clip pattern). A saved bundle is one self-describing directory
+(`model.network.store` saves and loads it).
 
 The model is `XrqEncoderDecoder`: transformers' VisionEncoderDecoder (ViT encoder, GPT-2 decoder with
 cross-attention) taught about multi-view studies. All views of a batch go through the encoder in one
@@ -11,12 +12,7 @@ cross-attention with a (B, V*T) encoder attention mask built from a (B, V) `view
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -38,10 +34,10 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from model import identity
-from model.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
+from model.defaults import DEFAULT_MAX_VIEWS, PRESETS
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
-from model.multiview import XrqEncoderDecoder
+from model.network import identity
+from model.network.multiview import XrqEncoderDecoder
 
 # xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
 transformers.utils.logging.disable_progress_bar()
@@ -49,33 +45,6 @@ transformers.utils.logging.disable_progress_bar()
 FORMAT_VERSION = 1
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-
-# Sizes only; the vocabulary always comes from the tokenizer. "base" matches ViT-B/16 and GPT-2 small,
-# so pretrained `google/vit-base-patch16-224-in21k` and `gpt2` parts drop in.
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        # A wide random init so an untrained tiny model's words visibly depend on the image (tests).
-        "encoder": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                    "intermediate_size": 128, "image_size": 224, "patch_size": 16, "initializer_range": 0.3},
-        "decoder": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256, "initializer_range": 0.3},
-    },
-    "small": {
-        # Trains from scratch on a CPU in minutes and learns where findings are (bench/conditioning.py):
-        # 32-px patches (49 tokens a view), standard 0.02 init. The decoder's third layer and 8 heads are
-        # what it takes to say *where* (seed 0, 4500 steps: opacity side 0.54 with 2 layers and 4 heads,
-        # 0.72 with 3 layers, 0.91 with 3 layers and 8 heads).
-        "encoder": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                    "intermediate_size": 256, "image_size": 224, "patch_size": 32},
-        "decoder": {"n_embd": 128, "n_layer": 3, "n_head": 8, "n_positions": 256},
-        "positions": "sincos",  # see `sincos_positions`
-    },
-    "base": {
-        "encoder": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                    "intermediate_size": 3072, "image_size": 224, "patch_size": 16},
-        "decoder": {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024},
-    },
-}
-
 
 @dataclass
 class Bundle:
@@ -98,7 +67,7 @@ class Bundle:
     @property
     def max_views(self) -> int:
         """Views per study the model looks at; extra views are dropped by preprocessing."""
-        return int(self.meta.get("max_views", 4))
+        return int(self.meta.get("max_views", DEFAULT_MAX_VIEWS))
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +76,7 @@ class Bundle:
     @property
     def fingerprint(self) -> str:
         """sha256 hex of what decides a report: weights, architecture, tokenizer, preprocessing, views
-        (see `model.identity`). What "the same model" means in the database.
+        (see `model.network.identity`). What "the same model" means in the database.
 
         Identical after save/load or a move between devices. The weights' hash is cached until any
         parameter changes (tensor versions are part of the cache key, so an optimizer step
@@ -136,7 +105,7 @@ def build(
     decoder: str | None = None,
     tokenizer: str | Path | None = None,
     seed: int = 0,
-    max_views: int = 4,
+    max_views: int = DEFAULT_MAX_VIEWS,
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
@@ -158,7 +127,7 @@ def build(
             sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
         model = XrqEncoderDecoder(encoder=enc, decoder=dec)
-    _set_token_ids(model, tok)
+    set_token_ids(model, tok)
     meta = {
         "format": FORMAT_VERSION,
         "preset": preset if encoder is None or decoder is None else None,
@@ -172,67 +141,6 @@ def build(
     }
     model.eval()
     return Bundle(model, _processor_for(enc.config.image_size, encoder), tok, meta)
-
-
-def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the bundle as one directory: safetensors, configs, tokenizer, preprocessing, xrq.json, the
-    modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
-    and a model card (README.md).
-
-    The bundle then points at it (`path`), and its meta records the fingerprint of what was saved.
-    """
-    from model.card import write_card
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ModelError(f"{out} is a file; give a directory to save the model into.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ModelError(f"{out} is not empty; choose a new directory or pass overwrite (--force).")
-    out.mkdir(parents=True, exist_ok=True)
-    bundle.model.save_pretrained(out, safe_serialization=True)  # with multiview.py: see its register_for_auto_class
-    for weights in out.glob("*.safetensors"):  # written 0600; readable like the rest (shared volumes)
-        shutil.copymode(out / "config.json", weights)
-    bundle.tokenizer.save_pretrained(out)
-    bundle.processor.save_pretrained(out)
-    meta = {**bundle.meta, "fingerprint": bundle.fingerprint}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    bundle.meta = meta
-    bundle.path = out
-    write_card(bundle, out)
-    return out
-
-
-def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Bundle:
-    """Load a saved bundle from a directory, or a hub id (`org/name`, or plainly `hf-hub:org/name`).
-
-    Weights are read from safetensors only: pickled checkpoints are refused, never opened. A damaged
-    directory (unreadable JSON, a cut-short weights file, a config that does not fit the weights) is
-    refused with what to do, before or instead of a half-loaded model.
-    The model comes back in eval mode on `device` (default: cuda if available, else cpu).
-    """
-    dev = resolve_device(device)
-    path = locate(name_or_path)
-    check_complete(path)
-    meta = read_meta(path) or {"format": FORMAT_VERSION}
-    try:
-        with _quiet_transformers():  # its load report goes to the log; ours is the error below
-            loaded = XrqEncoderDecoder.from_pretrained(
-                path, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
-                ignore_mismatched_sizes=True)  # reported as ours, below, instead of a RuntimeError
-        model, info = cast(tuple[XrqEncoderDecoder, dict[str, Any]], loaded)
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path))
-        processor = ViTImageProcessorPil.from_pretrained(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelFormatError(f"{path} could not be loaded as an xrq model: {exc}") from exc
-    _check_fits_weights(path, info)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
-    if not local:
-        meta["source"] = str(name_or_path)  # a hub id: its name, not the cache folder's
-    _set_token_ids(model, tok)
-    cast(torch.nn.Module, model).to(dev).eval()
-    return Bundle(model, processor, tok, meta, path if local else None)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -260,37 +168,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _available(kind: str) -> bool:
     backend = getattr(torch, kind, None) if kind != "mps" else torch.backends.mps
     return bool(backend is not None and backend.is_available())
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' own log below errors while it loads (its load report would be printed to users)."""
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _check_fits_weights(path: Path, info: dict[str, Any]) -> None:
-    """Refuse weights that config.json does not describe: missing, extra or differently sized tensors."""
-    problems = [f"{len(info['missing_keys'])} tensors missing from the weights (e.g. {min(info['missing_keys'])})"
-                if info["missing_keys"] else "",
-                f"{len(info['unexpected_keys'])} tensors in the weights that the config has no place for "
-                f"(e.g. {min(info['unexpected_keys'])})" if info["unexpected_keys"] else ""]
-    mismatched = sorted(info["mismatched_keys"])
-    if mismatched:
-        name, stored, wanted = mismatched[0]
-        problems.append(f"{len(mismatched)} tensors of other sizes (e.g. {name}: {tuple(stored)} in the weights, "
-                        f"{tuple(wanted)} in the config)")
-    found = [p for p in problems if p]
-    if found:
-        raise ModelFormatError(
-            f"{path}/config.json does not describe the weights in its model.safetensors: {'; '.join(found)}. "
-            "The config was edited or belongs to other weights: restore the config.json saved with these "
-            "weights, or copy the whole model directory again.")
 
 
 # --- building parts -------------------------------------------------------------------------------
@@ -423,7 +300,7 @@ def _token_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
     return {"bos": bos, "eos": eos, "pad": pad}
 
 
-def _set_token_ids(model: XrqEncoderDecoder, tok: PreTrainedTokenizerFast) -> None:
+def set_token_ids(model: XrqEncoderDecoder, tok: PreTrainedTokenizerFast) -> None:
     """Token ids go on the config (training's label shift) and generation_config (all generate reads)."""
     ids = _token_ids(tok)
     for target in (model.config, model.generation_config):

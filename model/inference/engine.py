@@ -1,6 +1,6 @@
 """The serving engine: batched report generation built to keep a GPU busy.
 
-`model.generate.generate_from_pixels` is the trainer's path: fp32 weights under bf16 autocast, so
+`model.inference.generate.generate_from_pixels` is the trainer's path: fp32 weights under bf16 autocast, so
 training and validation share one model. Serving owns its bundle, so `Engine` makes the choices
 that only pay there:
 
@@ -25,8 +25,8 @@ from typing import Any, cast
 import torch
 from transformers import CompileConfig
 
-from model.bundle import Bundle
-from model.generate import MAX_SEQUENCES, GenerationSettings, check_fits, decode_reports, generate_ids
+from model.inference.generate import MAX_SEQUENCES, GenerationSettings, check_fits, decode_reports, generate_ids
+from model.network.bundle import Bundle
 
 CPU_BATCH_SIZE = 8  # a CPU gains little from larger batches, and a CPU host has other work
 MEMORY_FRACTION = 0.8  # of the free GPU memory: room for the allocator's fragmentation and the graphs' pools

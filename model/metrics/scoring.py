@@ -31,7 +31,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from model.errors import ScoringError
-from model.text import Vocabulary, normalise, truncate
+from model.metrics.text import Vocabulary, normalise, truncate
 
 BLEU_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4")
 NLTK_BLEU_KEYS = ("nltk_bleu_1", "nltk_bleu_2", "nltk_bleu_3", "nltk_bleu_4")

@@ -5,7 +5,7 @@ listed and fails later, at decode time, with its reason. What scanning can alrea
 leading out of the folder, a FIFO, an unreadable, empty or too large file) is recorded as the image's
 `error`, so the user learns it when submitting.
 
-Security: files are opened through `model.files.open_checked`, the check workers use too. Nothing
+Security: files are opened through `model.imaging.files.open_checked`, the check workers use too. Nothing
 outside the submitted folder is read: a symlink whose target resolves outside it is listed with an
 error and never opened; symlinked folders are not followed; a FIFO or device is never opened.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.errors import ImageError, ScanError
-from model.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
-from model.images import dicom_study_uid, sniff_bytes
+from model.imaging.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
+from model.imaging.images import dicom_study_uid, sniff_bytes
 
 GROUP_BY: tuple[str, ...] = ("auto", "image", "folder", "pattern")
 """Ways to group images into studies; see `scan_folder`."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from model.plots import save_figure  # importing it selects the file-only Agg backend
+from model.figures.plots import save_figure  # importing it selects the file-only Agg backend
 from model.printable import printable
 
 MAX_IMAGES = 4

@@ -1,6 +1,6 @@
 """Deep pixels (more than 8 bits, or colour) to 8-bit grey, in a few bytes a pixel.
 
-`model.images` decodes a file; this module turns what a decoder gave into grey levels 0..255. Why the
+`model.imaging.images` decodes a file; this module turns what a decoder gave into grey levels 0..255. Why the
 care: a 7000×7000 16-bit picture is 98 MB, and the obvious numpy (a float64 copy, `np.percentile` on
 another, float temporaries for the window) takes about 25 bytes a pixel, 1.2 GB, per decode thread.
 

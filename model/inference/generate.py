@@ -10,17 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from model.bundle import Bundle, resolve_device
+from model.defaults import MAX_SEQUENCES, GenerationSettings
 from model.errors import ModelError
-from model.multiview import XrqEncoderDecoder
-from model.preprocess import pixel_values
+from model.imaging.preprocess import pixel_values
+from model.network.bundle import Bundle, resolve_device
+from model.network.multiview import XrqEncoderDecoder
 
 __all__ = ["GenerationSettings", "decode_reports", "device_view_mask", "generate", "generate_ids", "loss", "record",
            "report_labels", "resolve_device"]
@@ -39,52 +39,6 @@ class _UnpaddedDecoderFilter(logging.Filter):
 
 
 logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFilter())
-
-
-# Bounds on what scales memory, checked before any work: a beam is a whole extra sequence, with its own
-# KV cache and its own row of vocabulary-wide scores at every step (100,000 beams grew to 21 GB).
-MAX_BEAMS = 32
-MAX_SEQUENCES = 8192  # studies x beams in one batch
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How reports are decoded; `as_dict()` is stored with every report.
-
-    num_beams 1 is greedy search; more is beam search. length_penalty only matters for beams
-    (> 1 favours longer reports). no_repeat_ngram_size 0 is off; n > 0 forbids repeating any n-gram.
-    """
-
-    num_beams: int = 1
-    max_new_tokens: int = 60
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ModelError(f"num_beams must be at least 1, got {self.num_beams}.")
-        if self.num_beams > MAX_BEAMS:
-            raise ModelError(f"num_beams must be at most {MAX_BEAMS}, got {self.num_beams}: each beam is a whole "
-                             "extra report in memory, and beyond a handful they stop improving reports. "
-                             "Lower XRQ_NUM_BEAMS (--num-beams).")
-        if self.max_new_tokens < 1:
-            raise ModelError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
-        if self.no_repeat_ngram_size < 0:
-            raise ModelError(f"no_repeat_ngram_size must be 0 (off) or more: {self.no_repeat_ngram_size}.")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings, plus the search they amount to ("greedy" or "beam")."""
-        return {**asdict(self), "search": "beam" if self.num_beams > 1 else "greedy"}
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `model.generate`; beam-only options are passed only with beams."""
-        kwargs: dict[str, Any] = {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
-                                  "do_sample": False}
-        if self.num_beams > 1:
-            kwargs["length_penalty"] = self.length_penalty
-        if self.no_repeat_ngram_size > 0:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return kwargs
 
 
 def check_fits(bundle: Bundle, settings: GenerationSettings, batch_size: int | None = None) -> None:
@@ -137,7 +91,7 @@ def generate_from_pixels(
     """`generate` for studies already preprocessed: (B, V, 3, H, W) pixels and their (B, V) view mask.
 
     `bf16=False` keeps fp32 on CUDA too (the trainer's --no-bf16); on a CPU it changes nothing.
-    The trainer's path: weights stay fp32 (autocast). Serving uses `model.engine.Engine`.
+    The trainer's path: weights stay fp32 (autocast). Serving uses `model.inference.engine.Engine`.
     """
     if not len(pixels):
         return []

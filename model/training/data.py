@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
+from model.datasets.iu import benchmark_split, random_split, read_iu
 from model.errors import ImageError, TrainingError
-from model.evaluation import reference_text
-from model.images import decode
-from model.iu import benchmark_split, random_split, read_iu
-from model.preprocess import GreyLevels, compact_view, pixel_values
+from model.imaging.images import decode
+from model.imaging.preprocess import GreyLevels, compact_view, pixel_values
+from model.metrics.evaluation import reference_text
 
 SPLITS = ("benchmark", "random", "all")
 VIEWS = ("frontal", "all")
@@ -155,7 +155,7 @@ class StudyImages(torch.utils.data.Dataset):
     """Study i → ((V, 3, H, W) pixels, target text), preprocessed exactly as inference does.
 
     With `cache`, every study is decoded once up front (threads) and kept in RAM as its grey levels
-    (`model.preprocess.GreyLevels`: one byte a pixel, the same floats back), so an epoch costs no
+    (`model.imaging.preprocess.GreyLevels`: one byte a pixel, the same floats back), so an epoch costs no
     decoding at all: a few thousand 224-px views take a few hundred MB. Without it, loader workers decode
     in parallel with the training step. An unreadable file is dropped from its study; a study with no
     readable image comes back as None and is left out of its batch.

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from model.evaluation import EvaluationResult
+from model.metrics.evaluation import EvaluationResult
 from model.printable import printable
 
 # The bounded metrics share one axis (0-1); CIDEr is unbounded (up to 10 per study), so it gets its

@@ -14,10 +14,10 @@ that carries its own display window (VOI LUT or Window Center/Width) is shown th
 the window's output is then stretched min-max to 0..255. MONOCHROME1 DICOMs (low values white) are
 inverted so that bones are bright and lungs dark, as in every other format.
 
-Memory: a decode costs a few bytes a pixel, not tens: `model.greylevels` windows an integer picture
+Memory: a decode costs a few bytes a pixel, not tens: `model.imaging.greylevels` windows an integer picture
 through a table of its grey levels (see there), and Pillow's copy of a deep picture is dropped before.
 
-Files are opened through `model.files.open_checked` (the one file-safety check, scanning's too) and
+Files are opened through `model.imaging.files.open_checked` (the one file-safety check, scanning's too) and
 decoded from the file checked, never reopened by name. pydicom reads under `_QUIET_PYDICOM`: its
 warnings quote header values verbatim.
 """
@@ -42,8 +42,8 @@ from PIL import Image, ImageOps
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from model.errors import ImageError
-from model.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
-from model.greylevels import auto_window, luma, stretch
+from model.imaging.files import DEFAULT_MAX_FILE_BYTES, file_too_large, open_checked, read_error
+from model.imaging.greylevels import auto_window, luma, stretch
 
 DEFAULT_MAX_PIXELS: int = 50_000_000
 """Largest picture (width × height) decoded by default; the caller passes the XRQ_MAX_PIXELS setting."""

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from model.labeller import LabelAgreement, NormalAgreement, compare, normal_agreement
-from model.scoring import Scores, most_frequent_report, score
-from model.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary
+from model.metrics.labeller import LabelAgreement, NormalAgreement, compare, normal_agreement
+from model.metrics.scoring import Scores, most_frequent_report, score
+from model.metrics.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary
 
 
 def reference_text(findings: str, impression: str, kind: str) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.bundle import Bundle
+    from model.network.bundle import Bundle
 
 CARD_FILE = "README.md"
-REMOTE_CODE_FILE = "multiview.py"  # model/multiview.py, copied by save_pretrained
+REMOTE_CODE_FILE = "multiview.py"  # model/network/multiview.py, copied by save_pretrained
 IU_DATASET = "Indiana University chest X-ray collection (Open-i)"
 IU_LICENCE = "cc-by-nc-nd-4.0"  # Demner-Fushman et al., JAMIA 2016: the collection's terms
 CODE_LICENCE = "apache-2.0"  # xrq's own; an untrained model is code and random numbers
@@ -73,20 +73,6 @@ def summary(bundle: Bundle) -> dict[str, Any]:
         "created_at": meta.get("created_at"),
         "transformers_version": meta.get("transformers_version"),
     }
-
-
-def info(name_or_path: str | Path) -> dict[str, Any]:
-    """`summary` of a saved model (loaded on the CPU), plus its files and whether plain transformers
-    can load its multi-view code."""
-    from model.bundle import load
-
-    bundle = load(name_or_path, device="cpu")
-    facts = summary(bundle)
-    folder = bundle.path or Path(str(name_or_path))
-    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
-    auto_map = getattr(bundle.model.config, "auto_map", None) or {}
-    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()),
-            "remote_code": REMOTE_CODE_FILE in files and "AutoModelForImageTextToText" in auto_map}
 
 
 def write_card(bundle: Bundle, out: Path) -> Path:

@@ -6,7 +6,7 @@ validation split (teacher-forced loss, and the evaluation job's metrics on greed
 model by `best_metric` is kept as OUT/best, the latest as OUT/last with what resuming needs.
 
 Reproducible: the run is a pure function of its `TrainConfig` on one device. Weights come from the
-seed, batches from a plan that depends only on (seed, step) (see train_data), dropout from the global
+seed, batches from a plan that depends only on (seed, step) (see model.training.data), dropout from the global
 torch RNG seeded once; evaluation runs under `fork_rng`, so scoring never changes what is learned.
 Resuming restores weights, optimiser, scheduler and RNG states from OUT/last and re-enters the batch
 plan at the saved step, so K steps + resume to N gives the weights of N steps, bit for bit (on CPU).
@@ -29,13 +29,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from model.bundle import PRESETS, Bundle, build, load, resolve_device, save, sincos_positions
-from model.evaluation import evaluate
-from model.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
-from model.tokenizer_train import save_trained_tokenizer
-from model.train_config import BEST_METRICS, TrainConfig
-from model.train_curves import plot_curves
-from model.train_data import (
+from model.defaults import PRESETS
+from model.figures.curves import plot_curves
+from model.inference.generate import GenerationSettings, device_view_mask, generate_from_pixels, report_labels
+from model.metrics.evaluation import evaluate
+from model.network.bundle import Bundle, build, resolve_device, sincos_positions
+from model.network.store import load, save
+from model.training.config import BEST_METRICS, TrainConfig
+from model.training.data import (
     DataSummary,
     Example,
     MicroBatches,
@@ -46,7 +47,8 @@ from model.train_data import (
     loader,
     view_bytes,
 )
-from model.train_state import append_row, last_info, load_state, replace_dir, save_state, truncate_rows
+from model.training.state import append_row, last_info, load_state, replace_dir, save_state, truncate_rows
+from model.training.tokenizer import save_trained_tokenizer
 
 CACHE_MAX_BYTES = 2 << 30
 """Training images are decoded once and kept in RAM when their grey levels fit in this (50 KB a 224-px

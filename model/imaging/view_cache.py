@@ -7,7 +7,7 @@ entry well under one. Entries are keyed by the file's content (sha256, as scanni
 so a model with other preprocessing never gets these pixels.
 
 Storage is compact and exact: a view is at most 256 grey levels mapped through one per-channel table
-(see `model.preprocess`), so it is kept as a (H, W) uint8 index plus that (C, K) palette (about 50 KB
+(see `model.imaging.preprocess`), so it is kept as a (H, W) uint8 index plus that (C, K) palette (about 50 KB
 at 224 px instead of 600 KB of floats), and rebuilt bit for bit; a tensor that is not of that form
 is kept whole. Files are safetensors, never pickle, with a digest of their contents.
 
@@ -40,7 +40,7 @@ from safetensors.torch import save as save_tensors
 from transformers import ViTImageProcessorPil
 
 from model.errors import ModelError
-from model.preprocess import settings_fingerprint
+from model.imaging.preprocess import settings_fingerprint
 
 FORMAT = "1"  # bump when the layout of an entry changes: old entries then read as misses
 _SUFFIX = ".safetensors"

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.images import decode
-from model.labeller import SENTENCE_BREAK, is_positive, label
+from model.imaging.images import decode
+from model.metrics.labeller import SENTENCE_BREAK, is_positive, label
 
 ZONES = ("right upper", "right lower", "left upper", "left lower")
 SIDES = ("right", "left")

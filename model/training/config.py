@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from model.tokenizer_train import DEFAULT_VOCAB_SIZE
+from model.defaults import DEFAULT_MAX_VIEWS
+from model.training.tokenizer import DEFAULT_VOCAB_SIZE
 
 BEST_METRICS = ("bleu_4", "bleu_1", "rouge_l", "cider", "val_loss")
-PRESET_NAMES = ("tiny", "small", "base")
-"""`model.bundle.PRESETS`' names, where the CLI reads them without importing torch (a test keeps them equal)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     text: str = "findings"
     views: str = "all"
-    max_views: int = 4
+    max_views: int = DEFAULT_MAX_VIEWS
     max_tokens: int = 128
     epochs: float = 10.0
     max_steps: int | None = None
