@@ -89,10 +89,14 @@ def read_sources(files: Sequence[str | os.PathLike[str]], study_instance_uid: st
     when none is left: such a study can have a FHIR report, not an SR.
     """
     headers: list[Dataset] = []
+    missing = 0
     for path in files:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except (OSError, pydicom.errors.InvalidDicomError, ValueError, EOFError):
+        except OSError:
+            missing += 1
+            continue
+        except (pydicom.errors.InvalidDicomError, ValueError, EOFError):
             continue
         uid = ds.get("StudyInstanceUID")
         if not uid or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
@@ -100,6 +104,9 @@ def read_sources(files: Sequence[str | os.PathLike[str]], study_instance_uid: st
         if study_instance_uid is not None and uid != study_instance_uid:
             continue
         headers.append(ds)
+    if not headers and files and missing == len(files):
+        raise NoDicomIdentityError(f"its files are gone from where they were submitted ({Path(files[0]).parent}): "
+                                   "an SR copies the patient and study from them; put them back to write one")
     if not headers:
         names = ", ".join(Path(p).name for p in list(files)[:3]) or "no files"
         raise NoDicomIdentityError(
