@@ -54,6 +54,7 @@ class ReportDoc:
     model: ModelInfo
     files: tuple[str, ...] = ()  # the study's image files as submitted (or in the listener's inbox)
     study_fingerprint: str = ""  # xrq's content hash of the study: a study grown by a late image is new
+    previous_study_fingerprint: str | None = None  # the same study's earlier content reported by this model
 
 
 @dataclass(frozen=True)
