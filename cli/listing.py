@@ -82,6 +82,14 @@ def _line_writer(fmt: str, stream: IO[str], *, failed: bool) -> Callable[[Report
     return table_line
 
 
+def load_export_libraries(fmt: str) -> None:
+    """Import what writing `fmt` needs (Parquet: pandas and pyarrow), so that a missing library fails
+    before the database is read or a file is made."""
+    if fmt == "parquet":
+        import pandas  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+
 @contextmanager
 def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     """A function that appends a batch of `xrq export` rows (db.queries.EXPORT_COLUMNS) to `out` as `fmt`.

@@ -154,6 +154,7 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
+    listing.load_export_libraries(fmt)
     db = runtime.database(settings_from(ctx).database_url)
     total = export_count(db, list(jobs))  # every job exists before the file is made
     bar = output.Progress(output.stderr_is_terminal(), desc="Exporting")

@@ -46,6 +46,8 @@ def delete(ctx: click.Context, job_ids: tuple[int, ...], archive: Path | None, k
     from db.retire import retire_job
     from worker import runtime
 
+    if archive is not None:
+        listing.load_export_libraries(output.format_from_name(archive, ARCHIVE_FORMATS, "parquet"))
     db = runtime.database(settings_from(ctx).database_url)
     total = export_count(db, list(job_ids))  # every job exists before anything is written or deleted
     if not yes:
