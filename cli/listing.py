@@ -61,12 +61,18 @@ def _line_writer(fmt: str, stream: IO[str], *, failed: bool) -> Callable[[Report
 
         return json_line
     if fmt == "csv":
+        from db.review import REVIEW_COLUMNS
+
         writer = csv.writer(stream)
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
+        review = () if failed else REVIEW_COLUMNS
+        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report",
+                         *review])
 
         def csv_line(r: ReportRow) -> None:
+            reviewed = r.as_dict() if review else {}
             writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(), ";".join(r.images),
-                             r.error if failed else r.text])
+                             r.error if failed else r.text, *("" if reviewed.get(c) is None else reviewed[c]
+                                                              for c in review)])
 
         return csv_line
     width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
@@ -90,6 +96,18 @@ def load_export_libraries(fmt: str) -> None:
         import pyarrow.parquet  # noqa: F401
 
 
+def export_rows(db: Any, job_ids: list[int]) -> Iterator[list[dict[str, Any]]]:
+    """`xrq export`'s rows, batch by batch: db.listing's export rows with their review columns."""
+    from db.listing import export_batches
+    from db.review import REVIEW_COLUMNS, review_columns
+
+    empty = dict.fromkeys(REVIEW_COLUMNS)
+    for batch in export_batches(db, job_ids):
+        reviews = review_columns(db, [(r["study_id"], r["reported_by_job"]) for r in batch
+                                      if r["reported_by_job"] is not None])
+        yield [{**r, **reviews.get((r["study_id"], r["reported_by_job"]), empty)} for r in batch]
+
+
 @contextmanager
 def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     """A function that appends a batch of `xrq export` rows (db.queries.EXPORT_COLUMNS) to `out` as `fmt`.
@@ -107,24 +125,31 @@ def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]]
         if fmt == "jsonl":
             def write_jsonl(rows: list[dict[str, Any]]) -> None:
                 for row in rows:
-                    when = row["reported_at"]
-                    f.write(json.dumps({**row, "reported_at": None if when is None else when.isoformat()}) + "\n")
+                    f.write(json.dumps({**row, **{c: _iso(row.get(c)) for c in ("reported_at", "signed_at")}}) + "\n")
 
             yield write_jsonl
             return
-        from db.queries import EXPORT_COLUMNS
-
         writer = csv.writer(f)
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow(_export_columns())
 
         def write_csv(rows: list[dict[str, Any]]) -> None:
             for row in rows:
-                when = row["reported_at"]
-                values = {**row, "images": ";".join(row["images"]), "reported_at": "" if when is None
-                          else when.isoformat()}
-                writer.writerow(["" if values[c] is None else values[c] for c in EXPORT_COLUMNS])
+                values = {**row, "images": ";".join(row["images"]),
+                          **{c: _iso(row.get(c)) for c in ("reported_at", "signed_at")}}
+                writer.writerow(["" if values.get(c) is None else values[c] for c in _export_columns()])
 
         yield write_csv
+
+
+def _export_columns() -> tuple[str, ...]:
+    from db.queries import EXPORT_COLUMNS
+    from db.review import REVIEW_COLUMNS
+
+    return (*EXPORT_COLUMNS, *REVIEW_COLUMNS)
+
+
+def _iso(when: Any) -> str | None:
+    return None if when is None else when.isoformat()
 
 
 @contextmanager
@@ -133,22 +158,23 @@ def _parquet(out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from db.queries import EXPORT_COLUMNS
-
     schema = pa.schema([("job_id", pa.int64()), ("study_id", pa.int64()), ("uid", pa.string()),
                         ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
                         ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
-                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string()))])
+                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string())),
+                        ("review_state", pa.string()), ("final_text", pa.string()), ("signed_by", pa.string()),
+                        ("signed_at", pa.timestamp("us", "UTC"))])
     pending: list[dict[str, Any]] = []
     writers: list[Any] = []  # the ParquetWriter, made with the first row group's schema (pandas' metadata in it)
 
     def flush() -> None:
         # Through pandas, so that the file carries pandas' metadata (reported_by_job reads back as Int64).
-        frame = pd.DataFrame(pending, columns=list(EXPORT_COLUMNS))
+        frame = pd.DataFrame(pending, columns=list(_export_columns()))
         for column in ("job_id", "study_id", "attempts"):
             frame[column] = frame[column].astype("int64")
         frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
         frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
+        frame["signed_at"] = pd.to_datetime(frame["signed_at"], utc=True)
         table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
         if not writers:
             writers.append(pq.ParquetWriter(out, table.schema))

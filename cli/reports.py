@@ -13,6 +13,7 @@ import click
 
 from cli import listing, output
 from cli.context import COUNT, settings_from
+from cli.documents import DOCUMENT_FORMATS, export_documents
 from model.printable import printable
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 REPORT_FORMATS = ("table", "csv", "jsonl")
-EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+EXPORT_FORMATS = ("csv", "jsonl", "parquet", *DOCUMENT_FORMATS)
 
 
 class CursorType(click.ParamType):
@@ -87,6 +88,7 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     """
     from db.listing import report_rows
     from db.queries import ReportFilter
+    from db.review import with_reviews
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, REPORT_FORMATS, "table")
@@ -97,6 +99,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
         _table_page(db, where, offset=offset, after=after)
         return
     rows = report_rows(db, where, limit=limit, offset=offset, after=after)
+    if status == "done":
+        rows = with_reviews(db, rows)
     if out is None:
         listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed")
         return
@@ -135,25 +139,34 @@ def _table_page(db: Database, where: ReportFilter, *, offset: int, after: tuple[
 @click.command()
 @click.argument("jobs", type=int, nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
-              help="[default: from the -o file's name (.csv, .jsonl, .parquet), else csv]")
-@click.option("-o", "--output", "out", type=output.OutputPath("file"), required=True,
-              help="The file to write, in a folder that exists.")
+              help="sr: a DICOM Structured Report per report of a DICOM study, into the folder -o; fhir: "
+                   "FHIR R4 DiagnosticReports, one a line.  [default: from the -o file's name (.csv, .jsonl, "
+                   ".parquet), else csv]")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The file to write, in a folder that exists (for --format sr: a folder, made if absent).")
 @click.pass_context
 def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path) -> None:
     """Write whole jobs (every study: status, reason, report, images) to CSV, JSON lines or Parquet.
 
     Typed for pandas: integers stay integers, `reported_at` is UTC with its offset, and `images` is
-    a list (joined with `;` in CSV).
+    a list (joined with `;` in CSV). `--format sr` and `--format fhir` write the reports as documents
+    for a PACS and an EHR instead (docs/conformance.md); patient data comes from the DICOM files.
 
     \b
     Examples:
       xrq export 1 -o job1.csv
       xrq export 1 2 3 -o night.parquet
+      xrq export 1 --format sr -o srs/
+      xrq export 1 --format fhir -o reports.ndjson
     """
-    from db.queries import export_batches, export_count
+    from db.queries import export_count
     from worker import runtime
 
+    if fmt in DOCUMENT_FORMATS:
+        export_documents(ctx, jobs, fmt, out)
+        return
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
+    out = output.output_file(out)
     listing.load_export_libraries(fmt)
     db = runtime.database(settings_from(ctx).database_url)
     total = export_count(db, list(jobs))  # every job exists before the file is made
@@ -162,7 +175,7 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     try:
         with listing.export_file(fmt, out) as write:
             bar.start(total)
-            for batch in export_batches(db, list(jobs)):
+            for batch in listing.export_rows(db, list(jobs)):
                 write(batch)
                 n += len(batch)
                 bar.update(len(batch))

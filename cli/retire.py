@@ -42,7 +42,7 @@ def delete(ctx: click.Context, job_ids: tuple[int, ...], archive: Path | None, k
       xrq jobs delete 3 --archive job3.parquet
       xrq jobs delete 3 4 --keep-reports --yes
     """
-    from db.queries import export_batches, export_count
+    from db.queries import export_count
     from db.retire import retire_job
     from worker import runtime
 
@@ -57,7 +57,7 @@ def delete(ctx: click.Context, job_ids: tuple[int, ...], archive: Path | None, k
         fmt = output.format_from_name(archive, ARCHIVE_FORMATS, "parquet")
         try:
             with listing.export_file(fmt, archive) as write:
-                for batch in export_batches(db, list(job_ids)):
+                for batch in listing.export_rows(db, list(job_ids)):
                     write(batch)
         except OSError as exc:
             raise click.ClickException(f"cannot write {printable(str(archive))}: {exc.strerror or exc}; "

@@ -49,6 +49,7 @@ class ReportRow:
     status: str = "done"
     error: str | None = None
     model_id: int | None = None  # the keyset cursor's second half (db.listing.cursor_of)
+    review: dict[str, Any] | None = None  # db.review.REVIEW_COLUMNS, when the listing asked for them
 
     def as_dict(self) -> dict[str, Any]:
         data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
@@ -56,6 +57,9 @@ class ReportRow:
                 "settings": self.settings}
         if self.status != "done":
             data.update(status=self.status, error=self.error)
+        if self.review is not None:
+            signed = self.review["signed_at"]
+            data.update(self.review, signed_at=None if signed is None else signed.isoformat())
         return data
 
 
