@@ -66,10 +66,11 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
         with _quiet_transformers():  # its load report goes to the log; ours is the error below
             loaded = XrqEncoderDecoder.from_pretrained(
                 path, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
-                ignore_mismatched_sizes=True)  # reported as ours, below, instead of a RuntimeError
+                ignore_mismatched_sizes=True,  # reported as ours, below, instead of a RuntimeError
+                trust_remote_code=False)  # nor custom_generate/: xrq's own multiview.py is what runs
         model, info = cast(tuple[XrqEncoderDecoder, dict[str, Any]], loaded)
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path))
-        processor = ViTImageProcessorPil.from_pretrained(path)
+        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+        processor = ViTImageProcessorPil.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path} could not be loaded as an xrq model: {exc}") from exc
     _check_fits_weights(path, info)
