@@ -153,6 +153,7 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     settings = getattr(current_app, "xrq_settings", None) or Settings.from_env()
     level = settings.log_level or (loglevel if isinstance(loglevel, str) else None) or "info"
     configure(level.lower(), settings.log_format)
+    logging.getLogger("celery.app.trace").addFilter(tasks.ONE_LINE_REJECTS)
 
 
 @worker_init.connect

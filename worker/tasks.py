@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from model.errors import ModelError
 from worker import runtime
 from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, BrokerRunner
 from worker.errors import ModelMismatchError
+from worker.messages import InvalidMessageError, parse_backlog, parse_evaluate, parse_generate
 from worker.pipeline import fail_batch, transient_errors
 from worker.runner import LocalRunner
 
@@ -31,6 +33,8 @@ __all__ = ["BACKLOG_TASK", "CPU_QUEUE", "EVALUATE_TASK", "GENERATE_TASK", "GPU_Q
            "run_batch"]
 
 log = logging.getLogger(__name__)
+M = TypeVar("M")
+REJECTED = "xrq: a message that does not fit its task"  # the reason Celery is given (see OneLineRejects)
 
 
 def backoff(retries: int, maximum: int) -> float:
@@ -43,8 +47,10 @@ def backoff(retries: int, maximum: int) -> float:
     return base / 2 + random.uniform(0, base / 2)
 
 
-def generate_batch(task: Task, job_id: int, study_ids: list[int]) -> dict[str, Any]:
+def generate_batch(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Report a message's studies with the job's model, and store the results."""
+    message = _checked(task, parse_generate, args, kwargs)
+    job_id, study_ids = message.job_id, message.study_ids
     settings, options = _settings(task), _options(task)
     try:
         result = run_batch(settings, job_id, study_ids, processes=_processes(task.app))
@@ -80,20 +86,46 @@ def _retry(task: Task, options: BrokerOptions, job_id: int, exc: BaseException) 
                                           max_retries=options.task_max_retries))
 
 
-def backlog(task: Task) -> dict[str, Any]:
+def backlog(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """The nightly backlog run (beat schedules it on the cpu queue); a second concurrent run does nothing."""
     from worker.backlog import run_backlog
 
+    _checked(task, parse_backlog, args, kwargs)
     settings = _settings(task)
     return run_backlog(settings, BrokerRunner(task.app, settings)).as_dict()
 
 
-def evaluate(task: Task, **options: Any) -> dict[str, Any]:
-    """`xrq evaluate` as a task: the same options (job_id, model, predictions, baseline, split, text ...)."""
+def evaluate(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`xrq evaluate` as a task: a job, a model or a baseline scored on a split (worker/messages.py says
+    what a message may ask; never a file to read or a folder to write)."""
     from worker.evaluate import run_evaluation
 
-    summary = run_evaluation(_settings(task), **options).summary()
+    message = _checked(task, parse_evaluate, args, kwargs)
+    summary = run_evaluation(_settings(task), **message.options).summary()
     return {k: v for k, v in summary.items() if k != "clinical"}  # corpus scores; details are in the database
+
+
+def _checked(task: Task, parse: Callable[[Sequence[Any], Mapping[str, Any]], M], args: Sequence[Any],
+             kwargs: Mapping[str, Any]) -> M:
+    """The message, checked against its task's schema; one that does not fit is rejected for good (not
+    retried, not requeued: it would not fit the next time either), in one line of the log."""
+    try:
+        return parse(args, kwargs)
+    except InvalidMessageError as exc:
+        log.error("rejected message %s of %s, not retried: %s", task.request.id, task.name, exc)
+        from celery.exceptions import Reject
+
+        raise Reject(REJECTED, requeue=False) from None
+
+
+class OneLineRejects(logging.Filter):
+    """Celery logs each rejected message with a traceback; xrq has said why in one line (`_checked`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and REJECTED in str(record.exc_info[1]))
+
+
+ONE_LINE_REJECTS = OneLineRejects()  # one instance: adding it again changes nothing
 
 
 def _settings(task: Task) -> Settings:
