@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -34,7 +35,10 @@ __all__ = ["BACKLOG_TASK", "CPU_QUEUE", "EVALUATE_TASK", "GENERATE_TASK", "GPU_Q
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
-REJECTED = "xrq: a message that does not fit its task"  # the reason Celery is given (see OneLineRejects)
+REJECTED = "xrq: rejected, see the line above"  # the reason Celery is given (see OneLineRejects)
+LEAVE_PAUSE = 1.0  # seconds before another deployment's message goes back to the queue
+LOG_FOREIGN_EVERY = 60.0  # seconds between two log lines about one other deployment, per process
+_foreign_logged: dict[str, float] = {}
 
 
 def backoff(retries: int, maximum: int) -> float:
@@ -53,6 +57,7 @@ def generate_batch(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     job_id, study_ids = message.job_id, message.study_ids
     settings, options = _settings(task), _options(task)
     try:
+        _leave_if_foreign(task, message.deployment)
         result = run_batch(settings, job_id, study_ids, processes=_processes(task.app))
     except transient_errors() as exc:  # the job's row could not even be read: nothing was claimed
         raise _retry(task, options, job_id, exc) from exc
@@ -90,7 +95,7 @@ def backlog(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """The nightly backlog run (beat schedules it on the cpu queue); a second concurrent run does nothing."""
     from worker.backlog import run_backlog
 
-    _checked(task, parse_backlog, args, kwargs)
+    _leave_if_foreign(task, _checked(task, parse_backlog, args, kwargs).deployment)
     settings = _settings(task)
     return run_backlog(settings, BrokerRunner(task.app, settings)).as_dict()
 
@@ -101,6 +106,7 @@ def evaluate(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     from worker.evaluate import run_evaluation
 
     message = _checked(task, parse_evaluate, args, kwargs)
+    _leave_if_foreign(task, message.deployment)
     summary = run_evaluation(_settings(task), **message.options).summary()
     return {k: v for k, v in summary.items() if k != "clinical"}  # corpus scores; details are in the database
 
@@ -116,6 +122,37 @@ def _checked(task: Task, parse: Callable[[Sequence[Any], Mapping[str, Any]], M],
         from celery.exceptions import Reject
 
         raise Reject(REJECTED, requeue=False) from None
+
+
+def _leave_if_foreign(task: Task, deployment: str | None) -> None:
+    """Put back, for its owner's workers, a message of another deployment (another database on this broker).
+
+    It is requeued after a pause, so that a worker of its owner (waiting on the queue) takes it next,
+    and this worker says so in its log (once a minute per deployment) and in its database (`xrq health`).
+    A message without a deployment comes from an xrq older than deployment ids: it is taken.
+    """
+    settings = _settings(task)
+    own = runtime.deployment(settings.database_url)
+    if deployment is None or deployment == own:
+        return
+    from celery.exceptions import Reject
+
+    from db.deployment import record_foreign
+
+    worker = str(task.request.hostname or "?")
+    now = time.monotonic()
+    if now - _foreign_logged.get(deployment, -LOG_FOREIGN_EVERY) >= LOG_FOREIGN_EVERY:
+        _foreign_logged[deployment] = now
+        log.error("left message %s of %s for its owner: it belongs to deployment %s, this worker's database is "
+                  "deployment %s. Two deployments share this broker: give each its own Redis database "
+                  "(XRQ_BROKER_URL) or XRQ_BROKER_PREFIX", task.request.id, task.name, deployment, own)
+    try:
+        record_foreign(runtime.database(settings.database_url), deployment=deployment, task=task.name,
+                       worker=worker)
+    except transient_errors():
+        log.warning("could not record the other deployment's message in the database")
+    time.sleep(LEAVE_PAUSE)
+    raise Reject(REJECTED, requeue=True)
 
 
 class OneLineRejects(logging.Filter):
