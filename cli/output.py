@@ -7,7 +7,6 @@ Parquet keep the data as it is.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cli.safecsv import CsvWriter, csv_cell
 from model.printable import printable
 
 if TYPE_CHECKING:
@@ -214,13 +214,14 @@ def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
     return "\n".join(lines)
 
 
-def reports_text(rows: list[ReportRow], fmt: str) -> str:
-    """Rows as JSON lines, CSV (both as stored) or a table for people (one line per row, escaped)."""
+def reports_text(rows: list[ReportRow], fmt: str, *, terminal: bool = False) -> str:
+    """Rows as JSON lines, CSV (both as stored, CSV with formula-like cells neutralised and, for a
+    `terminal`, control characters escaped: cli/safecsv.py) or a table for people (one line per row, escaped)."""
     if fmt == "jsonl":
         return "".join(json.dumps(r.as_dict()) + "\n" for r in rows)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = CsvWriter(buf, terminal=terminal)
         failed = any(r.status == "failed" for r in rows)
         writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
         for r in rows:
@@ -303,7 +304,10 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
         frame = _export_frame(pd, rows)
         frame["images"] = frame["images"].map(";".join)
         frame["reported_at"] = frame["reported_at"].map(lambda t: "" if pd.isna(t) else t.isoformat())
-        frame.to_csv(out, index=False)
+        for column in ("uid", "status", "error", "model", "report", "images"):  # the text columns
+            frame[column] = frame[column].map(csv_cell)
+        # CRLF, as RFC 4180 and `xrq reports` say: with "\n", a cell holding a lone "\r" went unquoted.
+        frame.to_csv(out, index=False, lineterminator="\r\n")
 
     if fmt == "csv":
         return write_csv

@@ -43,7 +43,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     """Print stored reports (or failed studies) as a table, CSV or JSON lines.
 
     The table is for people (names and reports with control characters escaped, one line a row);
-    CSV and JSON lines hold the text as stored.
+    CSV and JSON lines hold the text as stored (to a terminal, CSV escapes control characters too; a
+    CSV cell that a spreadsheet would run as a formula starts with ').
 
     \b
     Examples:
@@ -60,9 +61,11 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     where = ReportFilter(job_id=job, model=model, since=_utc(since), until=_utc(until), text=contains,
                          status=status)
     rows = query_reports(db, where=where, limit=limit)
-    text = output.reports_text(rows, fmt)
+    from cli.safecsv import emit, stdout_is_terminal
+
+    text = output.reports_text(rows, fmt, terminal=out is None and stdout_is_terminal())
     if out is None:
-        click.echo(text, nl=False)
+        emit(text)  # byte for byte: click.echo would strip escape sequences from a pipe
     else:
         output.write_text(out, text)
         click.echo(f"Wrote {len(rows)} rows to {printable(str(out))}", err=True)
