@@ -159,7 +159,8 @@ def _fresh(folder: Path, device: torch.device, length: int) -> Bundle:
 
 def _hf_model(folder: Path, device: torch.device, length: int) -> VisionEncoderDecoderModel:
     """The saved xrq weights in transformers' own class: what a user without xrq would run."""
-    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32,
+                                                   trust_remote_code=False)
     hf.generation_config.min_new_tokens = length
     return cast(VisionEncoderDecoderModel, cast(torch.nn.Module, hf).to(device).eval())
 

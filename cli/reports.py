@@ -77,7 +77,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     Rows come in study order and leave as they are read, in constant memory whatever their number.
     The table is for people (names and reports with control characters escaped, one line a row); on a
     terminal it shows a page and says how many more rows there are and how to get them. CSV and JSON
-    lines hold the text as stored.
+    lines hold the text as stored. A CSV cell that a spreadsheet would run as a formula starts with '; to a
+    terminal, CSV escapes control characters too.
 
     \b
     Examples:
@@ -102,7 +103,7 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     if status == "done":
         rows = with_reviews(db, rows)
     if out is None:
-        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed")
+        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed", terminal=sys.stdout.isatty())
         return
     try:
         with out.open("w", encoding="utf-8", newline="") as f:

@@ -201,3 +201,13 @@ class Lock(Base):
     holder: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Meta(Base):
+    """Facts about the database itself: its deployment id (made at creation, migration 0010) and the last
+    message of another deployment a worker of this one took (`xrq health` says so)."""
+
+    __tablename__ = "xrq_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

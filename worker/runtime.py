@@ -32,12 +32,22 @@ _engines: dict[tuple[int, bool], Engine] = {}
 _caches: dict[tuple[str, int], ViewCache] = {}
 _pools: dict[tuple[int, Limits], DecodePool] = {}
 _model_ids: dict[tuple[str, str], int] = {}
+_deployments: dict[str, str] = {}
 
 
 def database(url: str) -> Database:
     if url not in _databases:
         _databases[url] = open_database(url)
     return _databases[url]
+
+
+def deployment(url: str) -> str:
+    """The deployment id of the database at `url` (made with it), read once per process."""
+    if url not in _deployments:
+        from db.deployment import deployment_id
+
+        _deployments[url] = deployment_id(database(url))
+    return _deployments[url]
 
 
 def bundle(name_or_path: str, device: str = "auto") -> Bundle:
@@ -156,6 +166,7 @@ def clear() -> None:
     _engines.clear()
     _caches.clear()
     _model_ids.clear()
+    _deployments.clear()
 
 
 def job_generation(stored: dict[str, Any]) -> GenerationSettings:

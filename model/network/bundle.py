@@ -199,9 +199,9 @@ def _load_tokenizer(source: str | Path | None) -> PreTrainedTokenizerFast:
     if source is None:
         return default_tokenizer()
     try:
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(source)))
+        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(source), trust_remote_code=False))
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"No tokenizer at {source}: {exc}") from exc
+        raise ModelNotFoundError(f"No tokenizer at {source}: {_why(exc)}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -216,7 +216,7 @@ def _decoder_tokenizer_source(decoder: str | None) -> str | None:
     if folder.is_dir():
         return decoder if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
     try:
-        AutoTokenizer.from_pretrained(decoder)
+        AutoTokenizer.from_pretrained(decoder, trust_remote_code=False)
     except (OSError, ValueError):
         return None
     return decoder
@@ -276,19 +276,30 @@ def _build_decoder(
 
 def _pretrained_config(source: str, part: str) -> Any:
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"No pretrained {part} at {source!r} (a local directory or hub id): {exc}"
+            f"No pretrained {part} at {source!r} (a local directory or hub id): {_why(exc)}"
         ) from exc
 
 
 def _pretrained(auto: Any, source: str, config: Any) -> PreTrainedModel:
     try:
-        model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch.float32)
+        model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch.float32,
+                                     trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"Could not load safetensors weights from {source!r}: {exc}") from exc
+        raise ModelFormatError(f"Could not load safetensors weights from {source!r}: {_why(exc)}") from exc
     return cast(PreTrainedModel, model)
+
+
+def _why(exc: BaseException) -> str:
+    """transformers' reason in one line; its advice to pass `trust_remote_code=True` replaced by ours."""
+    text = " ".join(str(exc).split())
+    if "trust_remote_code" in text:
+        return ("it names Python code of its own to build it (an `auto_map` or a type transformers does not "
+                "know), and xrq never runs code from a model directory; use a part of a type transformers "
+                "knows (ViT, GPT-2, their tokenizers), saved with safetensors")
+    return text
 
 
 def _processor_for(image_size: int, source: str | None) -> ViTImageProcessorPil:
@@ -296,7 +307,7 @@ def _processor_for(image_size: int, source: str | None) -> ViTImageProcessorPil:
     processor = None
     if source is not None:
         try:
-            processor = ViTImageProcessorPil.from_pretrained(source)
+            processor = ViTImageProcessorPil.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError):
             processor = None
     if processor is None:

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, ViTImageProcessorPil
 
 from model.errors import ModelError, ModelFormatError
-from model.network import card
+from model.network import card, code
 from model.network.bundle import Bundle, resolve_device, set_token_ids, without_progress_bars
 from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_json, read_meta
 from model.network.meta import BundleMeta
@@ -32,7 +32,8 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
     and a model card (README.md).
 
-    The bundle then points at it (`path`), and its meta records the fingerprint of what was saved.
+    The bundle then points at it (`path`), and its meta records the fingerprint of what was saved and the
+    sha256 of the modelling code (`load` refuses the directory once that code is edited).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -45,7 +46,8 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
         shutil.copymode(out / "config.json", weights)
     bundle.tokenizer.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views)
+    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views,
+                   extra={**bundle.meta.extra, code.CODE_KEY: code.record(out)})
     (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     bundle.meta = meta
     bundle.path = out
@@ -59,22 +61,26 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
 
     Weights are read from safetensors only: pickled checkpoints are refused, never opened. A damaged
     directory (unreadable JSON, a cut-short weights file, a config that does not fit the weights) is
-    refused with what to do, before or instead of a half-loaded model.
+    refused with what to do, before or instead of a half-loaded model. No code of the directory ever runs
+    (xrq's own modelling code builds the model), and a directory whose code is not what it was saved with
+    is refused, naming the file (`model.network.code`).
     The model comes back in eval mode on `device` (default: cuda if available, else cpu).
     """
     dev = resolve_device(device)
     path = locate(name_or_path)
     check_complete(path)
     stored = read_meta(path)
+    code.check(path, stored)
     meta = BundleMeta.from_dict(stored, where=str(path / META_FILE)) if stored is not None else BundleMeta()
     try:
         with _quiet_transformers():  # its load report goes to the log; ours is the error below
             loaded = XrqEncoderDecoder.from_pretrained(
                 path, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
-                ignore_mismatched_sizes=True)  # reported as ours, below, instead of a RuntimeError
+                ignore_mismatched_sizes=True,  # reported as ours, below, instead of a RuntimeError
+                trust_remote_code=False)  # nor custom_generate/: xrq's own multiview.py is what runs
         model, info = cast(tuple[XrqEncoderDecoder, dict[str, Any]], loaded)
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path))
-        processor = ViTImageProcessorPil.from_pretrained(path)
+        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+        processor = ViTImageProcessorPil.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path} could not be loaded as an xrq model: {exc}") from exc
     _check_fits_weights(path, info)
@@ -98,7 +104,10 @@ def info(name_or_path: str | Path) -> dict[str, Any]:
     folder = bundle.path or Path(str(name_or_path))
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
     auto_map = getattr(bundle.model.config, "auto_map", None) or {}
-    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()),
+    ours = code.packaged_digest()
+    shipped = {name: {"sha256": digest, "xrq": digest == ours}
+               for name, digest in code.check(folder, read_meta(folder)).items()} if folder.is_dir() else {}
+    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()), "code": shipped,
             "remote_code": card.REMOTE_CODE_FILE in files and "AutoModelForImageTextToText" in auto_map}
 
 

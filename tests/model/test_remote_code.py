@@ -141,7 +141,8 @@ def test_modelling_code_stands_alone(source: str) -> None:
 def test_the_demo_ships_the_modelling_code_byte_for_byte() -> None:
     """models/demo/multiview.py is what plain transformers runs for the demo model: the tree's own code, unchanged.
 
-    After a change to model/network/multiview.py, copy it there (the weights do not change with the code).
+    After a change to model/network/multiview.py, copy it there (the weights do not change with the code) and
+    record its sha256 in models/demo/xrq.json ("code"), which every load checks (tests/model/test_model_code.py).
     """
     demo = json.loads((REPO / "models" / "demo" / "config.json").read_text())
     names = {auto: ref.partition(".") for auto, ref in demo["auto_map"].items()}
