@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 EXAMPLES = REPO / "examples" / "iu"
 XRQ = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv[0] = 'xrq'; main()"]
 REDIS = os.environ.get("XRQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -45,8 +44,8 @@ def _refused(code: int, text: str) -> bool:
 
 def model_cases(tmp: Path, model: Path) -> dict[str, bool]:
     """Planted code and edited code, for each command that loads a model: True where it held."""
-    from tests.model.test_bundle import _parts
-    from tests.planted import plant
+    from testing.parts import tiny_parts as _parts
+    from testing.planted import plant
 
     marker = tmp / "MARKER"
     images = tmp / "sec-images"
@@ -94,8 +93,7 @@ def message_cases(tmp: Path, model: Path) -> dict[str, bool]:
         redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
     except redis.RedisError:
         return {}
-    from tests.services import WorkerProcess, wait_for
-
+    from testing.services import WorkerProcess, wait_for
     from worker.app import app_for
     from worker.enqueue import EVALUATE_TASK, GENERATE_TASK
     from worker.settings import Settings
@@ -140,7 +138,7 @@ def message_cases(tmp: Path, model: Path) -> dict[str, bool]:
 
 
 def csv_cases(tmp: Path, model: Path) -> dict[str, bool]:
-    from tests.services import distinct_copies
+    from testing.services import distinct_copies
 
     names = ["=HYPERLINK(1)\x1b[31m", "+1", "-2", "@SUM(3)", "\t=4", "\r=5"]
     folder = tmp / "csv-images"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli import listing, output
+from cli import listing, output, safecsv
 from cli.context import COUNT, settings_from
 from cli.documents import DOCUMENT_FORMATS, export_documents
 from model.printable import printable
@@ -103,7 +103,7 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     if status == "done":
         rows = with_reviews(db, rows)
     if out is None:
-        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed", terminal=sys.stdout.isatty())
+        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed", terminal=safecsv.stdout_is_terminal())
         return
     try:
         with out.open("w", encoding="utf-8", newline="") as f:

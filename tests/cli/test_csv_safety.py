@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from cli.safecsv import CsvWriter, csv_cell
+from testing.services import distinct_copies
 from tests.conftest import EXAMPLES
-from tests.services import distinct_copies
 
 # File names become study uids: a formula for each character OWASP lists, and escape sequences.
 NAMES = ["=HYPERLINK(1)\x1b[31mred", "+1+2", "-3+4", "@SUM(5)", "\t=6", "\r=7", "plain\x1b]0;title\x07"]

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.inference.generate import GenerationSettings, generate
 from model.network.bundle import Bundle, build, resolve_device
 from model.network.store import load, save
-from model.training.tokenizer import save_trained_tokenizer
+from testing.parts import tiny_parts as _parts
 from tests.conftest import EXAMPLES, REPO
 
 
@@ -262,20 +262,6 @@ def test_shipped_demo_records_its_fingerprint() -> None:
 
 
 # --- pretrained parts: sizes and tokenizer come from the parts ------------------------------------------
-
-
-def _parts(tmp_path: Path, *, with_tokenizer: bool) -> tuple[str, str]:
-    torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=224, patch_size=32))
-    vit.save_pretrained(tmp_path / "vit")
-    vocab = 50257
-    if with_tokenizer:
-        tok = save_trained_tokenizer(["Heart size normal.", "No pleural effusion."], tmp_path / "gpt2", 300)
-        vocab = len(AutoTokenizer.from_pretrained(tok))
-    GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=1, n_head=2, n_positions=64, vocab_size=vocab)).save_pretrained(
-        tmp_path / "gpt2")
-    return str(tmp_path / "vit"), str(tmp_path / "gpt2")
 
 
 def test_build_uses_the_decoders_own_tokenizer(tmp_path: Path) -> None:
