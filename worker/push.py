@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TOKEN_VAR = "XRQ_PUSH_TOKEN"
+SEND_TIMEOUT = 30.0  # seconds to connect, and for each answer, before a destination counts as down
 
 
 @dataclass
@@ -68,14 +69,15 @@ def push_sources(settings: Settings, sources: Sequence[ReportSource], dest: Dest
 
 
 def send_documents(settings: Settings, db: Database, dest: Destination, todo: Sequence[tuple[int, Dataset]],
-                   result: PushResult, *, kind: str) -> None:
+                   result: PushResult, *, kind: str, timeout: float = SEND_TIMEOUT) -> None:
     """Send (report id, SR) pairs in one association, recording each delivery as `kind`: the one policy of
     every push. A refused SR is a failed row and the rest goes on; a destination that cannot be reached
     records every SR left as failed and raises UnreachableError."""
     if not todo:
         return
     what = "SR(s)" if kind == DRAFT_KIND else "signed SR(s)"
-    with Sender(dest, calling_aet=settings.listen_aet, token=os.environ.get(TOKEN_VAR) or None) as sender:
+    token = os.environ.get(TOKEN_VAR) or None
+    with Sender(dest, calling_aet=settings.listen_aet, token=token, timeout=timeout) as sender:
         for i, (report_id, sr) in enumerate(todo):
             try:
                 sender.send(sr)
@@ -101,7 +103,7 @@ def send_documents(settings: Settings, db: Database, dest: Destination, todo: Se
 
 def push_signed(settings: Settings, db: Database, dest: Destination, *,
                 versions: Mapping[int, Collection[int]] | None = None,
-                uids: Mapping[int, Collection[str]] | None = None) -> PushResult:
+                uids: Mapping[int, Collection[str]] | None = None, timeout: float = SEND_TIMEOUT) -> PushResult:
     """Send signed versions' SRs (VERIFIED, the draft SR as predecessor) to `dest`, recorded as SIGNED_KIND.
 
     Which: `versions` (report id -> signed version numbers: a sign-off) and/or `uids` (report id -> the
@@ -129,7 +131,7 @@ def push_signed(settings: Settings, db: Database, dest: Destination, *,
                 result.already += 1
             else:
                 todo.append((report_id, sr))
-    send_documents(settings, db, dest, todo, result, kind=SIGNED_KIND)
+    send_documents(settings, db, dest, todo, result, kind=SIGNED_KIND, timeout=timeout)
     return result
 
 

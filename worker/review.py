@@ -18,6 +18,9 @@ from db.engine import Database
 from db.review import Submitted
 
 log = logging.getLogger("xrq.review")
+# The sign-off's request waits for its SR at most this long per step (connect, each answer): a PACS that
+# does not answer makes a failed delivery row after seconds, not a reviewer waiting on a spinner.
+SEND_TIMEOUT = 10.0
 
 
 def submit(db: Database, report_id: int, *, base_version: int, action: str, text: str, author_id: int,
@@ -34,8 +37,10 @@ def submit(db: Database, report_id: int, *, base_version: int, action: str, text
 def on_signed(db: Database, signed: Submitted) -> None:
     """Called once per signed version (a sign-off or an addendum), after it is committed.
 
-    With XRQ_PUSH_TO set, sends that version's SR there; never raises: whatever goes wrong is a
-    delivery row (failed, retried by the backlog) or a log line, and the sign-off stands.
+    With XRQ_PUSH_TO set, sends that version's SR there, in the request's own thread (the web
+    application runs it off its event loop), waiting at most SEND_TIMEOUT per step. Never raises:
+    whatever goes wrong is a delivery row (failed, retried by the backlog) or a log line, and the
+    sign-off stands.
     """
     from worker.settings import Settings
 
@@ -50,7 +55,7 @@ def on_signed(db: Database, signed: Submitted) -> None:
         from worker.push import push_signed
 
         result = push_signed(settings, db, parse_destination(destination),
-                             versions={signed.report_id: {signed.version}})
+                             versions={signed.report_id: {signed.version}}, timeout=SEND_TIMEOUT)
         if result.sent:
             log.info("report %d: signed SR (version %d) sent to %s", signed.report_id, signed.version,
                      destination)

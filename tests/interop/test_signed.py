@@ -164,3 +164,25 @@ def test_export_writes_the_signed_version_of_a_signed_report(sqlite_url: str, tm
     sr = pydicom.dcmread(path)
     assert sr.VerificationFlag == "VERIFIED" and len(sr.PredecessorDocumentsSequence) == 1
     assert dciodvfy_errors(path) == []
+
+
+def test_a_pacs_that_never_answers_holds_the_sign_off_for_seconds_only(
+        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that takes the connection and says nothing: the sign-off returns after the send timeout,
+    stored, with a failed delivery (never the minutes of a TCP or DICOM wait without a bound)."""
+    import socket
+    import time
+
+    from worker import review
+
+    db, seeded, alice = _seeded(sqlite_url, tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never answers
+        monkeypatch.setenv("XRQ_PUSH_TO", f"dicom://ORTHANC@127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(review, "SEND_TIMEOUT", 1.0)
+        start = time.monotonic()
+        done = submit(db, seeded.report_ids["rsna"], base_version=0, action="sign", text=SIGNED, author_id=alice)
+        took = time.monotonic() - start
+    assert done.state == "signed" and report_review(db, seeded.report_ids["rsna"]).state == "signed"
+    assert took < 8, took
+    [row] = deliveries.deliveries_of(db, seeded.report_ids["rsna"])
+    assert (row["kind"], row["state"]) == ("sr-signed", "failed")
