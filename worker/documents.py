@@ -83,15 +83,16 @@ def report_source(db: Database, report_id: int) -> ReportSource:
 
 
 def signed_srs(src: ReportSource, sigs: Sequence[Signature]) -> list[Any]:
-    """The SR of each signed version (VERIFIED, the draft SR as predecessor); NoDicomIdentityError for a
-    study whose files are not DICOM."""
+    """The SR of each signed version, oldest first (VERIFIED; predecessors: the draft SR and the earlier
+    signed versions' SRs); NoDicomIdentityError for a study whose files are not DICOM."""
     from interop.documents import read_sources
     from interop.sr import signed_sr
 
     doc = to_doc(src)
     headers = read_sources(doc.files, doc.study_uid if doc.grouping == "dicom" else None)
     organization = _organization(headers)
-    return [signed_sr(doc, headers, to_signed(sig, organization)) for sig in sigs]
+    versions = [to_signed(sig, organization) for sig in sigs]
+    return [signed_sr(doc, headers, v, versions[:i]) for i, v in enumerate(versions)]
 
 
 @dataclass
@@ -142,7 +143,8 @@ def sr_documents(sources: Sequence[ReportSource], signed: dict[int, list[Signatu
             continue
         sigs = (signed or {}).get(src.report_id)
         if sigs:
-            yield src, signed_sr(doc, headers, to_signed(sigs[-1], _organization(headers))), None
+            versions = [to_signed(sig, _organization(headers)) for sig in sigs]
+            yield src, signed_sr(doc, headers, versions[-1], versions[:-1]), None
         else:
             yield src, draft_sr(doc, headers), None
 

@@ -80,7 +80,12 @@ def test_signing_sends_a_verified_sr_with_the_draft_as_predecessor(
         srs = srs_in(pacs, RSNA_STUDY)
         assert len(srs) == 3
         assert sorted(sr.VerificationFlag for sr in srs) == ["UNVERIFIED", "VERIFIED", "VERIFIED"]
-        assert any(report_text(sr).endswith("Addendum: follow-up in 6 weeks.") for sr in srs)
+        [addendum] = [sr for sr in srs if report_text(sr).endswith("Addendum: follow-up in 6 weeks.")]
+        assert addendum.InstanceNumber == 3 and signed.InstanceNumber == 2
+        [pred] = addendum.PredecessorDocumentsSequence  # the draft and the signed SR it supersedes
+        assert sorted(i.ReferencedSOPInstanceUID for s in pred.ReferencedSeriesSequence
+                      for i in s.ReferencedSOPSequence) == sorted([draft.SOPInstanceUID, signed.SOPInstanceUID])
+        _check(addendum, tmp_path, "addendum.dcm")
         # Retrying has nothing left to send.
         assert sum(r.sent for r in retry_failed(settings)) == 0
     finally:
