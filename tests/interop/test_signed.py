@@ -20,7 +20,7 @@ from tests.interop.peers import Orthanc, dciodvfy_errors, free_port
 from tests.interop.test_orthanc import srs_in
 from tests.web.seed import DRAFTS, Seeded, seed
 from worker import runtime
-from worker.documents import export_fhir, export_sr
+from worker.documents import export_sr
 from worker.push import push_jobs, retry_failed
 from worker.review import submit
 from worker.settings import Settings
@@ -154,7 +154,12 @@ def test_export_writes_the_signed_version_of_a_signed_report(sqlite_url: str, tm
     settings = Settings(database_url=sqlite_url)
 
     out = tmp_path / "reports.ndjson"
-    export_fhir(settings, [seeded.job_id], out)
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["export", str(seeded.job_id), "--format", "fhir", "-o", str(out)],
+                                env={"XRQ_DATABASE_URL": sqlite_url})
+    assert result.exit_code == 0, result.output
     by_text = {r["conclusion"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert by_text[SIGNED]["status"] == "final"
     assert by_text[SIGNED]["resultsInterpreter"] == [{"display": "alice"}]
