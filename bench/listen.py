@@ -1,16 +1,19 @@
 """Instances per second received into xrq's inbox from DCMTK's storescu, beside DCMTK's own storescp
 (the bound) on the same files in the same run; prints JSON.
 
-    python bench/listen.py [--instances 300] [--rounds 3] [--source tests/data/dicom/rsna_pneumonia_cr.dcm]
+    python bench/listen.py [--instances 300] [--rounds 3] [--associations 1]
+                           [--source tests/data/dicom/rsna_pneumonia_cr.dcm]
 
 The files: `--instances` copies of a real CR (`--source`), each with UIDs of its own (one study), sent
-by one storescu association each round. The receivers, alternating round by round so a noisy shared
-machine slows both alike:
+by one storescu association each round (`--associations N`: N storescu processes at once, each
+with its share, as a PACS routing over several associations does). The receivers, alternating round
+by round so a noisy shared machine slows both alike:
 
 - `xrq listen` (the real command, in its own process, a study timeout long enough that nothing is
   reported): each instance is written to a temporary file, fsync'd, renamed into the inbox and its
   folder fsync'd before the success status goes back;
-- `storescp +xa +B -od DIR` (DCMTK): writes each file as read and answers, without fsync.
+- `storescp +xa +B --fork -od DIR` (DCMTK): writes each file as read and answers, without fsync (a
+  process per association).
 
 storescu and storescp run with TCP_NODELAY=1 (see NODELAY).
 
@@ -37,7 +40,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # Debian's DCMTK leaves Nagle's algorithm on unless told (its TCP_NODELAY variable): each small C-STORE
 # response then waits for a delayed ACK (about 45 ms an instance, storescp's rate capped near 21/s).
 # Both DCMTK tools get it off, so storescp is the real bound.
@@ -81,14 +83,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def send(port: int, files: list[Path], called: str, syntax: str) -> float:
-    """Seconds storescu takes to send every file in one association (each must succeed)."""
+def send(port: int, files: list[Path], called: str, syntax: str, associations: int = 1) -> float:
+    """Seconds that `associations` storescu processes at once take to send every file (split evenly
+    between them; each file must succeed)."""
+    parts = [files[i::associations] for i in range(associations)]
     started = time.perf_counter()
-    out = subprocess.run(["storescu", syntax, "-R", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
-                          *map(str, files)], capture_output=True, text=True, env={**os.environ, **NODELAY})
+    procs = [subprocess.Popen(["storescu", syntax, "-R", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+                               *map(str, part)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, **NODELAY}) for part in parts]
+    errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - started
-    if out.returncode != 0:
-        raise RuntimeError(f"storescu failed: {out.stderr[-2000:]}")
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-2000:]}")
     return elapsed
 
 
@@ -96,7 +103,8 @@ def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
     if kind == "storescp":
         out = work / "storescp"
         out.mkdir()
-        cmd = ["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out), str(port)]  # every syntax; as read
+        # every syntax; as read; a process per association (as xrq has a thread per association)
+        cmd = ["storescp", "+xa", "+B", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)]
         env = {**os.environ, **NODELAY}
     else:
         cmd = [sys.executable, "-c", "from cli.main import main; main()", "listen",
@@ -113,13 +121,13 @@ def received(kind: str, work: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def one_round(kind: str, files: list[Path], syntax: str) -> float:
+def one_round(kind: str, files: list[Path], syntax: str, associations: int) -> float:
     work = Path(tempfile.mkdtemp(prefix=f"xrq-bench-{kind}-"))
     port = free_port()
     proc = receiver(kind, work, port)
     try:
         wait_port(port, proc)
-        elapsed = send(port, files, "STORESCP" if kind == "storescp" else "XRQ", syntax)
+        elapsed = send(port, files, "STORESCP" if kind == "storescp" else "XRQ", syntax, associations)
         if received(kind, work) != len(files):
             raise RuntimeError(f"{kind} kept {received(kind, work)} of {len(files)} files")
         return len(files) / elapsed
@@ -148,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--associations", type=int, default=1, help="storescu processes sending at once")
     parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "dicom" / "rsna_pneumonia_cr.dcm")
     parser.add_argument("--syntax", default="-xy", help="storescu's proposal option (-xy: JPEG baseline, the "
                                                          "source's; -x=: uncompressed)")
@@ -161,13 +170,14 @@ def main() -> None:
         for r in range(args.rounds):
             order = ("xrq", "storescp") if r % 2 == 0 else ("storescp", "xrq")
             for kind in order:
-                rates[kind].append(one_round(kind, files, args.syntax))
+                rates[kind].append(one_round(kind, files, args.syntax, args.associations))
             rates["durable_floor"].append(durable_floor(files))
         size = files[0].stat().st_size
     xrq, bound = statistics.median(rates["xrq"]), statistics.median(rates["storescp"])
     floor = statistics.median(rates["durable_floor"])
     print(json.dumps({
-        "instances": args.instances, "rounds": args.rounds, "bytes_per_instance": size,
+        "instances": args.instances, "rounds": args.rounds, "associations": args.associations,
+        "bytes_per_instance": size,
         "xrq_per_s": round(xrq, 1), "storescp_per_s": round(bound, 1), "ratio": round(xrq / bound, 3),
         "durable_floor_per_s": round(floor, 1), "ratio_to_durable_floor": round(xrq / floor, 3),
         "rounds_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},

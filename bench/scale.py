@@ -1,7 +1,7 @@
 """The control plane at N reports: fill PostgreSQL and a SQLite file, then time and weigh every read.
 
-    nice python bench/scale.py --n 100000 -o bench/results/scale-100k.json
-    nice python bench/scale.py --n 1000000 --full reports-jsonl export-parquet -o bench/results/scale-1m.json
+    nice python -m bench.scale --n 100000 -o bench/results/scale-100k.json
+    nice python -m bench.scale --n 1000000 --full reports-jsonl export-parquet -o bench/results/scale-1m.json
 
 For each backend (`--backends postgres sqlite`): a fresh database (PostgreSQL: a database of its own on
 the server of XRQ_TEST_POSTGRES, dropped afterwards unless --keep; SQLite: a file in --workdir) filled
@@ -37,8 +37,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.measure import run_xrq
 from bench.scale_data import NOW, fill

@@ -29,11 +29,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 
-from tests.services import free_port, port_open, wait_for  # noqa: E402
+from testing.services import free_port, port_open, wait_for  # noqa: E402
 
 ADMIN_URL = os.environ.get("XRQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "xrq_bench_serve"

@@ -88,6 +88,26 @@ def _line_writer(fmt: str, stream: IO[str], *, failed: bool) -> Callable[[Report
     return table_line
 
 
+def load_export_libraries(fmt: str) -> None:
+    """Import what writing `fmt` needs (Parquet: pandas and pyarrow), so that a missing library fails
+    before the database is read or a file is made."""
+    if fmt == "parquet":
+        import pandas  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+
+def export_rows(db: Any, job_ids: list[int]) -> Iterator[list[dict[str, Any]]]:
+    """`xrq export`'s rows, batch by batch: db.listing's export rows with their review columns."""
+    from db.listing import export_batches
+    from db.review import REVIEW_COLUMNS, review_columns
+
+    empty = dict.fromkeys(REVIEW_COLUMNS)
+    for batch in export_batches(db, job_ids):
+        reviews = review_columns(db, [(r["study_id"], r["reported_by_job"]) for r in batch
+                                      if r["reported_by_job"] is not None])
+        yield [{**r, **reviews.get((r["study_id"], r["reported_by_job"]), empty)} for r in batch]
+
+
 @contextmanager
 def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     """A function that appends a batch of `xrq export` rows (db.queries.EXPORT_COLUMNS) to `out` as `fmt`.

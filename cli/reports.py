@@ -159,9 +159,7 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
       xrq export 1 --format sr -o srs/
       xrq export 1 --format fhir -o reports.ndjson
     """
-    from db.listing import export_batches
     from db.queries import export_count
-    from db.review import REVIEW_COLUMNS, review_columns
     from worker import runtime
 
     if fmt in DOCUMENT_FORMATS:
@@ -169,6 +167,7 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
         return
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
     out = output.output_file(out)
+    listing.load_export_libraries(fmt)
     db = runtime.database(settings_from(ctx).database_url)
     total = export_count(db, list(jobs))  # every job exists before the file is made
     bar = output.Progress(output.stderr_is_terminal(), desc="Exporting")
@@ -176,11 +175,8 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     try:
         with listing.export_file(fmt, out) as write:
             bar.start(total)
-            for batch in export_batches(db, list(jobs)):
-                reviews = review_columns(db, [(r["study_id"], r["reported_by_job"]) for r in batch
-                                              if r["reported_by_job"] is not None])
-                empty = dict.fromkeys(REVIEW_COLUMNS)
-                write([{**r, **reviews.get((r["study_id"], r["reported_by_job"]), empty)} for r in batch])
+            for batch in listing.export_rows(db, list(jobs)):
+                write(batch)
                 n += len(batch)
                 bar.update(len(batch))
     except OSError as exc:

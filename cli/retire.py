@@ -42,10 +42,12 @@ def delete(ctx: click.Context, job_ids: tuple[int, ...], archive: Path | None, k
       xrq jobs delete 3 --archive job3.parquet
       xrq jobs delete 3 4 --keep-reports --yes
     """
-    from db.queries import export_batches, export_count
+    from db.queries import export_count
     from db.retire import retire_job
     from worker import runtime
 
+    if archive is not None:
+        listing.load_export_libraries(output.format_from_name(archive, ARCHIVE_FORMATS, "parquet"))
     db = runtime.database(settings_from(ctx).database_url)
     total = export_count(db, list(job_ids))  # every job exists before anything is written or deleted
     if not yes:
@@ -55,7 +57,7 @@ def delete(ctx: click.Context, job_ids: tuple[int, ...], archive: Path | None, k
         fmt = output.format_from_name(archive, ARCHIVE_FORMATS, "parquet")
         try:
             with listing.export_file(fmt, archive) as write:
-                for batch in export_batches(db, list(job_ids)):
+                for batch in listing.export_rows(db, list(job_ids)):
                     write(batch)
         except OSError as exc:
             raise click.ClickException(f"cannot write {printable(str(archive))}: {exc.strerror or exc}; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -58,6 +59,7 @@ class ReportSource:
     model_fingerprint: str
     files: tuple[str, ...]
     study_fingerprint: str
+    previous_study_fingerprint: str | None = None  # the study (same uid) as reported before by this model
 
 
 def report_sources(db: Database, job_ids: Sequence[int], *,
@@ -86,8 +88,21 @@ def report_sources(db: Database, job_ids: Sequence[int], *,
                         Image.job_id == job_id, Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
                     files[sid].append(path)
             out += [ReportSource(r.id, job_id, r.uid, r.grouping, r.text, as_utc(r.created_at), r.name,
-                                 r.fingerprint, tuple(files[r.study_id]), r.sfp) for r in rows]
+                                 r.fingerprint, tuple(files[r.study_id]), r.sfp, _previous(s, r))
+                    for r in rows]
     return out
+
+
+def _previous(s: Any, row: Any) -> str | None:
+    """The content hash of the same DICOM study as this model last reported it before this report."""
+    if row.grouping != "dicom":
+        return None
+    return s.scalar(
+        select(Study.fingerprint).join(Report, Report.study_id == Study.id)
+        .join(Model, Model.id == Report.model_id)
+        .where(Study.uid == row.uid, Study.grouping == "dicom", Study.id != row.study_id,
+               Model.fingerprint == row.fingerprint, Report.created_at < row.created_at)
+        .order_by(Report.created_at.desc()).limit(1))
 
 
 def delivered(db: Database, destination: str, report_ids: Sequence[int]) -> set[tuple[int, str]]:

@@ -19,7 +19,7 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom.dataset import Dataset
 
-from interop.documents import MACHINE_DRAFT_NOTICE, ReportDoc, Signed
+from interop.data import MACHINE_DRAFT_NOTICE, ReportDoc, Signed
 
 DEVICE_EXTENSION = "urn:xrq:fhir:StructureDefinition:generated-by"
 _RAD = {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from interop.documents import IMAGE_SOP_CLASSES
+from interop.data import IMAGE_SOP_CLASSES
 from interop.errors import ListenerError
 from interop.inbox import Inbox, valid_uid
 

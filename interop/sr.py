@@ -36,8 +36,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
 from interop import uids
-from interop.documents import MACHINE_DRAFT_NOTICE, ReportDoc, Signed, sections
+from interop.data import MACHINE_DRAFT_NOTICE, ReportDoc, Signed, sections
 
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR Storage
 SERIES_NUMBER = 9901  # high, so viewers list xrq's series after the images
 SERIES_DESCRIPTION = "xrq report drafts"
 REPORT_TITLE = CodedConcept("18748-4", "LN", "Diagnostic imaging report")
@@ -170,7 +171,22 @@ def _repair_copied(sr: Dataset) -> None:
 
 def draft_sr(doc: ReportDoc, sources: Sequence[Dataset]) -> Dataset:
     """The machine draft's SR: PARTIAL, UNVERIFIED, PRELIMINARY, with the machine-draft notice."""
-    return _build(doc, sources, doc.text, version="draft", instance_number=1, signed=None, predecessor=None)
+    earlier = _earlier_draft(doc, sources[0].StudyInstanceUID)
+    return _build(doc, sources, doc.text, version="draft", instance_number=1, signed=None,
+                  predecessor=[earlier] if earlier is not None else None)
+
+
+def _earlier_draft(doc: ReportDoc, study_uid: str) -> Dataset | None:
+    """The draft SR of the study's earlier report by the same model (before a late image came), as a
+    reference: the new draft names it in its Predecessor Documents Sequence."""
+    if not doc.previous_study_fingerprint:
+        return None
+    ref = Dataset()
+    ref.SOPClassUID = SR_CLASS
+    ref.SOPInstanceUID = uids.sr_instance_uid(study_uid, doc.model.fingerprint, "draft", doc.previous_study_fingerprint)
+    ref.StudyInstanceUID = study_uid
+    ref.SeriesInstanceUID = uids.sr_series_uid(study_uid, doc.model.fingerprint)
+    return ref
 
 
 def signed_sr(doc: ReportDoc, sources: Sequence[Dataset], signed: Signed, earlier: Sequence[Signed] = ()) -> Dataset:

@@ -47,7 +47,8 @@ def xrq_version() -> str:
 def to_doc(src: ReportSource) -> ReportDoc:
     return ReportDoc(report_id=src.report_id, study_uid=src.study_uid, grouping=src.grouping, text=src.text,
                      created_at=src.created_at, model=ModelInfo(src.model_name, src.model_fingerprint, xrq_version()),
-                     files=src.files, study_fingerprint=src.study_fingerprint)
+                     files=src.files, study_fingerprint=src.study_fingerprint,
+                     previous_study_fingerprint=src.previous_study_fingerprint)
 
 
 def to_signed(signature: Signature, organization: str) -> Signed:

@@ -11,9 +11,12 @@ from model.printable import printable
 
 def plot_signed(groups: list[dict[str, Any]], out: str | Path) -> Path:
     """A 2×2 PNG from the groups' summaries (worker.evaluate_signed.SignedGroup.summary)."""
-    from model.figures.plots import plt, save_figure  # it chose matplotlib's file-only backend
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9), dpi=110)
+    from model.figures.plots import save_figure
+
+    fig = Figure(figsize=(13, 9), dpi=110)
+    axes = fig.subplots(2, 2)
     names = [printable(f"{g['group']} {g['ref']}") for g in groups]
     accepted = axes[0, 0]
     values = [g["accepted_unchanged"] or 0.0 for g in groups]

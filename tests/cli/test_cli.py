@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.badfiles import make_bad_files
+from testing.badfiles import make_bad_files
 from tests.conftest import EXAMPLES
 
 

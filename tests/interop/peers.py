@@ -14,8 +14,8 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
+from testing.services import free_port, wait_for
 from tests.conftest import REPO, service_missing
-from tests.services import free_port, wait_for
 
 __all__ = ["free_port", "wait_for"]
 

@@ -9,10 +9,18 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from interop.documents import ModelInfo, ReportDoc, Signed, read_sources, sections
+from interop.documents import (
+    ModelInfo,
+    ReportDoc,
+    Signed,
+    draft_documents,
+    read_sources,
+    sections,
+    signed_fhir,
+    signed_sr,
+)
 from interop.errors import NoDicomIdentityError
 from interop.fhir import ndjson_line
-from interop.produce import draft_documents, signed_fhir, signed_sr
 from interop.sr import report_text
 from tests.conftest import DATA, EXAMPLES
 from tests.interop.peers import dciodvfy_errors
@@ -123,3 +131,8 @@ def test_a_png_study_gets_fhir_and_a_named_error_for_sr() -> None:
 def test_sections_split_findings_and_impression() -> None:
     assert sections("FINDINGS: a. IMPRESSION: b.") == ("a.", "b.")
     assert sections("heart normal.") == ("heart normal.", "")
+
+
+def test_a_study_whose_files_are_gone_says_so(tmp_path: Path) -> None:
+    with pytest.raises(NoDicomIdentityError, match="its files are gone from where they were submitted"):
+        read_sources([tmp_path / "gone" / "a.dcm"])

@@ -123,6 +123,15 @@ def test_a_late_image_reports_the_study_again_over_all_its_images(listening: Lis
     jobs = sorted(reported(listening.settings))
     assert [(images, n) for _, images, n in jobs] == [(1, 1), (2, 1)]  # the new report covers both images
     assert [uid for uid, _ in listening.stats.submitted] == [study, study]
+    from db.deliveries import report_sources
+    from worker.documents import sr_documents
+
+    sources = report_sources(runtime.database(listening.settings.database_url), [j for j, _, _ in jobs])
+    first, second = (sr for _, sr, _ in sr_documents(sources))
+    assert first.SOPInstanceUID != second.SOPInstanceUID  # a new draft, in the same SR series
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID and "PredecessorDocumentsSequence" not in first
+    named = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert named.ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
 def test_too_little_free_disk_is_out_of_resources(tmp_path: Path, sqlite_url: str, tiny_model: Path) -> None:

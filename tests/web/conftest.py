@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, wait_for
+from testing.services import free_port, wait_for
 from tests.web.seed import Seeded, seed
 
 PASSWORD = "correct horse battery"

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def wait_images(page: Any) -> None:
     """Until every X-ray on the page has loaded (polled from here: the pages' CSP forbids eval, which
     Playwright's wait_for_function needs)."""
-    from tests.services import wait_for
+    from testing.services import wait_for
 
     wait_for(lambda: page.evaluate("() => Array.from(document.querySelectorAll('img.xray')).every(i => i.complete)"),
              timeout=30, what="the images to load")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from db.review import Submitted
-from tests.services import REPO, free_port, port_open, wait_for
+from testing.services import REPO, free_port, port_open, wait_for
 from tests.web.conftest import PASSWORD, make_site
 
 
