@@ -34,6 +34,7 @@ from transformers import (
     GPT2Tokenizer,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    VisionEncoderDecoderConfig,
     ViTConfig,
     ViTImageProcessorPil,
 )
@@ -42,6 +43,7 @@ from model import identity
 from model.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.multiview import XrqEncoderDecoder
+from model.train_config import VIEW_JOINS, view_join_settings
 
 # xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
 transformers.utils.logging.disable_progress_bar()
@@ -75,6 +77,10 @@ PRESETS: dict[str, dict] = {
         "decoder": {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024},
     },
 }
+
+# small + a `ViewJoin` (model/multiview.py): view-slot embedding and 2-D positions after the encoder, so
+# cross-attention knows which view and where (README: the conditioning benchmark). Train with --augment.
+PRESETS["small-v2"] = {**PRESETS["small"], "view_join": "both"}
 
 
 @dataclass
@@ -137,6 +143,7 @@ def build(
     tokenizer: str | Path | None = None,
     seed: int = 0,
     max_views: int = 4,
+    view_join: str | None = None,
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
@@ -144,11 +151,16 @@ def build(
     The tokenizer is `tokenizer`, else the decoder's own when it has one, else GPT-2's vocabulary.
     Random weights (all of them, or the new cross-attention on top of pretrained parts) come from
     `seed`, so the same arguments give identical weights. The global RNG is left untouched.
+    `view_join` (one of `VIEW_JOINS`) overrides the preset's multi-view join; None keeps the preset's.
     """
     if preset not in PRESETS:
         raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     if max_views < 1:
         raise ModelError(f"max_views must be at least 1, got {max_views}.")
+    join_name = view_join if view_join is not None else PRESETS[preset].get("view_join", "none")
+    if join_name not in VIEW_JOINS:
+        raise ModelError(f"Unknown view join {join_name!r}; choose one of: {', '.join(VIEW_JOINS)}.")
+    join = view_join_settings(join_name, max_views)
     tok_source = str(tokenizer) if tokenizer else _decoder_tokenizer_source(decoder)
     tok = _load_tokenizer(tok_source)
     with torch.random.fork_rng(devices=[]):
@@ -157,7 +169,10 @@ def build(
         if encoder is None and PRESETS[preset].get("positions") == "sincos":
             sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
-        model = XrqEncoderDecoder(encoder=enc, decoder=dec)
+        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc.config, dec.config)
+        if join:
+            config.view_join = join  # absent otherwise: older models' configs stay as they were
+        model = XrqEncoderDecoder(config=config, encoder=enc, decoder=dec)
     _set_token_ids(model, tok)
     meta = {
         "format": FORMAT_VERSION,

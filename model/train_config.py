@@ -8,8 +8,20 @@ from typing import Any
 from model.tokenizer_train import DEFAULT_VOCAB_SIZE
 
 BEST_METRICS = ("bleu_4", "bleu_1", "rouge_l", "cider", "val_loss")
-PRESET_NAMES = ("tiny", "small", "base")
+PRESET_NAMES = ("tiny", "small", "base", "small-v2")
 """`model.bundle.PRESETS`' names, where the CLI reads them without importing torch (a test keeps them equal)."""
+
+VIEW_JOINS = ("none", "embedding", "positions", "both")
+"""What the multi-view join adds to each view's tokens (model/multiview.py's `ViewJoin`): nothing, the
+view-slot embedding, the 2-D sin-cos positions, or both."""
+
+
+def view_join_settings(name: str, max_views: int) -> dict[str, Any] | None:
+    """`config.view_join` for a `VIEW_JOINS` name; None for "none" (the plain join, no such key)."""
+    if name == "none":
+        return None
+    return {"views": max_views, "embedding": name in ("embedding", "both"),
+            "positions": "sincos" if name in ("positions", "both") else None}
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,8 @@ class TrainConfig:
     start from, instead of their preset's: the tiny preset's 0.3 makes an untrained model's words depend
     on the image (tests want that) but saturates attention, so training memorises studies instead of
     learning where to look; the small preset (0.02) is the one to train from scratch. 0 keeps the preset's own.
+    `augment` shifts, zooms and re-exposes each training view at random (model/augment.py; never a flip).
+    `view_join` overrides the preset's multi-view join (`model.bundle.VIEW_JOINS`; None: the preset's).
     """
 
     reports: str
@@ -55,6 +69,8 @@ class TrainConfig:
     eval_every: int = 200
     best_metric: str = "bleu_4"
     bf16: bool = True
+    augment: bool = False
+    view_join: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
