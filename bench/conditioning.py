@@ -1,7 +1,7 @@
 """Does `xrq train` learn to read the image? A synthetic conditioning benchmark, on a CPU, in minutes.
 
 A decoder that ignores the image and writes the same few fluent reports for everyone still scores well
-on BLEU and ROUGE-L. This generates a seeded synthetic data set (model/synthetic.py: findings drawn at
+on BLEU and ROUGE-L. This generates a seeded synthetic data set (model/datasets/synthetic.py: findings drawn at
 random into real radiographs, reports built from IU sentences that say exactly those findings), then,
 as a user would, in a temporary folder:
 
@@ -18,10 +18,10 @@ were written word for word). The image-blind run is what the decoder alone can l
 the most frequent training report; `image_blind_f1_max` is the best clinical F1 that any reports written
 without the image can expect on this test set (every finding for most studies, "normal" for a few).
 
-    python bench/conditioning.py --seed 0            # a table
-    python bench/conditioning.py --seed 1 --json     # the same as JSON
-    python bench/conditioning.py --size small        # the slow margin test's version (3.5 minutes)
-    python bench/conditioning.py --seeds 100-109 --preset small-v2 --train-arg=--augment --json \
+    python -m bench.conditioning --seed 0            # a table
+    python -m bench.conditioning --seed 1 --json     # the same as JSON
+    python -m bench.conditioning --size small        # the slow margin test's version (3.5 minutes)
+    python -m bench.conditioning --seeds 100-109 --preset small-v2 --train-arg=--augment --json \
         --record bench/results/small-v2.jsonl          # fresh seeds in turn, each appended as it ends
 
 Training is budgeted in steps, not seconds, so a seed gives the same numbers on any CPU.
@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from model.synthetic import LATERALISED, OBSERVED, distinct_ratio, generate, image_blind_f1_max, laterality  # noqa: E402
+from model.datasets.synthetic import LATERALISED, OBSERVED, distinct_ratio, generate, image_blind_f1_max, laterality  # noqa: E402
 
 TARGETS = {"f1_macro": 0.8, "blind_f1_macro_max": 0.4, "laterality": 0.9, "distinct_ratio": 0.8}
 

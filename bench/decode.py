@@ -1,12 +1,12 @@
 """Decoding + preprocessing per image, and how it scales with decode workers; prints JSON.
 
-    python bench/decode.py [--folder examples/iu] [--rounds 5] [--workers 1,2,4] [--tasks 36]
+    python -m bench.decode [--folder examples/iu] [--rounds 5] [--workers 1,2,4] [--tasks 36]
 
 1. Per image, single-threaded, on the real files (bytes already in memory): Pillow's decode alone
-   (`Image.open(...).load()`, the floor), then `model.images.decode_bytes` + preprocessing by the old
-   path (RGB first, then the processor) and by `model.preprocess.view_tensor`. Reported: the sum over
+   (`Image.open(...).load()`, the floor), then `model.imaging.images.decode_bytes` + preprocessing by the old
+   path (RGB first, then the processor) and by `model.imaging.preprocess.view_tensor`. Reported: the sum over
    the folder of each image's median, and the ratio to Pillow's decode alone (target: new <= 1.25).
-   Also a view cache hit (`model.view_cache.ViewCache.get`), the cost that replaces all of it.
+   Also a view cache hit (`model.imaging.view_cache.ViewCache.get`), the cost that replaces all of it.
 2. Throughput of read + decode + `view_tensor` (what a decode worker does) with N workers as threads
    and as processes (`concurrent.futures`; pools started and warmed before timing; a process returns
    its (3, H, W) tensor through a pipe, as it would to the batch).
@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,22 +36,21 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import PIL  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import ViTImageProcessorPil  # noqa: E402
 
-from model.images import decode_bytes  # noqa: E402
-from model.preprocess import fast_path_refusal, view_tensor  # noqa: E402
-from model.view_cache import ViewCache  # noqa: E402
+from model.imaging.images import decode_bytes  # noqa: E402
+from model.imaging.preprocess import fast_path_refusal, view_tensor  # noqa: E402
+from model.imaging.view_cache import ViewCache  # noqa: E402
 
 _processor: ViTImageProcessorPil | None = None
 
 
 def processor() -> ViTImageProcessorPil:
-    """xrq's default preprocessing (what `model.bundle` builds): ViT's, at 224×224."""
+    """xrq's default preprocessing (what `model.network.bundle` builds): ViT's, at 224×224."""
     global _processor
     if _processor is None:
         _processor = ViTImageProcessorPil()

@@ -1,6 +1,6 @@
 """Peak memory of decoding one large deep picture, in bytes per pixel; prints JSON.
 
-    python bench/decode_memory.py [--size 7000] [--impl path/to/images.py] [--rounds 1]
+    python -m bench.decode_memory [--size 7000] [--impl path/to/images.py] [--rounds 1]
 
 Makes a size×size 16-bit grey PNG and a 16-bit MONOCHROME1 DICOM with a display window (header from
 tests/data/dicom/RG1_UNCR.dcm) in a temporary folder, then decodes each in a fresh Python process, two
@@ -8,7 +8,7 @@ ways: `decode(path)` and what a worker does, `decode_bytes(read_submitted(path, 
 bytes stay in memory while they are decoded). Each child reports its peak RSS (`resource.getrusage`)
 after the imports and after the decode; the difference over the pixel count is the decode's cost in
 bytes per pixel (the file's own bytes included for the worker path). `--impl` decodes with another
-copy of model/images.py, e.g. the one before a change (`git show HEAD:model/images.py > /tmp/old.py`).
+copy of model/imaging/images.py, e.g. the one before a change (`git show HEAD:model/imaging/images.py > /tmp/old.py`).
 """
 
 from __future__ import annotations
@@ -57,14 +57,13 @@ def child(path: str, way: str, impl: str | None) -> None:
     import importlib.util
     import resource
 
-    sys.path.insert(0, str(REPO))
     if impl:
         spec = importlib.util.spec_from_file_location("images_under_test", impl)
         assert spec is not None and spec.loader is not None
         images = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(images)
     else:
-        import model.images as images
+        import model.imaging.images as images
     import numpy as np  # noqa: F401  (imported before the baseline, like the decoder's own imports)
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -94,7 +93,7 @@ def measure(path: Path, way: str, impl: str | None) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=7000)
-    parser.add_argument("--impl", help="a copy of model/images.py to measure instead of the tree's")
+    parser.add_argument("--impl", help="a copy of model/imaging/images.py to measure instead of the tree's")
     parser.add_argument("--child", nargs=2, metavar=("PATH", "WAY"), help=argparse.SUPPRESS)
     parser.add_argument("--make", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,7 +115,7 @@ def main() -> None:
         }
         sizes = {kind: round(path.stat().st_size / MIB) for kind, path in inputs.items()}
     print(json.dumps({
-        "implementation": args.impl or "model/images.py",
+        "implementation": args.impl or "model/imaging/images.py",
         "pixels": args.size * args.size,
         "file_mib": sizes,
         "results": results,

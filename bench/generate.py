@@ -1,6 +1,6 @@
 """Generation throughput: Hugging Face's generate, one image at a time and batched, against xrq's Engine.
 
-    python bench/generate.py [--preset tiny|base] [--model DIR] [--device auto] [--studies 64]
+    python -m bench.generate [--preset tiny|base] [--model DIR] [--device auto] [--studies 64]
                              [--views 1] [--max-new-tokens 60] [--beams 1] [--batch-sizes 1,8,32] [--compile]
 
 Every run decodes the same weights on the same preprocessed images (real X-rays from examples/iu,
@@ -12,7 +12,7 @@ the same work per report. Runs:
   (single-view models load there), `generate` on one image at a time, fp32: the baseline.
 - `hf-batched`: the same model, one `generate` per batch of the largest --batch-sizes, fp32.
 - `xrq-autocast`: `generate_from_pixels` (the trainer's path: fp32 weights, bf16 autocast on CUDA).
-- `engine`: `model.engine.Engine` at each batch size; fp32 and bf16 on CUDA (fp32 on a CPU);
+- `engine`: `model.inference.engine.Engine` at each batch size; fp32 and bf16 on CUDA (fp32 on a CPU);
   with --compile also the compiled static-cache engine.
 
 HF runs only with --views 1 (transformers' model takes one image per report). Prints JSON: reports/s,
@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,16 +35,17 @@ from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import VisionEncoderDecoderModel  # noqa: E402
 
-from model.bundle import PRESETS, Bundle, build, load, resolve_device, save  # noqa: E402
-from model.engine import Engine, EngineOptions  # noqa: E402
-from model.generate import GenerationSettings, generate_from_pixels  # noqa: E402
-from model.preprocess import pixel_values  # noqa: E402
+from model.defaults import PRESETS  # noqa: E402
+from model.imaging.preprocess import pixel_values  # noqa: E402
+from model.inference.engine import Engine, EngineOptions  # noqa: E402
+from model.inference.generate import GenerationSettings, generate_from_pixels  # noqa: E402
+from model.network.bundle import Bundle, build, resolve_device  # noqa: E402
+from model.network.store import load, save  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "iu"
 BUDGET_S = 20.0  # the most one measurement runs (--seconds)
@@ -159,7 +159,8 @@ def _fresh(folder: Path, device: torch.device, length: int) -> Bundle:
 
 def _hf_model(folder: Path, device: torch.device, length: int) -> VisionEncoderDecoderModel:
     """The saved xrq weights in transformers' own class: what a user without xrq would run."""
-    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32,
+                                                   trust_remote_code=False)
     hf.generation_config.min_new_tokens = length
     return cast(VisionEncoderDecoderModel, cast(torch.nn.Module, hf).to(device).eval())
 

@@ -5,13 +5,13 @@ BLEU-1 0.242, BLEU-4 0.081, METEOR 0.120, ROUGE-L 0.312, CIDEr 0.344 in the lite
 numbers come out only under R2Gen's protocol, which this script follows:
 
 - studies: the 590 test studies of r2gen_split.csv (all have findings and at least two images);
-- text: the findings section, cleaned by R2Gen's clean_report_iu_xray (model.text.normalise);
+- text: the findings section, cleaned by R2Gen's clean_report_iu_xray (model.metrics.text.normalise);
 - references: unk-mapped with the vocabulary of training words seen at least 3 times, and cut to
   59 tokens (R2Gen's max_seq_length 60 minus the bos id);
 - hypothesis: the most frequent normalised training report, neither unk-mapped nor cut;
 - scorers: pycocoevalcap Bleu(4), Meteor(), Rouge(), Cider() on those strings, no PTB tokenizer.
 
-Usage: python bench/reproduce_baseline.py [--data-dir DIR] [--no-meteor]
+Usage: python -m bench.reproduce_baseline [--data-dir DIR] [--no-meteor]
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a plain script from anywhere
-    sys.path.insert(0, str(REPO))
 
-from model.iu import benchmark_findings, benchmark_split, read_iu, split_texts  # noqa: E402
-from model.scoring import most_frequent_report, score  # noqa: E402
-from model.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary  # noqa: E402
+from model.datasets.iu import benchmark_findings, benchmark_split, read_iu, split_texts  # noqa: E402
+from model.metrics.scoring import most_frequent_report, score  # noqa: E402
+from model.metrics.text import MAX_REFERENCE_TOKENS, MIN_COUNT, Vocabulary  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO / "data" / "iu"
 PUBLISHED = {"bleu_1": 0.242, "bleu_4": 0.081, "meteor": 0.120, "rouge_l": 0.312, "cider": 0.344}

@@ -1,9 +1,9 @@
 """Training throughput and peak memory of `xrq train`, with bf16 autocast on and off; prints JSON lines.
 
-    python bench/train.py                                  # base preset, cuda if available, bf16 on and off
-    python bench/train.py --preset tiny --steps 4 --batch-size 8 --device cpu   # a CPU smoke run
+    python -m bench.train                                  # base preset, cuda if available, bf16 on and off
+    python -m bench.train --preset tiny --steps 4 --batch-size 8 --device cpu   # a CPU smoke run
 
-It runs the real trainer (`model.train.train`) on the bundled IU studies, copied under new uids until
+It runs the real trainer (`model.training.loop.train`) on the bundled IU studies, copied under new uids until
 there are enough for `--batch-size` studies per step (temporary CSVs and symlinks; nothing in the repo
 changes). Images are decoded once and cached, as the trainer does for small sets, so the numbers are
 the training step's: forward, backward, AdamW. Each setting runs in its own process so that peak
@@ -29,15 +29,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from model.train_config import PRESET_NAMES  # noqa: E402
+from model.defaults import PRESET_NAMES  # noqa: E402
 
 
 def synthetic_iu(folder: Path, copies: int) -> tuple[Path, Path]:
     """Reports and projections CSVs listing `copies` × the bundled studies, with their images symlinked."""
-    from model.iu import read_iu
-    from model.train_data import index_images, iu_key
+    from model.datasets.iu import read_iu
+    from model.training.data import index_images, iu_key
 
     studies = read_iu(REPO / "data/iu/indiana_reports.csv", REPO / "data/iu/indiana_projections.csv")
     present = index_images(REPO / "examples/iu")
@@ -71,7 +70,7 @@ def one(args: argparse.Namespace) -> dict[str, object]:
     """One setting, in this process: train `steps` steps, read the rows back, measure memory."""
     import torch
 
-    from model.train import TrainConfig, train
+    from model.training.loop import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         copies = max(1, -(-args.batch_size // 9))  # 9 bundled studies have findings
@@ -110,7 +109,7 @@ def main() -> None:
     argv = ["--preset", args.preset, "--batch-size", str(args.batch_size), "--max-tokens", str(args.max_tokens),
             "--steps", str(args.steps), "--skip", str(args.skip), *(["--device", args.device] if args.device else [])]
     for setting in ("on", "off"):  # each in a fresh process: its own peak memory
-        subprocess.run([sys.executable, __file__, *argv, "--bf16", setting], check=True)
+        subprocess.run([sys.executable, "-m", "bench.train", *argv, "--bf16", setting], check=True, cwd=REPO)
 
 
 if __name__ == "__main__":

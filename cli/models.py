@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from model.train_config import PRESET_NAMES
+from model.defaults import PRESET_NAMES
 
 
 @click.group()
@@ -39,13 +39,14 @@ def init(out: Path, preset: str, encoder: str | None, decoder: str | None, token
       xrq model init --out models/base --preset base \\
           --encoder google/vit-base-patch16-224-in21k --decoder gpt2
     """
-    from model.bundle import build, save
-    from model.card import architecture_text
+    from model.network.bundle import build
+    from model.network.card import architecture_text
+    from model.network.store import save
 
     bundle = build(preset, encoder=encoder, decoder=decoder, tokenizer=tokenizer, seed=seed)
     path = save(bundle, out, overwrite=force)
     params = sum(p.numel() for p in bundle.model.parameters())
-    made = bundle.meta["preset"]
+    made = bundle.meta.preset
     info = {"path": str(path), "preset": made, "parameters": params, "fingerprint": bundle.fingerprint,
             "architecture": architecture_text(bundle.model.config)}
     if as_json:
@@ -66,7 +67,7 @@ def info(model_dir: str, as_json: bool) -> None:
       xrq model info models/demo
       xrq model info models/demo --json | jq .fingerprint
     """
-    from model.card import info as model_info
+    from model.network.store import info as model_info
 
     facts = model_info(model_dir)
     click.echo(json.dumps(facts, indent=2) if as_json else _info_text(facts))
@@ -103,6 +104,9 @@ def _info_text(f: dict[str, Any]) -> str:
     rows += [("made", f"{f['created_at']} with transformers {f['transformers_version']}"),
              ("files", ", ".join(f"{name} {_size(n)}" for name, n in f["files"].items())
                        + f"; {_size(f['bytes'])} in all"),
+             ("code", "; ".join(f"{name} sha256 {c['sha256'][:12]}… as saved"
+                                + (", this xrq's own" if c["xrq"] else ", another xrq version's")
+                                for name, c in f["code"].items()) or "none"),
              ("transformers", "AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)"
                               if f["remote_code"] else "no multi-view code saved (save it again with xrq)")]
     width = max(len(k) for k, _ in rows)

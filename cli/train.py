@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-# The light module: `xrq --help` must not import torch (model.train does), STYLE.md 14.
-from model.train_config import BEST_METRICS, PRESET_NAMES, VIEW_JOINS, TrainConfig
+# The light module: `xrq --help` must not import torch (model.training.loop does): docs/architecture.md, cheap commands.
+from model.defaults import PRESET_NAMES, VIEW_JOINS
+from model.training.config import BEST_METRICS, TrainConfig
 
 if TYPE_CHECKING:
-    from model.train import TrainResult
+    from model.training.loop import TrainResult
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -102,9 +103,9 @@ def train(ctx: click.Context, out: Path, resume: bool, stop_after: int | None, d
           --encoder google/vit-base-patch16-224-in21k --decoder gpt2 --split benchmark --epochs 30
       xrq train --out runs/base --resume
     """
-    from model.train import resume as resume_run
-    from model.train import resume_config
-    from model.train import train as train_run
+    from model.training.loop import resume as resume_run
+    from model.training.loop import resume_config
+    from model.training.loop import train as train_run
 
     progress = _Bar(enabled=not as_json)
     if resume:

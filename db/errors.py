@@ -1,7 +1,12 @@
-"""Every error that db/ raises on purpose. The CLI prints their messages as `Error: ...`."""
+"""Every error that db/ raises on purpose. The CLI prints their messages as `Error: ...`.
+
+All are `XrqError`s (common/errors.py).
+"""
+
+from common.errors import XrqError
 
 
-class DatabaseError(Exception):
+class DatabaseError(XrqError):
     """Base class: raised for database failures a user can cause or fix."""
 
 
@@ -27,3 +32,7 @@ class DatabaseReadOnlyError(DatabaseError):
 
 class NumberOutOfRangeError(DatabaseError):
     """Raised when a number given (an id, a limit) is too large for the database's integer columns."""
+
+
+class JobBusyError(DatabaseError):
+    """Raised when a job to delete has studies queued or running: a worker may hold them."""

@@ -1,10 +1,13 @@
 """Every error that model/ raises on purpose. The CLI prints their messages as `Error: ...`.
 
-Each message says what went wrong and what to do about it.
+Each message says what went wrong and what to do about it. All are `XrqError`s (common/errors.py); a
+folder, CSV or file that cannot be used is an `InputError`, not a `ModelError`.
 """
 
+from common.errors import InputError, XrqError
 
-class ModelError(Exception):
+
+class ModelError(XrqError):
     """Base class: raised for failures a user can cause or fix in model/."""
 
 
@@ -16,7 +19,7 @@ class ModelFormatError(ModelError):
     """Raised when a model directory exists but is not a complete xrq model (no weights, no config...)."""
 
 
-class ImageError(ModelError):
+class ImageError(InputError):
     """Raised when a file cannot be turned into a picture; `reason` is stored with the failed image."""
 
     def __init__(self, reason: str, *, transient: bool = False) -> None:
@@ -25,11 +28,11 @@ class ImageError(ModelError):
         self.transient = transient  # True: trying again later may work (I/O error, memory), not bad content
 
 
-class ScanError(ModelError):
+class ScanError(InputError):
     """Raised when a submitted folder cannot be scanned: not a folder, bad --pattern, unknown grouping."""
 
 
-class TruthFormatError(ModelError):
+class TruthFormatError(InputError):
     """Raised when a ground-truth or split CSV is missing, unreadable, or lacks a needed column."""
 
 

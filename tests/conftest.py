@@ -76,17 +76,21 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_runtime() -> Iterator[None]:
+    """Each test starts from a clean process: no cached models or databases, and automatic migration on
+    (a CLI test run with XRQ_AUTO_MIGRATE=0 sets it off for the process, as the real CLI does)."""
+    from db.engine import set_auto_migrate
     from worker import runtime
 
     yield
     runtime.clear()
+    set_auto_migrate(True)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight model directory, made once per test session."""
-    from model.bundle import build, save
-
+    from model.network.bundle import build
+    from model.network.store import save
     out = tmp_path_factory.mktemp("models") / "tiny"
     save(build("tiny", seed=0), out)
     return out

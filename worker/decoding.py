@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from model.errors import ImageError
-from model.files import DEFAULT_MAX_FILE_BYTES
+from model.imaging.files import DEFAULT_MAX_FILE_BYTES
 
 if TYPE_CHECKING:
     import torch
 
-    from model.view_cache import ViewCache
+    from model.imaging.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def load_view(ref: jobs.ImageRef, root: str, processor: object, limits: Limits) 
     Read inside the submitted folder and only with the submitted content. With a view cache, an image
     whose content was preprocessed the same way before is not read or decoded again.
     """
-    from model.images import decode_bytes, read_submitted
-    from model.preprocess import view_tensor
+    from model.imaging.images import decode_bytes, read_submitted
+    from model.imaging.preprocess import view_tensor
 
     cache, key = limits.cache, None
     if cache is not None and ref.sha256:
@@ -121,7 +121,7 @@ def _init_process(processor: object, limits: Limits, cache: tuple[str, int] | No
 
     torch.set_num_threads(1)
     if cache is not None:
-        from model.view_cache import ViewCache
+        from model.imaging.view_cache import ViewCache
 
         limits = replace(limits, cache=ViewCache(*cache))
     _state.update(processor=processor, limits=limits)

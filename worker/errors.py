@@ -1,7 +1,12 @@
-"""Every error that worker/ raises on purpose. The CLI prints their messages as `Error: ...`."""
+"""Every error that worker/ raises on purpose. The CLI prints their messages as `Error: ...`.
+
+All are `XrqError`s (common/errors.py).
+"""
+
+from common.errors import XrqError
 
 
-class WorkerError(Exception):
+class WorkerError(XrqError):
     """Base class: raised for failures a user can cause or fix in worker/."""
 
 
@@ -23,3 +28,7 @@ class ModelMismatchError(WorkerError):
 
 class EvaluationInputError(WorkerError):
     """Raised when an evaluation is asked for something it cannot score (no source, no ground truth)."""
+
+
+class WaitTimeoutError(WorkerError):
+    """Raised when a job followed with a time limit is not finished by then (the job goes on)."""

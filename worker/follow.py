@@ -14,12 +14,8 @@ from typing import Any
 
 from db.engine import Database
 from db.queries import JobSummary, job_summary
-from worker.errors import BrokerUnavailableError, WorkerError
+from worker.errors import BrokerUnavailableError, WaitTimeoutError
 from worker.settings import Settings
-
-
-class WaitTimeoutError(WorkerError):
-    """Raised when a job followed with a time limit is not finished by then (the job goes on)."""
 
 
 def follow_job(db: Database, job_id: int, *, interval: float = 0.5, timeout: float | None = None,

@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.engine import Database, open_database
+from model.defaults import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from model.network.meta import SavedModel
 from worker.errors import ModelMismatchError
 from worker.settings import Settings
 
 if TYPE_CHECKING:
     from db.schema import Model
-    from model.bundle import Bundle
-    from model.engine import Engine
-    from model.generate import GenerationSettings
-    from model.view_cache import ViewCache
+    from model.imaging.view_cache import ViewCache
+    from model.inference.engine import Engine
+    from model.network.bundle import Bundle
     from worker.decoding import DecodePool, Limits
     from worker.pipeline import JobContext
 
@@ -31,6 +32,7 @@ _engines: dict[tuple[int, bool], Engine] = {}
 _caches: dict[tuple[str, int], ViewCache] = {}
 _pools: dict[tuple[int, Limits], DecodePool] = {}
 _model_ids: dict[tuple[str, str], int] = {}
+_deployments: dict[str, str] = {}
 
 
 def database(url: str) -> Database:
@@ -39,11 +41,20 @@ def database(url: str) -> Database:
     return _databases[url]
 
 
+def deployment(url: str) -> str:
+    """The deployment id of the database at `url` (made with it), read once per process."""
+    if url not in _deployments:
+        from db.deployment import deployment_id
+
+        _deployments[url] = deployment_id(database(url))
+    return _deployments[url]
+
+
 def bundle(name_or_path: str, device: str = "auto") -> Bundle:
     key = (name_or_path, device)
     if key not in _bundles:
-        from model.bundle import load
-        from model.generate import resolve_device
+        from model.inference.generate import resolve_device
+        from model.network.store import load
 
         _bundles[key] = load(name_or_path, device=resolve_device(device))
         _fingerprints[id(_bundles[key])] = _bundles[key].fingerprint
@@ -56,26 +67,25 @@ def fingerprint(loaded: Bundle) -> str:
     return _fingerprints.get(id(loaded)) or loaded.fingerprint
 
 
-def model_id(db: Database, loaded: Bundle) -> int:
-    """The database id of a loaded model, recorded on first use."""
-    key = (db.url, fingerprint(loaded))
+def model_id(db: Database, loaded: Bundle | SavedModel) -> int:
+    """The database id of a model, recorded on first use: a loaded one, or a saved one by the fingerprint it
+    records (a worker refuses weights that do not match it)."""
+    known = loaded.fingerprint if isinstance(loaded, SavedModel) else fingerprint(loaded)
+    if known is None:
+        raise ModelMismatchError(f"{loaded.name} records no fingerprint (no xrq.json): load it to fingerprint it")
+    key = (db.url, known)
     if key not in _model_ids:
         _model_ids[key] = jobs.upsert_model(
-            db, name=loaded.name, fingerprint=fingerprint(loaded),
-            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta,
+            db, name=loaded.name, fingerprint=known,
+            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta.to_dict(),
         )
     return _model_ids[key]
 
 
-DEFAULT_MAX_NEW_TOKENS = 60  # the field's report length (R2Gen: 60 tokens)
-
-
-def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSettings:
+def generation(settings: Settings, loaded: Bundle | SavedModel | None = None) -> GenerationSettings:
     """The generation settings asked for; unset ones from what the model recommends, then defaults."""
-    from model.generate import GenerationSettings
-
-    recommended = (loaded.meta.get("generation") or {}) if loaded is not None else {}
-    max_new_tokens = settings.max_new_tokens or recommended.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    recommended = loaded.meta.recommended_max_new_tokens if loaded is not None else None
+    max_new_tokens = settings.max_new_tokens or recommended or DEFAULT_MAX_NEW_TOKENS
     return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
 
 
@@ -83,7 +93,7 @@ def engine(loaded: Bundle, compile: bool = False) -> Engine:
     """The inference engine of a loaded model (on CUDA it holds the weights in bf16), made once."""
     key = (id(loaded), compile)
     if key not in _engines:
-        from model.engine import Engine, EngineOptions
+        from model.inference.engine import Engine, EngineOptions
 
         _engines[key] = Engine(loaded, EngineOptions(compile=compile))
     return _engines[key]
@@ -95,7 +105,7 @@ def view_cache(settings: Settings) -> ViewCache | None:
         return None
     key = (settings.cache_dir, settings.cache_max_bytes)
     if key not in _caches:
-        from model.view_cache import ViewCache
+        from model.imaging.view_cache import ViewCache
 
         _caches[key] = ViewCache(settings.cache_dir, settings.cache_max_bytes)
     return _caches[key]
@@ -156,11 +166,10 @@ def clear() -> None:
     _engines.clear()
     _caches.clear()
     _model_ids.clear()
+    _deployments.clear()
 
 
 def job_generation(stored: dict[str, Any]) -> GenerationSettings:
     """The generation settings the job was submitted with (stored on the job row), not the worker's."""
-    from model.generate import GenerationSettings
-
     known = {f.name for f in fields(GenerationSettings)}
     return GenerationSettings(**{k: v for k, v in stored.items() if k in known})

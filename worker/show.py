@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from db.queries import StudyDetail, job_study_ids, study_detail
+from db.queries import StudyDetail, export_count, study_detail
 from model.errors import ImageError
 from model.printable import printable
 from worker import runtime
@@ -42,25 +42,28 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
 
     `on_start(n)` is called with the number of studies, `progress(1)` after each picture.
     """
+    from db.listing import job_studies
+
     db = runtime.database(settings.database_url)
-    study_ids = job_study_ids(db, job_id)  # the job must exist before anything is written
+    total = export_count(db, [job_id])  # the job must exist before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(exist_ok=True)
     (out_dir / THUMBS).mkdir(exist_ok=True)
     if on_start is not None:
-        on_start(len(study_ids))
-    details = [study_detail(db, study_id=sid, job_id=job_id) for sid in study_ids]
-    names = picture_names({d.study_id: d.uid for d in details})
-    rows = []
-    for detail in details:
-        stem = names[detail.study_id]
-        views = _views(detail, settings.max_pixels)
-        picture = _render(detail, views, out_dir / f"{stem}.png")
-        rows.append((detail, picture.name, _thumbnails(views, out_dir / THUMBS, stem)))
-        if progress is not None:
-            progress(1)
+        on_start(total)
     index = out_dir / "index.html"
-    index.write_text(_index_html(job_id, rows), encoding="utf-8")
+    taken: set[str] = set()  # the file names given so far (a name a study: the one thing that grows)
+    with index.open("w", encoding="utf-8") as page:
+        page.write(_index_head(job_id, total))
+        for study_id, uid in job_studies(db, job_id):  # streamed in uid order: one study in memory at a time
+            detail = study_detail(db, study_id=study_id, job_id=job_id)
+            stem = _picture_name(study_id, uid, taken)
+            views = _views(detail, settings.max_pixels)
+            picture = _render(detail, views, out_dir / f"{stem}.png")
+            page.write(_index_row(detail, picture.name, _thumbnails(views, out_dir / THUMBS, stem)) + "\n")
+            if progress is not None:
+                progress(1)
+        page.write(INDEX_FOOT)
     return index
 
 
@@ -74,18 +77,23 @@ def picture_names(uids: dict[int, str]) -> dict[int, str]:
     names: dict[int, str] = {}
     taken: set[str] = set()
     for study_id, uid in sorted(uids.items(), key=lambda item: (item[1], item[0])):
-        bare = re.sub(r"\.(png|jpe?g|dcm|dicom)$", "", uid, flags=re.IGNORECASE)
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", bare).strip("._-")[:80] or "study"
-        if stem.lower() in taken:
-            stem = f"{stem}-id{study_id}"
-        taken.add(stem.lower())
-        names[study_id] = stem
+        names[study_id] = _picture_name(study_id, uid, taken)
     return names
+
+
+def _picture_name(study_id: int, uid: str, taken: set[str]) -> str:
+    """The next study's stem (studies come in (uid, id) order); `taken` holds the stems given so far."""
+    bare = re.sub(r"\.(png|jpe?g|dcm|dicom)$", "", uid, flags=re.IGNORECASE)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", bare).strip("._-")[:80] or "study"
+    if stem.lower() in taken:
+        stem = f"{stem}-id{study_id}"
+    taken.add(stem.lower())
+    return stem
 
 
 def _views(detail: StudyDetail, max_pixels: int) -> Views:
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
-    from model.images import decode_bytes, read_submitted
+    from model.imaging.images import decode_bytes, read_submitted
 
     views: Views = []
     for path, relpath, sha256 in detail.images:
@@ -98,7 +106,7 @@ def _views(detail: StudyDetail, max_pixels: int) -> Views:
 
 
 def _render(detail: StudyDetail, views: Views, out: Path) -> Path:
-    from model.pictures import render_study  # matplotlib: only when drawing
+    from model.figures.pictures import render_study  # matplotlib: only when drawing
 
     truth = " ".join(t for t in (detail.truth_findings, detail.truth_impression) if t) or None
     title = f"Study {detail.uid} (id {detail.study_id})" + (f" — model {detail.model}" if detail.model else "")
@@ -137,17 +145,17 @@ def _index_row(detail: StudyDetail, picture: str, thumbs: list[str | None]) -> s
             f"<td>{_text(report)}</td><td>{'' if rouge is None else f'{rouge:.3f}'}</td></tr>")
 
 
-def _index_html(job_id: int, rows: list[tuple[StudyDetail, str, list[str | None]]]) -> str:
-    items = "\n".join(_index_row(detail, picture, thumbs) for detail, picture, thumbs in rows)
+def _index_head(job_id: int, total: int) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>xrq job {job_id}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;
 vertical-align:top;text-align:left}}td:nth-child(3){{max-width:50em}}.views{{white-space:nowrap}}
 .views img{{height:{THUMBNAIL}px;margin-right:4px;background:#000}}
 .bad{{display:inline-block;width:{THUMBNAIL}px;color:#a00;font-size:small}}</style></head>
-<body><h1>xrq job {job_id}: {len(rows)} studies</h1>
+<body><h1>xrq job {job_id}: {total} studies</h1>
 <p>Draft reports generated by a model; not diagnoses. Click a study or a view to see its picture.</p>
 <table><tr><th>study</th><th>views</th><th>report</th><th>ROUGE-L</th></tr>
-{items}
-</table></body></html>
 """
+
+
+INDEX_FOOT = "</table></body></html>\n"

@@ -120,7 +120,7 @@ def test_picture_names_are_safe_and_unique() -> None:
 
 def test_control_characters_draw_without_missing_glyphs(env: dict[str, str], tmp_path: Path) -> None:
     """A report or file name with control characters (and `$`, which matplotlib reads as math) draws as text."""
-    from model.pictures import render_study
+    from model.figures.pictures import render_study
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns "Glyph 27 missing from font(s)"

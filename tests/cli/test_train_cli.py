@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from model.bundle import load
-from model.generate import GenerationSettings, generate
-from model.images import decode
-from model.iu import read_iu
-from model.text import normalise
+from model.datasets.iu import read_iu
+from model.imaging.images import decode
+from model.inference.generate import GenerationSettings, generate
+from model.metrics.text import normalise
+from model.network.store import load
 from tests.conftest import EXAMPLES, IU_CSV, REPO
 
 DATA = ["--reports", str(IU_CSV / "indiana_reports.csv"), "--projections", str(IU_CSV / "indiana_projections.csv"),
@@ -21,6 +22,7 @@ FAST = ["--tokenizer", "train", "--split", "all", "--max-steps", "2", "--batch-s
         "--max-tokens", "12"]
 
 
+@pytest.mark.slow  # trains
 def test_train_stop_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     runner = CliRunner()
@@ -62,7 +64,7 @@ def test_train_errors_are_short(tmp_path: Path) -> None:
 def test_the_shipped_demo_model_reproduces_its_training_studies() -> None:
     demo = REPO / "models" / "demo"
     bundle = load(demo, device="cpu")
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["training"]["command"].startswith("xrq train ")
     assert meta["training"]["data"]["train"] == 9 and meta["training"]["config"]["split"] == "all"
     assert "not clinically meaningful" in (demo / "README.md").read_text()

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model import engine as engine_module
-from model.bundle import Bundle, build
-from model.engine import Engine, EngineOptions, study_bytes
-from model.generate import GenerationSettings, decode_reports, generate_from_pixels, generate_ids
-from model.multiview import XrqEncoderDecoder
-from model.preprocess import pixel_values
+from model.imaging.preprocess import pixel_values
+from model.inference import engine as engine_module
+from model.inference.engine import Engine, EngineOptions, study_bytes
+from model.inference.generate import GenerationSettings, decode_reports, generate_from_pixels, generate_ids
+from model.network.bundle import Bundle, build
+from model.network.multiview import XrqEncoderDecoder
 from tests.conftest import EXAMPLES, REPO
 
 GREEDY = GenerationSettings(max_new_tokens=24)
@@ -149,7 +149,7 @@ def test_study_bytes_is_plausible_for_the_base_model() -> None:
     """ViT-B/16 + GPT-2 small, one view, 60 greedy tokens in bf16: about 14 MB of big tensors per study."""
     from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig
 
-    from model.bundle import PRESETS
+    from model.defaults import PRESETS
 
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
         ViTConfig(**PRESETS["base"]["encoder"]), GPT2Config(**PRESETS["base"]["decoder"]))
@@ -160,7 +160,7 @@ def test_study_bytes_is_plausible_for_the_base_model() -> None:
 
 
 def test_the_engine_needs_neither_worker_nor_db() -> None:
-    code = ("import sys, model.engine; print(sorted({m.split('.')[0] for m in sys.modules} & "
+    code = ("import sys, model.inference.engine; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'worker', 'db', 'cli', 'sqlalchemy', 'celery', 'pydicom', 'click'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

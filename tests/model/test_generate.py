@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.bundle import Bundle, build
 from model.errors import ModelError
-from model.generate import GenerationSettings, generate, loss, record, report_labels, resolve_device
-from model.preprocess import pixel_values
+from model.imaging.preprocess import pixel_values
+from model.inference.generate import GenerationSettings, generate, loss, record, report_labels, resolve_device
+from model.network.bundle import Bundle, build
 from tests.conftest import EXAMPLES
 
 
@@ -164,8 +164,8 @@ def test_loss_trains_with_padded_views(single: list[Image.Image], triple: list[I
 
 def test_views_preprocessed_one_by_one_stack_to_the_batched_pixels() -> None:
     """The worker preprocesses each image in its decode threads; the result must equal the batch path."""
-    from model.bundle import build
-    from model.preprocess import pixel_values, stack_views, view_tensor
+    from model.imaging.preprocess import pixel_values, stack_views, view_tensor
+    from model.network.bundle import build
 
     bundle = build("tiny")
     studies = [[_xray("CXR7_IM-2263-1001.png"), _xray("CXR7_IM-2263-2001.png")], [_xray("CXR25_IM-1024-2001.png")]]
@@ -195,7 +195,7 @@ def test_cross_mask_is_the_view_mask_per_token(bundle: Bundle) -> None:
 
 
 def test_device_view_mask_drops_an_all_real_mask() -> None:
-    from model.generate import device_view_mask
+    from model.inference.generate import device_view_mask
 
     cpu = torch.device("cpu")
     assert device_view_mask(torch.ones(3, 2, dtype=torch.bool), cpu) is None

@@ -1,4 +1,4 @@
-"""model.greylevels: the table-of-levels windowing gives, to the bit, what the float64 way gave."""
+"""model.imaging.greylevels: the table-of-levels windowing gives, to the bit, what the float64 way gave."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from model.greylevels import PERCENTILES, auto_window, luma, stretch, window
+from model.imaging.greylevels import PERCENTILES, auto_window, luma, stretch, window
 
 RNG = np.random.default_rng(7)
 

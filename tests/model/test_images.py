@@ -1,4 +1,4 @@
-"""model.images: every real X-ray decodes to a sensible 8-bit picture; every bad file gives a reason."""
+"""model.imaging.images: every real X-ray decodes to a sensible 8-bit picture; every bad file gives a reason."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from model.errors import ImageError
-from model.files import DEFAULT_MAX_FILE_BYTES
-from model.images import DEFAULT_MAX_PIXELS, decode, decode_bytes, dicom_study_uid, read_submitted, sniff
-from tests.badfiles import huge_png
+from model.imaging.files import DEFAULT_MAX_FILE_BYTES
+from model.imaging.images import DEFAULT_MAX_PIXELS, decode, decode_bytes, dicom_study_uid, read_submitted, sniff
+from testing.badfiles import huge_png
 
 REPO = Path(__file__).resolve().parents[2]
 DICOM = REPO / "tests" / "data" / "dicom"
@@ -62,7 +62,7 @@ SIZES = {
 }
 
 # sha256 (first 16 hex digits) of each file's pixels as decoded before decoding went through tables of
-# grey levels (model/images.py at 2c3e58f): not one pixel may change.
+# grey levels (model/images.py at 2c3e58f, now model/imaging/images.py): not one pixel may change.
 DECODED_SHA256 = {
     "examples/iu/1000_IM-0003-1001.dcm.png": "79547c008ca66890",
     "examples/iu/1000_IM-0003-2001.dcm.png": "3e47e8198d68876e",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import ModelError, TruthFormatError
-from model.iu import (
+from common.errors import InputError
+from model.datasets.iu import (
     IUStudy,
     benchmark_findings,
     benchmark_split,
@@ -18,6 +18,7 @@ from model.iu import (
     read_reports_csv,
     split_texts,
 )
+from model.errors import ModelError, TruthFormatError
 from tests.conftest import IU_CSV as IU_DIR
 
 REPORTS = (
@@ -77,7 +78,7 @@ def test_missing_file_and_column_are_named_errors(tmp_path: Path, iu_files: tupl
     bad.write_text("uid,findings\n1,Clear.\n")
     with pytest.raises(TruthFormatError, match="'MeSH'") as info:
         read_iu(bad)
-    assert isinstance(info.value, ModelError)
+    assert isinstance(info.value, InputError) and not isinstance(info.value, ModelError)  # the CSV's fault
     with pytest.raises(TruthFormatError, match="'projection'"):
         read_iu(iu_files[0], bad)
     empty = tmp_path / "empty.csv"

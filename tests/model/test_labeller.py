@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.errors import ScoringError
-from model.labeller import (
+from model.metrics.labeller import (
     NO_FINDING,
     OBSERVATIONS,
     Label,

@@ -1,4 +1,4 @@
-"""model.preprocess: the fast path gives the processor's own tensors bit for bit, on every real X-ray.
+"""model.imaging.preprocess: the fast path gives the processor's own tensors bit for bit, on every real X-ray.
 
 The reference is what xrq has always fed the model: `processor(images=[image.convert("RGB")])`.
 """
@@ -16,10 +16,10 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from model import preprocess
 from model.errors import ModelError
-from model.images import decode
-from model.preprocess import (
+from model.imaging import preprocess
+from model.imaging.images import decode
+from model.imaging.preprocess import (
     GreyLevels,
     compact_view,
     fast_path_refusal,
@@ -28,7 +28,7 @@ from model.preprocess import (
     stack_views,
     view_tensor,
 )
-from model.train_data import view_bytes
+from model.training.data import view_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = sorted((REPO / "examples" / "iu").glob("*.png")) + sorted((REPO / "tests" / "data" / "xray").glob("*.png")) \

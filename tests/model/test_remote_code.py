@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.bundle import build, load, save
-from model.engine import Engine
-from model.generate import GenerationSettings, decode_reports, generate_ids
-from model.images import decode
-from model.preprocess import pixel_values
+from model.imaging.images import decode
+from model.imaging.preprocess import pixel_values
+from model.inference.engine import Engine
+from model.inference.generate import GenerationSettings, decode_reports, generate_ids
+from model.network.bundle import build
+from model.network.store import load, save
 from tests.conftest import EXAMPLES, REPO
 
 STUDIES = {  # a 3-view study and a 1-view study: batched together, the second has two padded views
@@ -121,11 +122,13 @@ def test_the_shipped_demo_runs_in_plain_transformers(tmp_path: Path) -> None:
 
 def test_saved_model_carries_the_modelling_code(tiny_model: Path) -> None:
     config = json.loads((tiny_model / "config.json").read_text())
-    assert config["auto_map"] == {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder"}
-    assert (tiny_model / "multiview.py").read_text() == (REPO / "model" / "multiview.py").read_text()
+    assert config["auto_map"] == {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder",
+                                  "AutoConfig": "multiview.XrqEncoderDecoderConfig"}
+    assert config["max_views"] == load(tiny_model, device="cpu").max_views  # plain transformers sees it too
+    assert (tiny_model / "multiview.py").read_text() == (REPO / "model" / "network" / "multiview.py").read_text()
 
 
-@pytest.mark.parametrize("source", ["model/multiview.py", "models/demo/multiview.py"])
+@pytest.mark.parametrize("source", ["model/network/multiview.py", "models/demo/multiview.py"])
 def test_modelling_code_stands_alone(source: str) -> None:
     """It runs without xrq: only torch, transformers and the standard library may be imported."""
     tree = ast.parse((REPO / source).read_text())
@@ -133,3 +136,19 @@ def test_modelling_code_stands_alone(source: str) -> None:
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "typing", "torch", "transformers"}, imported
+
+
+def test_the_demo_ships_the_modelling_code_byte_for_byte() -> None:
+    """models/demo/multiview.py is what plain transformers runs for the demo model: the tree's own code, unchanged.
+
+    After a change to model/network/multiview.py, copy it there (the weights do not change with the code) and
+    record its sha256 in models/demo/xrq.json ("code"), which every load checks (tests/model/test_model_code.py).
+    """
+    demo = json.loads((REPO / "models" / "demo" / "config.json").read_text())
+    names = {auto: ref.partition(".") for auto, ref in demo["auto_map"].items()}
+    assert {auto: name for auto, (_, _, name) in names.items()} == {
+        "AutoModelForImageTextToText": "XrqEncoderDecoder", "AutoConfig": "XrqEncoderDecoderConfig"}
+    for module, _, name in names.values():  # each name the auto_map gives is defined in the file it names
+        shipped = (REPO / "models" / "demo" / f"{module}.py").read_bytes()
+        assert shipped == (REPO / "model" / "network" / "multiview.py").read_bytes()
+        assert f"class {name}(".encode() in shipped

@@ -1,4 +1,4 @@
-"""model.scan: walking a submitted folder, hashing its files and grouping them into studies."""
+"""model.imaging.scan: walking a submitted folder, hashing its files and grouping them into studies."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from model.errors import ImageError, ScanError
-from model.images import read_submitted
-from model.scan import GROUP_BY, ScannedStudy, scan_folder
-from tests.badfiles import huge_png
+from model.imaging.images import read_submitted
+from model.imaging.scan import GROUP_BY, ScannedStudy, scan_folder
+from testing.badfiles import huge_png
 
 REPO = Path(__file__).resolve().parents[2]
 IU = REPO / "examples" / "iu"
@@ -238,7 +238,7 @@ def test_file_over_the_size_limit_fails_at_scan_time_without_being_hashed(tmp_pa
 
 
 def test_scanning_and_workers_refuse_files_with_the_same_reasons(tmp_path: Path) -> None:
-    """One file-safety check (model.files.open_checked) for both: a fix to it reaches both."""
+    """One file-safety check (model.imaging.files.open_checked) for both: a fix to it reaches both."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     secret = copy(XRAY / "h0001.png", outside / "secret.png")
     copy(XRAY / "tb0005.png", root / "big.png")

@@ -13,10 +13,10 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-import model.scoring as scoring
+import model.metrics.scoring as scoring
 from model.errors import ScoringError
-from model.scoring import CORPUS_KEYS, PER_STUDY_KEYS, most_frequent_report, score
-from model.text import Vocabulary
+from model.metrics.scoring import CORPUS_KEYS, PER_STUDY_KEYS, most_frequent_report, score
+from model.metrics.text import Vocabulary
 from tests.conftest import IU_CSV as IU_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def need_iu() -> Path:
 
 
 def load_bench() -> Any:
-    """bench/reproduce_baseline.py as a module (bench/ is scripts, not a package)."""
+    """bench/reproduce_baseline.py as a module, loaded from its file."""
     spec = importlib.util.spec_from_file_location(
         "reproduce_baseline", REPO / "bench" / "reproduce_baseline.py"
     )
@@ -78,7 +78,7 @@ def test_most_frequent_report_baseline_reproduces_the_published_numbers(baseline
 def test_scores_equal_pycocoevalcap_called_directly() -> None:
     data = need_iu()
     bench = load_bench()
-    from model.iu import benchmark_findings, benchmark_split, read_iu, split_texts
+    from model.datasets.iu import benchmark_findings, benchmark_split, read_iu, split_texts
 
     split = benchmark_split(data / "r2gen_split.csv")
     findings = benchmark_findings(
@@ -182,7 +182,7 @@ def test_most_frequent_report_normalises_and_breaks_ties_by_text() -> None:
 
 def test_clinical_macro_leaves_out_findings_no_study_has() -> None:
     """Macro F1 averages the observations some reference is positive for; the rest have no F1 to average."""
-    from model.evaluation import evaluate
+    from model.metrics.evaluation import evaluate
 
     result = evaluate(REFS, HYPS, with_meteor=False)
     per = result.labels.per_observation

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model import synthetic
-from model.iu import benchmark_split, read_iu
-from model.labeller import OBSERVATIONS, is_positive, label
-from model.synthetic import (
+from model.datasets import synthetic
+from model.datasets.iu import benchmark_split, read_iu
+from model.datasets.synthetic import (
     EFFUSION,
     HEART_ENLARGED,
     HEART_NORMAL,
@@ -34,7 +33,8 @@ from model.synthetic import (
     laterality,
     report,
 )
-from model.train_data import load_data
+from model.metrics.labeller import OBSERVATIONS, is_positive, label
+from model.training.data import load_data
 from tests.conftest import REPO
 
 ALL_FINDINGS = [Findings(o, e, c) for o in (None, *ZONES) for e in (None, *SIDES) for c in (False, True)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.text import MAX_REFERENCE_TOKENS, UNK, Vocabulary, normalise, tokenize, truncate
+from model.metrics.text import MAX_REFERENCE_TOKENS, UNK, Vocabulary, normalise, tokenize, truncate
 from tests.conftest import IU_CSV as IU_DIR
 
 

@@ -1,4 +1,4 @@
-"""model.view_cache: a cached view is exactly the view, damage is a miss, the size stays bounded."""
+"""model.imaging.view_cache: a cached view is exactly the view, damage is a miss, the size stays bounded."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from transformers import ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from model.errors import ModelError
-from model.images import decode
-from model.preprocess import view_tensor
-from model.view_cache import ViewCache
+from model.imaging.images import decode
+from model.imaging.preprocess import view_tensor
+from model.imaging.view_cache import ViewCache
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = REPO / "examples" / "iu" / "1001_IM-0004-1001.dcm.png"

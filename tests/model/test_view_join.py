@@ -15,15 +15,16 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from model.augment import affine, augment, generator
-from model.bundle import build, load, save
 from model.errors import ModelError
-from model.generate import generate_ids
-from model.images import decode
-from model.multiview import ViewJoin
-from model.preprocess import pixel_values
-from model.train import resume, train
-from model.train_state import STATE_JSON
+from model.imaging.images import decode
+from model.imaging.preprocess import pixel_values
+from model.inference.generate import generate_ids
+from model.network.bundle import build
+from model.network.multiview import ViewJoin
+from model.network.store import load, save
+from model.training.augment import affine, augment, generator
+from model.training.loop import resume, train
+from model.training.state import STATE_JSON
 from tests.conftest import EXAMPLES
 from tests.model.test_remote_code import PLAIN, SEARCHES, STUDIES, _card_snippet, _plain_python
 from tests.model.test_train import SHORT, rows, same_weights

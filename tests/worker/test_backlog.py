@@ -16,7 +16,7 @@ from cli.main import cli
 from db import backlog as db_backlog
 from db import jobs
 from db.schema import JobStudy, utcnow
-from model.scan import scan_folder
+from model.imaging.scan import scan_folder
 from tests.conftest import EXAMPLES, IU_CSV
 from worker import runtime
 from worker.backlog import LOCK, run_backlog
@@ -159,8 +159,8 @@ def test_beat_runs_the_backlog_at_the_configured_time() -> None:
 def test_one_jobs_trouble_does_not_stop_the_others(sqlite_url: str, tiny_model: Path, iu_folder: Path,
                                                    tmp_path: Path) -> None:
     """A job whose model has vanished from this host comes first; the next job is still done."""
-    from model.bundle import build, save
-
+    from model.network.bundle import build
+    from model.network.store import save
     gone = save(build("tiny", seed=2), tmp_path / "gone-model")
     broken = record_only(Settings(database_url=sqlite_url, model=str(gone)), iu_folder)
     runtime.clear()

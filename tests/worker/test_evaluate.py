@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from db.schema import Evaluation, EvaluationScore, Truth, TruthImage
-from model.evaluation import evaluate
+from model.metrics.evaluation import evaluate
 from tests.conftest import IU_CSV
 from worker import runtime
 from worker.errors import EvaluationInputError
@@ -153,7 +153,7 @@ def test_each_stage_is_announced_for_a_progress_bar(sqlite_url: str, tmp_path: P
 def test_the_figure_gives_cider_its_own_axis_and_unobserved_findings_no_score(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    import model.plots as plots
+    import model.figures.plots as plots
 
     refs = {"a": "Stable cardiomegaly.", "b": "Small left pleural effusion.", "c": "Clear lungs."}
     result = evaluate(refs, dict(refs), with_meteor=False)  # perfect: CIDEr far above 1

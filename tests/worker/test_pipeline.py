@@ -22,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from db import jobs
 from db.schema import JobStudy, Report
-from model.engine import Engine
-from model.scan import scan_folder
+from model.imaging.scan import scan_folder
+from model.inference.engine import Engine
 from tests.conftest import EXAMPLES
 from worker import runtime
 from worker.pipeline import describe, message_size, plan_batches
@@ -170,8 +170,16 @@ def test_batches_are_grouped_by_view_count() -> None:
     assert plan_batches(dict.fromkeys(range(11), 1), 8, max_views=4) == [list(range(8)), [8, 9, 10]]
 
 
-def test_a_message_holds_several_batches() -> None:
-    assert message_size(8) == 32 and message_size(None) == 256
+@pytest.mark.parametrize("batch_size", [1, 8, 64, None], ids=lambda b: f"batch {b or 'auto'}")
+def test_a_message_holds_several_batches(batch_size: int | None) -> None:
+    """A worker decodes one batch of a message while it generates another: so each message the planner fills
+    holds two full batches or more, whatever the batch size (auto: as a CPU worker sizes them)."""
+    from model.inference.engine import CPU_BATCH_SIZE
+
+    size = batch_size or CPU_BATCH_SIZE
+    studies = dict.fromkeys(range(message_size(batch_size)), 2)  # one message's worth of 2-view studies
+    batches = plan_batches(studies, size, max_views=4)
+    assert len(batches) >= 2 and all(len(batch) == size for batch in batches)
 
 
 def test_a_stored_reason_is_one_line_without_the_statement() -> None:
@@ -203,9 +211,9 @@ def test_decode_workers_as_processes_give_the_reports_of_threads(tiny_model: Pat
 
 def test_a_view_cache_skips_decoding_for_a_second_model(tiny_model: Path, iu_folder: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.images
-    from model.bundle import build, save
-
+    import model.imaging.images
+    from model.network.bundle import build
+    from model.network.store import save
     other = save(build("tiny", seed=1), tmp_path / "other")  # same preprocessing, other weights
     cache = tmp_path / "cache"
     first = Settings(database_url=f"sqlite:///{tmp_path}/a.db", model=str(tiny_model), cache_dir=str(cache),
@@ -214,8 +222,8 @@ def test_a_view_cache_skips_decoding_for_a_second_model(tiny_model: Path, iu_fol
     assert len(list(cache.rglob("*.safetensors"))) == 8  # the folder's eight images
 
     decoded: list[int] = []
-    real = model.images.decode_bytes
-    monkeypatch.setattr(model.images, "decode_bytes", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    real = model.imaging.images.decode_bytes
+    monkeypatch.setattr(model.imaging.images, "decode_bytes", lambda *a, **k: decoded.append(1) or real(*a, **k))
     second = submit_folder(Settings(**{**first.__dict__, "model": str(other)}), iu_folder)
     assert second.summary.counts == {"done": 4} and decoded == []
     with runtime.database(first.database_url).session() as s:  # sizes are known from the cache too

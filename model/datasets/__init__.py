@@ -1,0 +1,1 @@
+"""Data sets: the IU X-ray CSVs and the seeded synthetic set. See docs/architecture.md."""

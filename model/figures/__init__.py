@@ -1,0 +1,3 @@
+"""Figures: evaluation plots, picture sheets and training curves (matplotlib, file-only). See
+docs/architecture.md.
+"""
