@@ -22,7 +22,7 @@ class TrainConfig:
     start from, instead of their preset's: the tiny preset's 0.3 makes an untrained model's words depend
     on the image (tests want that) but saturates attention, so training memorises studies instead of
     learning where to look; the small preset (0.02) is the one to train from scratch. 0 keeps the preset's own.
-    `augment` shifts, zooms and re-exposes each training view at random (model/augment.py; never a flip).
+    `augment` shifts, zooms and re-exposes each training view at random (model/training/augment.py; never a flip).
     `view_join` overrides the preset's multi-view join (`model.defaults.VIEW_JOINS`; None: the preset's).
     """
 
