@@ -1,6 +1,6 @@
 """The hardening campaign in one run: bad inputs, CLI misuse, tampered models, distributed faults; prints JSON.
 
-    python bench/faults.py [--skip-distributed] [--out DIR]
+    python -m bench.faults [--skip-distributed] [--out DIR]
 
 1. Bad inputs: one folder holding every kind of bad (and oddly shaped but valid) file we know of,
    submitted with `xrq submit --json` in a subprocess. Counted: kinds tried, tracebacks, files not
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 EXAMPLES = REPO / "examples" / "iu"
 DATA = REPO / "tests" / "data"
 XRQ = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv[0] = 'xrq'; main()"]
@@ -53,7 +52,7 @@ def bad_folder(folder: Path, outside: Path) -> dict[str, str]:
     import pydicom
     from PIL import Image
 
-    from tests.badfiles import make_bad_files
+    from testing.badfiles import make_bad_files
 
     real = EXAMPLES / "CXR7_IM-2263-1001.png"
     expect = dict.fromkeys(make_bad_files(folder, real, outside, huge=True), "failed")

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 EXAMPLES = REPO / "examples" / "iu"
 XRQ = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv[0] = 'xrq'; main()"]
 REDIS = os.environ.get("XRQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -45,8 +44,7 @@ def _refused(code: int, text: str) -> bool:
 
 def model_cases(tmp: Path, model: Path) -> dict[str, bool]:
     """Planted code and edited code, for each command that loads a model: True where it held."""
-    from tests.model.test_bundle import _parts
-    from tests.planted import plant
+    from testing.planted import plant, pretrained_parts
 
     marker = tmp / "MARKER"
     images = tmp / "sec-images"
@@ -67,7 +65,7 @@ def model_cases(tmp: Path, model: Path) -> dict[str, bool]:
     code, text = _run(["train", *data, "--out", str(run), "--tokenizer", "train", "--stop-after", "1"], env)
     assert code == 0, text
     plant(run / "last", marker)
-    encoder, decoder = _parts(tmp / "parts", with_tokenizer=True)
+    encoder, decoder = (str(p) for p in pretrained_parts(tmp / "parts"))
     plant(Path(encoder), marker)
     plant(Path(decoder), marker)
     cases: dict[str, list[str]] = {}
@@ -94,7 +92,7 @@ def message_cases(tmp: Path, model: Path) -> dict[str, bool]:
         redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
     except redis.RedisError:
         return {}
-    from tests.services import WorkerProcess, wait_for
+    from testing.services import WorkerProcess, wait_for
     from worker.app import app_for
     from worker.enqueue import EVALUATE_TASK, GENERATE_TASK
     from worker.settings import Settings
@@ -139,7 +137,7 @@ def message_cases(tmp: Path, model: Path) -> dict[str, bool]:
 
 
 def csv_cases(tmp: Path, model: Path) -> dict[str, bool]:
-    from tests.services import distinct_copies
+    from testing.services import distinct_copies
 
     names = ["=HYPERLINK(1)\x1b[31m", "+1", "-2", "@SUM(3)", "\t=4", "\r=5"]
     folder = tmp / "csv-images"

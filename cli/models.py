@@ -46,7 +46,7 @@ def init(out: Path, preset: str, encoder: str | None, decoder: str | None, token
     bundle = build(preset, encoder=encoder, decoder=decoder, tokenizer=tokenizer, seed=seed)
     path = save(bundle, out, overwrite=force)
     params = sum(p.numel() for p in bundle.model.parameters())
-    made = bundle.meta["preset"]
+    made = bundle.meta.preset
     info = {"path": str(path), "preset": made, "parameters": params, "fingerprint": bundle.fingerprint,
             "architecture": architecture_text(bundle.model.config)}
     if as_json:

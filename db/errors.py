@@ -32,3 +32,7 @@ class DatabaseReadOnlyError(DatabaseError):
 
 class NumberOutOfRangeError(DatabaseError):
     """Raised when a number given (an id, a limit) is too large for the database's integer columns."""
+
+
+class JobBusyError(DatabaseError):
+    """Raised when a job to delete has studies queued or running: a worker may hold them."""

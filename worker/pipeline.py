@@ -162,10 +162,13 @@ class _Prepared:
 class Pipeline:
     """Runs batches of one job's studies through decode -> model -> database, overlapping the stages."""
 
-    def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None) -> None:
+    def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None,
+                 on_recorded: Callable[[int, list[int]], None] | None = None) -> None:
         """`pool`: decode workers kept by the caller across runs (processes are slow to start); by
-        default, threads made for this run."""
+        default, threads made for this run. `on_recorded(job_id, study_ids)`: after each batch's reports
+        are committed (XRQ_PUSH_TO sends them there); it must not raise."""
         self.db, self.ctx, self.limits, self.pool = db, context, limits, pool
+        self.on_recorded = on_recorded
 
     def plan(self, study_ids: Sequence[int]) -> list[list[int]]:
         """Batches of the studies this job has still to do (one query: ids it lacks are dropped here)."""
@@ -257,6 +260,8 @@ class Pipeline:
         except Exception as exc:
             prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "recording", exc)
         prepared.timings.add(Timings(model=t1 - t0, db=time.perf_counter() - t1))
+        if prepared.error is None and self.on_recorded is not None and outcome.reports:
+            self.on_recorded(ctx.job_id, list(outcome.reports))
 
     @staticmethod
     def _tally(prepared: _Prepared, result: RunResult) -> None:

@@ -13,6 +13,8 @@ cross-attention with a (B, V*T) encoder attention mask built from a (B, V) `view
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -37,12 +39,9 @@ from transformers import (
 from model.defaults import DEFAULT_MAX_VIEWS, PRESETS
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.network import identity
-from model.network.multiview import XrqEncoderDecoder
+from model.network.meta import FORMAT_VERSION, BundleMeta
+from model.network.multiview import XrqEncoderDecoder, XrqEncoderDecoderConfig
 
-# xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
-transformers.utils.logging.disable_progress_bar()
-
-FORMAT_VERSION = 1
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
@@ -53,7 +52,7 @@ class Bundle:
     model: XrqEncoderDecoder
     processor: ViTImageProcessorPil
     tokenizer: PreTrainedTokenizerFast
-    meta: dict[str, Any]
+    meta: BundleMeta
     path: Path | None = None
     _digests: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -62,12 +61,12 @@ class Bundle:
         """The directory name when saved or loaded, else the hub id or preset it was built from."""
         if self.path is not None:
             return self.path.name
-        return str(self.meta.get("source") or self.meta.get("preset") or "unsaved")
+        return str(self.meta.source or self.meta.preset or "unsaved")
 
     @property
     def max_views(self) -> int:
-        """Views per study the model looks at; extra views are dropped by preprocessing."""
-        return int(self.meta.get("max_views", DEFAULT_MAX_VIEWS))
+        """Views per study the model looks at (its config's `max_views`); extra views are dropped by preprocessing."""
+        return int(cast(XrqEncoderDecoderConfig, self.model.config).max_views)
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +97,20 @@ class Bundle:
         return cached[1]
 
 
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """transformers' (and the hub's) per-load progress bars off while xrq builds or loads a model, then as
+    they were: xrq shows its own progress, and importing xrq changes nothing."""
+    was_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@without_progress_bars()
 def build(
     preset: str = "tiny",
     *,
@@ -109,7 +122,7 @@ def build(
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
-    The preset only sizes the parts not given (with both parts given, `meta["preset"]` is None).
+    The preset only sizes the parts not given (with both parts given, `meta.preset` is None).
     The tokenizer is `tokenizer`, else the decoder's own when it has one, else GPT-2's vocabulary.
     Random weights (all of them, or the new cross-attention on top of pretrained parts) come from
     `seed`, so the same arguments give identical weights. The global RNG is left untouched.
@@ -126,19 +139,18 @@ def build(
         if encoder is None and PRESETS[preset].get("positions") == "sincos":
             sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
-        model = XrqEncoderDecoder(encoder=enc, decoder=dec)
+        config = XrqEncoderDecoderConfig.from_encoder_decoder_configs(enc.config, dec.config, max_views=max_views)
+        model = XrqEncoderDecoder(config=config, encoder=enc, decoder=dec)
     set_token_ids(model, tok)
-    meta = {
-        "format": FORMAT_VERSION,
-        "preset": preset if encoder is None or decoder is None else None,
-        "sources": {"encoder": encoder, "decoder": decoder, "tokenizer": tok_source},
-        "seed": seed,
-        "max_views": max_views,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "transformers_version": transformers.__version__,
-        "training": None,
-        "scores": {},
-    }
+    meta = BundleMeta(
+        format=FORMAT_VERSION,
+        preset=preset if encoder is None or decoder is None else None,
+        sources={"encoder": encoder, "decoder": decoder, "tokenizer": tok_source},
+        seed=seed,
+        max_views=max_views,  # also in the config; here for older xrq reading xrq.json
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        transformers_version=transformers.__version__,
+    )
     model.eval()
     return Bundle(model, _processor_for(enc.config.image_size, encoder), tok, meta)
 

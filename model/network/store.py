@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,11 +20,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, ViTImageProcess
 
 from model.errors import ModelError, ModelFormatError
 from model.network import card, code
-from model.network.bundle import FORMAT_VERSION, Bundle, resolve_device, set_token_ids
-from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
+from model.network.bundle import Bundle, resolve_device, set_token_ids, without_progress_bars
+from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_json, read_meta
+from model.network.meta import BundleMeta
 from model.network.multiview import XrqEncoderDecoder
 
 
+@without_progress_bars()
 def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the bundle as one directory: safetensors, configs, tokenizer, preprocessing, xrq.json, the
     modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
@@ -43,14 +46,15 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
         shutil.copymode(out / "config.json", weights)
     bundle.tokenizer.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    meta = {**bundle.meta, "fingerprint": bundle.fingerprint, code.CODE_KEY: code.record(out)}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views, code=code.record(out))
+    (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     bundle.meta = meta
     bundle.path = out
     card.write_card(bundle, out)
     return out
 
 
+@without_progress_bars()
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Bundle:
     """Load a saved bundle from a directory, or a hub id (`org/name`, or plainly `hf-hub:org/name`).
 
@@ -64,9 +68,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
     dev = resolve_device(device)
     path = locate(name_or_path)
     check_complete(path)
-    meta = read_meta(path)
-    code.check(path, meta)
-    meta = meta or {"format": FORMAT_VERSION}
+    stored = read_meta(path)
+    code.check(path, stored)
+    meta = BundleMeta.from_dict(stored, where=str(path / META_FILE)) if stored is not None else BundleMeta()
     try:
         with _quiet_transformers():  # its load report goes to the log; ours is the error below
             loaded = XrqEncoderDecoder.from_pretrained(
@@ -83,7 +87,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
         tok.pad_token = tok.eos_token
     local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
     if not local:
-        meta["source"] = str(name_or_path)  # a hub id: its name, not the cache folder's
+        meta.source = str(name_or_path)  # a hub id: its name, not the cache folder's
+    if "max_views" not in read_json(path / "config.json"):  # saved before the config carried it
+        model.config.max_views = meta.max_views
     set_token_ids(model, tok)
     cast(torch.nn.Module, model).to(dev).eval()
     return Bundle(model, processor, tok, meta, path if local else None)

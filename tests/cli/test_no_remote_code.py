@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from testing.planted import plant
 from tests.conftest import EXAMPLES, IU_CSV, REPO
 from tests.model.test_bundle import _parts
-from tests.planted import plant
 
 YES = "y\ny\ny\ny\n"  # one "y" per prompt transformers might show
 

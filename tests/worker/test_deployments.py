@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from cli.main import cli
 from db.deployment import deployment_id
 from db.schema import JobStudy, Report
+from testing.services import wait_for, workers
 from tests.conftest import EXAMPLES
-from tests.services import wait_for, workers
 from worker import runtime
 from worker.settings import Settings
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import wait_for, workers
+from testing.services import wait_for, workers
 from worker import runtime
 from worker.messages import (
     MAX_STUDIES_PER_MESSAGE,

@@ -1,7 +1,7 @@
 """A deployment id: a random id stored in the database when it is created, that every task message carries.
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0009
 Create Date: 2026-12-03
 
 Two deployments pointed at one broker (one Redis database) would otherwise take each other's messages.
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0005"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
