@@ -14,6 +14,8 @@ the same work per report. Runs:
 - `xrq-autocast`: `generate_from_pixels` (the trainer's path: fp32 weights, bf16 autocast on CUDA).
 - `engine`: `model.engine.Engine` at each batch size; fp32 and bf16 on CUDA (fp32 on a CPU);
   with --compile also the compiled static-cache engine.
+- `engine-drafts`: right after each `engine` run, the same engine writing drafts (what workers
+  store: each token's log-probability recorded); `vs_engine` is its throughput over the run before.
 
 HF runs only with --views 1 (transformers' model takes one image per report). Prints JSON: reports/s,
 the ratio to hf-naive, and peak memory (torch.cuda.max_memory_allocated on CUDA, peak RSS on a
@@ -73,8 +75,13 @@ def main() -> None:
             for bf16 in ([True] if compiled else [False, True]) if device.type == "cuda" else [False]:
                 engine = Engine(_fresh(folder, device, args.max_new_tokens), EngineOptions(compile=compiled, bf16=bf16))
                 for size in compile_sizes if compiled else sizes:
-                    runs.append(_measure("engine", size, str(engine.dtype).removeprefix("torch."), compiled,
-                                         args.studies, device, _engine_step(engine, pixels, mask, size, settings)))
+                    dtype = str(engine.dtype).removeprefix("torch.")
+                    runs.append(_measure("engine", size, dtype, compiled, args.studies, device,
+                                         _engine_step(engine, pixels, mask, size, settings)))
+                    # What workers run: the same, each token's log-probability recorded (model/confidence.py).
+                    runs.append(_measure("engine-drafts", size, dtype, compiled, args.studies, device,
+                                         _engine_step(engine, pixels, mask, size, settings, drafts=True)))
+                    runs[-1]["vs_engine"] = round(runs[-1]["reports_per_s"] / runs[-2]["reports_per_s"], 3)
                 runs[-1]["auto_batch_size"] = engine.auto_batch_size(settings, args.views)
                 del engine
     base = next((r["reports_per_s"] for r in runs if r["name"] == "hf-naive"), None)
@@ -111,8 +118,9 @@ def _autocast_run(bundle: Bundle, pixels: torch.Tensor, mask: torch.Tensor, sett
 
 
 def _engine_step(engine: Engine, pixels: torch.Tensor, mask: torch.Tensor, batch: int,
-                 settings: GenerationSettings) -> Callable[[int], Any]:
-    return lambda i: engine.generate(pixels[i:i + batch], mask[i:i + batch], settings)
+                 settings: GenerationSettings, drafts: bool = False) -> Callable[[int], Any]:
+    run = engine.drafts if drafts else engine.generate
+    return lambda i: run(pixels[i:i + batch], mask[i:i + batch], settings)
 
 
 def _measure(name: str, batch: int, dtype: str, compiled: bool, studies: int, device: torch.device,
