@@ -222,19 +222,22 @@ def reports_text(rows: list[ReportRow], fmt: str) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf)
         failed = any(r.status == "failed" for r in rows)
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
+        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "confidence",
+                         "error" if failed else "report"])
         for r in rows:
-            writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(),
-                             ";".join(r.images), r.error if failed else r.text])
+            writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(), ";".join(r.images),
+                             "" if r.confidence is None else r.confidence, r.error if failed else r.text])
         return buf.getvalue()
     width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
-    lines = [f"{'job':>4}  {'study':14}  report"]
+    width -= 6  # the confidence column
+    lines = [f"{'job':>4}  {'study':14}  {'conf':>4}  report"]
     for r in rows:
         shown = printable(r.text if r.status == "done" else f"FAILED: {r.error}")
         text = shown if len(shown) <= width else shown[: width - 1] + "…"
         uid = printable(r.uid)
         uid = uid if len(uid) <= 14 else uid[:13] + "…"
-        lines.append(f"{r.job_id:>4}  {uid:14}  {text}")
+        sure = "" if r.confidence is None else f"{r.confidence:.2f}"
+        lines.append(f"{r.job_id:>4}  {uid:14}  {sure:>4}  {text}")
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +296,8 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
 
     Its libraries are imported here, before the database is read, so a missing one fails first.
     Typed for pandas users: integers stay integers (`reported_by_job` is a nullable integer),
-    `reported_at` is UTC with its offset, and `images` is a list (joined with `;` in CSV only).
+    `reported_at` is UTC with its offset, `images` is a list (joined with `;` in CSV only), and
+    `token_logprobs` a list of floats (left out of CSV, which keeps `confidence`).
     """
     if fmt == "jsonl":
         return _write_jsonl
@@ -302,6 +306,7 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
     def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
         frame = _export_frame(pd, rows)
         frame["images"] = frame["images"].map(";".join)
+        frame = frame.drop(columns=["token_logprobs"])  # CSV holds no lists: the confidence only
         frame["reported_at"] = frame["reported_at"].map(lambda t: "" if pd.isna(t) else t.isoformat())
         frame.to_csv(out, index=False)
 
@@ -312,7 +317,8 @@ def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
     schema = pa.schema([("job_id", pa.int64()), ("study_id", pa.int64()), ("uid", pa.string()),
                         ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
                         ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
-                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string()))])
+                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string())),
+                        ("confidence", pa.float64()), ("token_logprobs", pa.list_(pa.float64()))])
 
     def write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
         _export_frame(pd, rows).to_parquet(out, index=False, schema=schema)
@@ -327,6 +333,7 @@ def _export_frame(pd: Any, rows: list[dict[str, Any]]) -> Any:
     for column in ("job_id", "study_id", "attempts"):
         frame[column] = frame[column].astype("int64")
     frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
+    frame["confidence"] = frame["confidence"].astype("float64")
     frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
     return frame
 

@@ -36,20 +36,27 @@ EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 @click.option("-o", "--output", "out", type=output.OutputPath("file"),
               help="Write to this file (in a folder that exists) instead of standard output.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--order-by", "order", type=click.Choice(["job", "confidence"]), default="job", show_default=True,
+              help="job: newest job first, then uid; confidence: the least sure reports first.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only reports at least this sure (0..1).")
+@click.option("--max-confidence", type=click.FloatRange(0, 1), help="Only reports at most this sure (0..1).")
 @click.pass_context
 def reports(ctx: click.Context, job: int | None, model: str | None, since: datetime | None,
             until: datetime | None, status: str, contains: str | None, fmt: str | None, out: Path | None,
-            limit: int | None) -> None:
+            limit: int | None, order: str, min_confidence: float | None, max_confidence: float | None) -> None:
     """Print stored reports (or failed studies) as a table, CSV or JSON lines.
 
     The table is for people (names and reports with control characters escaped, one line a row);
-    CSV and JSON lines hold the text as stored.
+    CSV and JSON lines hold the text as stored. `confidence` is how sure the model was (exp of the
+    mean log-probability of the report's tokens, 0..1); JSON lines also carry `token_logprobs`.
 
     \b
     Examples:
       xrq reports --job 1
       xrq reports --text effusion --since 2026-11-01 -o effusions.jsonl
       xrq reports --status failed
+      xrq reports --order-by confidence --limit 20     (the drafts to read first)
+      xrq reports --max-confidence 0.5 -o unsure.csv
     """
     from db.queries import ReportFilter
     from db.queries import reports as query_reports
@@ -57,8 +64,12 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
 
     fmt = fmt or output.format_from_name(out, REPORT_FORMATS, "table")
     db = runtime.database(settings_from(ctx).database_url)
+    if status == "failed" and (order != "job" or min_confidence is not None or max_confidence is not None):
+        raise click.UsageError("failed studies have no confidence: --order-by confidence, --min-confidence "
+                               "and --max-confidence go with reports (--status done)")
     where = ReportFilter(job_id=job, model=model, since=_utc(since), until=_utc(until), text=contains,
-                         status=status)
+                         status=status, min_confidence=min_confidence, max_confidence=max_confidence,
+                         order_by=order)
     rows = query_reports(db, where=where, limit=limit)
     text = output.reports_text(rows, fmt)
     if out is None:
@@ -79,7 +90,8 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     """Write whole jobs (every study: status, reason, report, images) to CSV, JSON lines or Parquet.
 
     Typed for pandas: integers stay integers, `reported_at` is UTC with its offset, and `images` is
-    a list (joined with `;` in CSV).
+    a list (joined with `;` in CSV). `confidence` is how sure the model was (0..1); JSON lines and
+    Parquet also carry `token_logprobs`, each token's natural-log probability (a list column).
 
     \b
     Examples:

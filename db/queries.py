@@ -75,11 +75,13 @@ class ReportRow:
     settings: dict[str, Any]
     status: str = "done"
     error: str | None = None
+    confidence: float | None = None  # exp(mean token log-probability); None before it was recorded
+    token_logprobs: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
                 "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
-                "settings": self.settings}
+                "settings": self.settings, "confidence": self.confidence, "token_logprobs": self.token_logprobs}
         if self.status != "done":
             data.update(status=self.status, error=self.error)
         return data
@@ -118,6 +120,12 @@ class ReportFilter:
     until: datetime | None = None
     text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
     status: str = "done"  # done: reports; failed: failed studies with their reasons
+    min_confidence: float | None = None  # reports at least this sure (those without a confidence drop out)
+    max_confidence: float | None = None  # reports at most this sure
+    order_by: str = "job"  # job: newest job first, then uid; confidence: least sure first (reports only)
+
+
+ORDERS = ("job", "confidence")
 
 
 def reports(db: Database, *, job_id: int | None = None, limit: int | None = None,
@@ -137,26 +145,35 @@ def reports(db: Database, *, job_id: int | None = None, limit: int | None = None
         rows = s.execute(stmt).all()
         images = _images_of(s, [(row.study_id, row.job_id) for row in rows])
         return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", as_utc(row.created_at),
-                          images[(row.study_id, row.job_id)], row.settings or {}, f.status, row.error)
+                          images[(row.study_id, row.job_id)], row.settings or {}, f.status, row.error,
+                          row.confidence, row.token_logprobs)
                 for row in rows]
 
 
 def _reports_query(f: ReportFilter) -> Any:
     stmt = (select(Report.study_id, Study.uid, Report.job_id, Model.name.label("model"), Report.text,
-                   Report.created_at, Report.settings, literal(None).label("error"))
+                   Report.created_at, Report.settings, literal(None).label("error"), Report.confidence,
+                   Report.token_logprobs)
             .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
     if f.job_id is not None:
         stmt = stmt.join(JobStudy, JobStudy.study_id == Report.study_id).join(
             Job, (Job.id == JobStudy.job_id) & (Job.model_id == Report.model_id)
         ).where(JobStudy.job_id == f.job_id)
     stmt = _narrow(stmt, f, when=Report.created_at, text=Report.text)
+    if f.min_confidence is not None:
+        stmt = stmt.where(Report.confidence >= f.min_confidence)
+    if f.max_confidence is not None:
+        stmt = stmt.where(Report.confidence <= f.max_confidence)
+    if f.order_by == "confidence":  # least sure first; reports without a confidence last, on both databases
+        return stmt.order_by(Report.confidence.is_(None), Report.confidence, Study.uid, Report.id)
     return stmt.order_by(Report.job_id.desc(), Study.uid, Report.id)
 
 
 def _failed_query(f: ReportFilter) -> Any:
     stmt = (select(JobStudy.study_id, Study.uid, JobStudy.job_id, Model.name.label("model"),
                    literal(None).label("text"), JobStudy.updated_at.label("created_at"),
-                   literal(None).label("settings"), JobStudy.error)
+                   literal(None).label("settings"), JobStudy.error, literal(None).label("confidence"),
+                   literal(None).label("token_logprobs"))
             .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
             .join(Model, Model.id == Job.model_id).where(JobStudy.status == "failed"))
     if f.job_id is not None:
@@ -190,7 +207,7 @@ def _images_of(s: Session, pairs: list[tuple[int, int]]) -> dict[tuple[int, int]
 
 
 EXPORT_COLUMNS = ("job_id", "study_id", "uid", "status", "error", "attempts", "model", "report", "reported_at",
-                  "reported_by_job", "images")
+                  "reported_by_job", "images", "confidence", "token_logprobs")
 
 
 def export_count(db: Database, job_ids: list[int]) -> int:
@@ -222,7 +239,8 @@ def _export_chunk(s: Session, job_id: int, study_ids: list[int]) -> list[dict[st
     rows = s.execute(
         select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
                JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
-               Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
+               Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"), Report.confidence,
+               Report.token_logprobs)
         .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
         .join(Model, Model.id == Job.model_id)
         .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))

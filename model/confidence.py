@@ -63,8 +63,9 @@ class TokenRecorder(LogitsProcessor):
     """Keeps, at every decoding step, what is needed to know the chosen tokens' log-probabilities.
 
     Appended after generate's own processors, so it sees the scores tokens are chosen from. Greedy:
-    the chosen token is the arg-max, so its log-probability is the largest of the log-softmaxed
-    scores, (B,) a step. Beams: the scores are log-probabilities already; a token a beam keeps is among its row's
+    the chosen token is the arg-max, so its log-probability is max - logsumexp of the scores (what
+    `compute_transition_scores` normalizes to, up to fp32 rounding, without a (B, vocab) copy), (B,)
+    a step. Beams: the scores are log-probabilities already; a token a beam keeps is among its row's
     `top` best (generate keeps at most 2 x beams candidates per study, and a row's candidates come
     in its own order), so (rows, top) values and ids a step suffice. Returns the scores untouched.
     """
@@ -76,7 +77,7 @@ class TokenRecorder(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.num_beams == 1:
-            best = scores.log_softmax(dim=-1).max(dim=-1).values  # (B,): as compute_transition_scores normalizes
+            best = scores.amax(dim=-1) - scores.logsumexp(dim=-1)  # (B,): log-softmax at the arg-max
             self.steps.append((best, None))
         else:
             values, ids = scores.topk(min(self.top, scores.shape[-1]), dim=-1)  # (B*beams, top)
