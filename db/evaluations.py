@@ -78,3 +78,11 @@ def reports_of_model(db: Database, model_id: int) -> dict[str, tuple[int, str]]:
         rows = s.execute(select(Study.uid, Study.id, Report.text).join(Report, Report.study_id == Study.id)
                          .where(Report.model_id == model_id).order_by(Report.id)).all()
         return {uid: (sid, text) for uid, sid, text in rows}
+
+
+def confidences_of_model(db: Database, model_id: int) -> dict[str, float | None]:
+    """uid -> the confidence of the model's report (as `reports_of_model` picks it; None if not recorded)."""
+    with db.session() as s:
+        rows = s.execute(select(Study.uid, Report.confidence).join(Report, Report.study_id == Study.id)
+                         .where(Report.model_id == model_id).order_by(Report.id)).all()
+        return dict(rows)

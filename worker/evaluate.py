@@ -98,6 +98,7 @@ class _Hypotheses:
     study_ids: dict[str, int] = field(default_factory=dict)  # uid -> database id, for stored reports
     model_id: int | None = None
     id_column: str | None = None
+    confidence: dict[str, float | None] = field(default_factory=dict)  # uid -> the report's confidence
 
 
 def run_evaluation(
@@ -145,7 +146,7 @@ def run_evaluation(
         raise EvaluationInputError(f"none of the {len(hyps.reports)} reports has ground truth in {where}collection "
                                    f"{coll!r} ({text}); check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
-                      with_meteor=with_meteor, on_stage=stage)
+                      with_meteor=with_meteor, on_stage=stage, confidence=hyps.confidence)
     stage("storing")
     evaluation_id = _store(db, result, hyps, coll, split, text, job_id)
     run = EvaluationRun(evaluation_id, result, hyps.source, hyps.ref, coll, split, text,
@@ -192,13 +193,14 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
         assert job_id is not None
         rows = queries.reports(db, job_id=job_id)
         return _Hypotheses("job", str(job_id), {r.uid: r.text for r in rows}, {r.uid: r.study_id for r in rows},
-                           _job_model(db, job_id))
+                           _job_model(db, job_id), confidence={r.uid: r.confidence for r in rows})
     if kind == "model":
         assert model is not None
         found = db_evals.find_model(db, model)
         by_uid = db_evals.reports_of_model(db, found.id)
         return _Hypotheses("model", found.name, {u: t for u, (_, t) in by_uid.items()},
-                           {u: sid for u, (sid, _) in by_uid.items()}, found.id)
+                           {u: sid for u, (sid, _) in by_uid.items()}, found.id,
+                           confidence=db_evals.confidences_of_model(db, found.id))
     if kind == "predictions":
         from model.iu import read_predictions
 
