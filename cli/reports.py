@@ -127,8 +127,14 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
 @click.option("--job", type=int, help="With a study: its report by this job's model. Alone: every study of the job.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="A .png file for one study; a folder for --job (made if absent, in a folder that exists).")
+@click.option("--attention", is_flag=True,
+              help="Also draw where the model looked for each sentence (NAME-attention.png beside each picture) "
+                   "and print the report with its unsure words marked.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --attention: words the model gave a lower probability are marked [like this].")
 @click.pass_context
-def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path) -> None:
+def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path, attention: bool,
+         threshold: float) -> None:
     """Draw a study's images beside its report, with the ground truth and scores when known.
 
     UID is the study's uid, as `xrq reports` lists it (1000 for `1000_IM-0003-1001.dcm.png`);
@@ -139,8 +145,13 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
       xrq show 1000 -o study1000.png
       xrq show --id 3 -o study3.png
       xrq show --job 1 -o pictures/     (a PNG per study, named by uid, and an index.html)
+      xrq show 1000 -o study1000.png --attention     (+ study1000-attention.png)
+
+    With --attention the report's stored tokens go through its model once more (teacher-forced, one
+    pass): for each sentence, the decoder's cross-attention over each view, averaged over heads, layers
+    and the sentence's tokens, drawn as a heat map over the image.
     """
-    from worker.show import show_job, show_study
+    from worker.show import show_job, show_study, show_study_attention
 
     settings = settings_from(ctx)
     if uid is not None and study_id is not None:
@@ -151,10 +162,20 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
         output.output_folder(out)
         bar = output.Progress(output.stderr_is_terminal(), desc="Drawing")
         try:
-            index = show_job(settings, job, out, on_start=bar.start, progress=bar.update)
+            index = show_job(settings, job, out, on_start=bar.start, progress=bar.update, attention=attention,
+                             threshold=threshold)
         finally:
             bar.close()
         click.echo(f"Wrote {printable(str(index))}")
+    elif attention:
+        output.output_file(out, suffixes=(".png",))
+        picture, shown = show_study_attention(settings, out, uid=uid, study_id=study_id, job_id=job,
+                                              threshold=threshold)
+        sure = "" if shown.confidence is None else f" (confidence {shown.confidence:.2f})"
+        click.echo(f"Report{sure}, {shown.unsure_words} word(s) below {threshold:g} in [brackets]:")
+        click.echo(f"  {printable(shown.marked_report)}")
+        click.echo(f"Wrote {printable(str(picture))}")
+        click.echo(f"Wrote {printable(str(shown.picture))} ({shown.sentences} sentence(s) x views)")
     else:
         output.output_file(out, suffixes=(".png",))
         click.echo(f"Wrote {printable(str(show_study(settings, out, uid=uid, study_id=study_id, job_id=job)))}")

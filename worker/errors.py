@@ -23,3 +23,7 @@ class ModelMismatchError(WorkerError):
 
 class EvaluationInputError(WorkerError):
     """Raised when an evaluation is asked for something it cannot score (no source, no ground truth)."""
+
+
+class NoEvidenceError(WorkerError):
+    """Raised when a report's attention is asked for but it has no stored tokens, or its views cannot be read."""

@@ -174,3 +174,34 @@ def test_show_unknown_study_says_what_to_do(env: dict[str, str], tmp_path: Path)
     result = CliRunner().invoke(cli, ["show", "nope", "-o", str(tmp_path / "x.png")], env=env)
     assert result.exit_code == 1
     assert result.output == "Error: no study with uid 'nope': give a uid from `xrq reports`\n"
+
+
+def test_show_attention_draws_where_the_model_looked_and_marks_unsure_words(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    out = tmp_path / "s.png"
+    printed = run(env, "show", "1000", "-o", str(out), "--attention", "--threshold", "0.2").splitlines()
+    listed = {r["uid"]: r for r in jsonl(run(env, "reports", "--format", "jsonl"))}["1000"]
+    assert printed[0].startswith(f"Report (confidence {listed['confidence']:.2f}), ")
+    assert printed[0].endswith("word(s) below 0.2 in [brackets]:")
+    assert "[" in printed[1]  # the random tiny model is unsure of most of its words
+    assert printed[2:] == [f"Wrote {out}", f"Wrote {tmp_path / 's-attention.png'} (1 sentence(s) x views)"]
+    picture = Image.open(tmp_path / "s-attention.png")
+    assert picture.width > 800  # three views side by side
+    assert ImageStat.Stat(picture.convert("L")).stddev[0] > 20
+    job = tmp_path / "pictures"
+    run(env, "show", "--job", "1", "-o", str(job), "--attention")
+    assert sorted(p.name for p in job.glob("*-attention.png")) == [
+        "1000-attention.png", "25-attention.png", "54-attention.png", "7-attention.png"]
+
+
+def test_show_attention_of_a_report_without_tokens_says_why(env: dict[str, str], tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["XRQ_DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE reports SET token_ids = NULL, token_logprobs = NULL, confidence = NULL"))
+    engine.dispose()
+    result = CliRunner().invoke(cli, ["show", "25", "-o", str(tmp_path / "x.png"), "--attention"], env=env)
+    assert result.exit_code == 1
+    assert result.output == ("Error: the report of study 25 was stored before xrq kept the tokens it was "
+                             "written with, so there is nothing to replay; reports written since have them\n")
