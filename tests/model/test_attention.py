@@ -66,7 +66,7 @@ def test_the_replay_is_the_pass_that_wrote_the_tokens(bundle: Bundle, views: lis
     """Teacher-forced on [start, t1 .. tn-1], position i's distribution is the one token i was drawn
     from: its log-probabilities are the stored ones. (The maps are read at the same positions.)"""
     written = draft(bundle, [views])[0]
-    pixels, mask = pixel_values(bundle.processor, [views], bundle.max_views)
+    pixels, _mask = pixel_values(bundle.processor, [views], bundle.max_views)
     inputs = torch.tensor([[bundle.model.config.decoder_start_token_id, *written.token_ids[:-1]]])
     with torch.inference_mode():
         logits = bundle.model(pixel_values=pixels, view_mask=None, decoder_input_ids=inputs).logits[0]
