@@ -266,6 +266,10 @@ def evaluation_text(run: Any) -> str:
     if run.result.normal is not None:
         n = run.result.normal
         lines.append(f"  normal vs abnormal (MeSH): accuracy {n.accuracy:.3f}, F1 {n.f1:.3f}, kappa {n.kappa:.3f}")
+    for name, other in (run.result.sections or {}).items():
+        lines.append(f"  {name} section beside it ({other['n_studies']} studies, against the {name} ground truth): "
+                     f"BLEU-4 {other['bleu_4']:.3f}, ROUGE-L {other['rouge_l']:.3f}, CIDEr {other['cider']:.3f}, "
+                     f"clinical F1 micro {other['clinical_f1_micro']:.3f}")
     cal = run.result.calibration
     if cal is not None:
         def rho(value: float | None) -> str:

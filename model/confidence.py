@@ -26,6 +26,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokeniz
 from model.bundle import Bundle, resolve_device
 from model.generate import GenerationSettings, autocast, check_fits, decode_reports, generate_ids
 from model.preprocess import pixel_values
+from model.sections import split_sections
 
 __all__ = ["Draft", "TokenRecorder", "confidence", "draft", "drafts", "drafts_from_pixels", "generate_drafts"]
 
@@ -47,9 +48,9 @@ class Draft:
         return confidence(self.token_logprobs)
 
     def record(self) -> dict[str, Any]:
-        """The report columns this draft fills besides its text."""
+        """The report columns this draft fills besides its text (its sections: None without markers)."""
         return {"confidence": self.confidence, "token_logprobs": list(self.token_logprobs),
-                "token_ids": list(self.token_ids)}
+                "token_ids": list(self.token_ids), **split_sections(self.text).record()}
 
 
 def confidence(logprobs: Sequence[float]) -> float | None:

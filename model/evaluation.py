@@ -32,6 +32,7 @@ class EvaluationResult:
     normal: NormalAgreement | None
     protocol: dict[str, Any]
     calibration: Calibration | None = None  # when the reports' confidences are known
+    sections: dict[str, Any] | None = None  # the other section of sectioned reports, scored beside (worker/)
 
     def summary(self) -> dict[str, Any]:
         """Corpus-level numbers as JSON-ready values (per-study scores are in `scores.per_study`)."""
@@ -43,6 +44,7 @@ class EvaluationResult:
             },
             "normal_vs_abnormal": asdict(self.normal) if self.normal else None,
             "calibration": self.calibration.as_dict() if self.calibration else None,
+            "sections": self.sections,
             "protocol": self.protocol,
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,7 @@ def run_evaluation(
     `on_stage(name, done, total)` is called as each of STAGES begins (a progress bar).
     """
     from model.evaluation import evaluate, reference_text
+    from model.sections import section_text
 
     chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
                              ("baseline", baseline)) if v is not None]
@@ -139,6 +140,8 @@ def run_evaluation(
     stage("reading reports")
     hyps = _hypotheses(db, chosen[0], job_id, model, predictions, baseline, references, train, id_column,
                        report_column)
+    written = hyps.reports  # as stored or given; scored below is the part that answers `text`
+    hyps = replace(hyps, reports={uid: section_text(t, text) for uid, t in written.items()})
     scored = {uid: h for uid, h in hyps.reports.items() if uid in references}
     matched = _match(db, coll, hyps, len(scored))
     if not scored:
@@ -147,6 +150,7 @@ def run_evaluation(
                                    f"{coll!r} ({text}); check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
                       with_meteor=with_meteor, on_stage=stage, confidence=hyps.confidence)
+    result.sections = _other_section(truth, written, text)
     stage("storing")
     evaluation_id = _store(db, result, hyps, coll, split, text, job_id)
     run = EvaluationRun(evaluation_id, result, hyps.source, hyps.ref, coll, split, text,
@@ -155,6 +159,29 @@ def run_evaluation(
         stage("writing files")
         run.files = write_outputs(run, Path(out_dir))
     return run
+
+
+def _other_section(truth: dict[str, Any], written: dict[str, str], text: str) -> dict[str, Any] | None:
+    """Sectioned reports scored with `--text findings` (or impression): the other section, against its own
+    ground truth, beside the main scores. None when no report has that section."""
+    from model.evaluation import evaluate
+    from model.sections import split_sections
+
+    other = {"findings": "impression", "impression": "findings"}.get(text)
+    if other is None:
+        return None
+    hypotheses, references = {}, {}
+    for uid, report in written.items():
+        section = getattr(split_sections(report), other)
+        reference = getattr(truth[uid], other).strip() if uid in truth else ""
+        if section is not None and reference:
+            hypotheses[uid], references[uid] = section, reference
+    if not hypotheses:
+        return None
+    result = evaluate(references, hypotheses, with_meteor=False)
+    corpus = {k: result.scores.corpus[k] for k in ("bleu_1", "bleu_4", "rouge_l", "cider")}
+    return {other: {"n_studies": result.scores.n_studies, **corpus, "distinct_reports": result.scores.distinct_reports,
+                    "clinical_f1_micro": result.labels.micro.f1, "clinical_f1_macro": result.labels.macro.f1}}
 
 
 def check_out_dir(out_dir: Path) -> None:
