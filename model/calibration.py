@@ -114,3 +114,15 @@ def _bins(conf: list[float], bleu: list[float], f1: list[float]) -> list[Reliabi
         out.append(ReliabilityBin(conf[members[0]], conf[members[-1]], n, sum(conf[i] for i in members) / n,
                                   sum(bleu[i] for i in members) / n, sum(f1[i] for i in members) / n))
     return out
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for telling the positive cases from the others: the chance that
+    a random positive scores above a random negative (ties count a half). None without both kinds."""
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    r = ranks([*pos, *neg])  # Mann-Whitney U from the ranks of the positives
+    u = sum(r[: len(pos)]) - len(pos) * (len(pos) + 1) / 2
+    return u / (len(pos) * len(neg))

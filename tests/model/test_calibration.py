@@ -61,3 +61,14 @@ def test_calibration_sees_good_reports_where_the_model_was_sure(tmp_path: Path) 
     with_row = Image.open(plot_evaluation(result, tmp_path / "with.png"))
     without = Image.open(plot_evaluation(evaluate(truth, hypotheses, with_meteor=False), tmp_path / "without.png"))
     assert with_row.height == pytest.approx(without.height * 1.5, rel=0.01)  # a third row of panels
+
+
+def test_auroc_is_the_chance_a_right_report_is_surer_than_a_wrong_one() -> None:
+    from model.calibration import auroc
+
+    assert auroc([0.9, 0.8, 0.3, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.9, 0.8, 0.3, 0.2], [False, False, True, True]) == 0.0
+    assert auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5
+    # 3 positives x 2 negatives = 6 pairs; the positive 0.4 loses to the negative 0.6 once: 5/6.
+    assert auroc([0.9, 0.7, 0.4, 0.6, 0.1], [True, True, True, False, False]) == pytest.approx(5 / 6)
+    assert auroc([0.9, 0.8], [True, True]) is None
