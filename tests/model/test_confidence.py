@@ -130,4 +130,4 @@ def test_confidence_is_the_geometric_mean_probability() -> None:
     assert unsure.confidence is not None and sure.confidence is not None
     assert unsure.confidence < sure.confidence
     assert sure.record() == {"confidence": sure.confidence, "token_logprobs": [math.log(0.9), math.log(0.8)],
-                             "token_ids": [1, 2]}
+                             "token_ids": [1, 2], "findings": None, "impression": None}
