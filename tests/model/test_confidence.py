@@ -8,6 +8,7 @@ already), on the same tiny seeded weights and real X-rays, single-view and multi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -50,7 +51,7 @@ def stopping(bundle: Bundle) -> Bundle:
         common = int(ids.bincount().argmax())
         head = model.decoder.get_output_embeddings().weight
         head[eos] = head[common] * 1.05
-    return Bundle(model, bundle.processor, bundle.tokenizer, dict(bundle.meta))
+    return Bundle(model, bundle.processor, bundle.tokenizer, dataclasses.replace(bundle.meta))
 
 
 STUDIES = {
