@@ -14,10 +14,10 @@ as a user would, in a temporary folder:
 and prints the three side by side (the model's confidence and attention below): BLEU-1..4, ROUGE-L,
 CIDEr, clinical findings F1 from xrq's labeller (macro over the observations a synthetic report can be
 positive for, and per finding), laterality accuracy of the lateralised findings, and distinct reports
-over distinct truths (and how many truths were written word for word). The image-blind run is what the
-decoder alone can learn; the constant is
-the most frequent training report; `image_blind_f1_max` is the best clinical F1 that any reports written
-without the image can expect on this test set (every finding for most studies, "normal" for a few).
+over distinct truths (and how many truths were written word for word). The image-blind run is what
+the decoder alone can learn; the constant is the most frequent training report; `image_blind_f1_max`
+is the best clinical F1 that any reports written without the image can expect on this test set
+(every finding for most studies, "normal" for a few).
 
     python -m bench.conditioning --seed 0            # a table
     python -m bench.conditioning --seed 1 --json     # the same as JSON

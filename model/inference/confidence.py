@@ -67,13 +67,14 @@ class TokenRecorder(LogitsProcessor):
     the chosen token is the arg-max, so its log-probability is max - logsumexp of the scores (what
     `compute_transition_scores` normalizes to, up to fp32 rounding, without a (B, vocab) copy), (B,)
     a step. Beams: the scores are log-probabilities already; a token a beam keeps is among its row's
-    `top` best (generate keeps at most 2 x beams candidates per study, and a row's candidates come
-    in its own order), so (rows, top) values and ids a step suffice. Returns the scores untouched.
+    `top` best (generate keeps max(2, 1 + end tokens) x beams candidates per study, and a row's
+    candidates come in its own order), so (rows, top) values and ids a step suffice. Returns the
+    scores untouched.
     """
 
-    def __init__(self, num_beams: int) -> None:
+    def __init__(self, num_beams: int, eos_tokens: int = 1) -> None:
         self.num_beams = num_beams
-        self.top = 4 * num_beams  # more than generate's candidates per study, max(2, 1 + #eos) * beams
+        self.top = max(2, 1 + eos_tokens) * num_beams  # generate's candidates per study: none ranks lower in its row
         self.steps: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -120,7 +121,8 @@ def generate_drafts(
 
     Same tokens as `generate_ids` (the recorder changes no score). Call under `torch.inference_mode()`.
     """
-    recorder = TokenRecorder(settings.num_beams)
+    eos = model.generation_config.eos_token_id
+    recorder = TokenRecorder(settings.num_beams, len(eos) if isinstance(eos, list) else 1)
     out = cast(Any, generate_ids(model, pixels, mask, settings, logits_processor=LogitsProcessorList([recorder]),
                                  return_dict_in_generate=True, **generate_kwargs))
     sequences = cast(torch.Tensor, out.sequences)  # (B, 1 + new tokens)
