@@ -75,7 +75,10 @@ def downgrade() -> None:
     from importlib import import_module
 
     previous = import_module("db.migrations.versions.0003_report_views").VIEWS
-    for name in OLD_VIEWS:
+    reviewed = import_module("db.migrations.versions.0007_review").REVIEWED_REPORTS
+    # Every view on reports goes while SQLite's batch mode copies the table (a view naming it would break
+    # the copy's rename), and comes back after: 0003's two as they were, 0007's unchanged.
+    for name in (*OLD_VIEWS, "reviewed_reports"):
         op.execute(f"DROP VIEW IF EXISTS {name}")
     op.drop_index("ix_reports_confidence", table_name="reports")
     with op.batch_alter_table("reports") as batch:
@@ -83,3 +86,4 @@ def downgrade() -> None:
             batch.drop_column(column)
     for name in OLD_VIEWS:
         op.execute(previous[name])
+    op.execute(reviewed)
