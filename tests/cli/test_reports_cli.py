@@ -122,6 +122,10 @@ def test_reports_carry_confidence_order_by_it_and_filter_on_it(env: dict[str, st
         {r["uid"]: r["confidence"] for r in everything})
     result = CliRunner().invoke(cli, ["reports", "--status", "failed", "--order-by", "confidence"], env=env)
     assert result.exit_code == 2 and "failed studies have no confidence" in result.output
+    paged = jsonl(run(env, "reports", "--order-by", "confidence", "--offset", "2", "--format", "jsonl"))
+    assert [r["uid"] for r in paged] == [r["uid"] for r in by_confidence[2:]]  # its pages go by offset
+    result = CliRunner().invoke(cli, ["reports", "--order-by", "confidence", "--after", "1.1"], env=env)
+    assert result.exit_code == 2 and "with --order-by confidence page with --offset" in result.output
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
