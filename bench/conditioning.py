@@ -11,18 +11,25 @@ as a user would, in a temporary folder:
     xrq submit        images/test --model model/best;  xrq submit blank/test --model blind/best
     xrq evaluate      --job ... --split test;  xrq evaluate --baseline most-frequent --split test
 
-and prints the three side by side: BLEU-1..4, ROUGE-L, CIDEr, clinical findings F1 from xrq's labeller
-(macro over the observations a synthetic report can be positive for, and per finding), laterality
-accuracy of the lateralised findings, and distinct reports over distinct truths (and how many truths
-were written word for word). The image-blind run is what the decoder alone can learn; the constant is
-the most frequent training report; `image_blind_f1_max` is the best clinical F1 that any reports written
-without the image can expect on this test set (every finding for most studies, "normal" for a few).
+and prints the three side by side (the model's confidence and attention below): BLEU-1..4, ROUGE-L,
+CIDEr, clinical findings F1 from xrq's labeller (macro over the observations a synthetic report can be
+positive for, and per finding), laterality accuracy of the lateralised findings, and distinct reports
+over distinct truths (and how many truths were written word for word). The image-blind run is what
+the decoder alone can learn; the constant is the most frequent training report; `image_blind_f1_max`
+is the best clinical F1 that any reports written without the image can expect on this test set
+(every finding for most studies, "normal" for a few).
 
     python -m bench.conditioning --seed 0            # a table
     python -m bench.conditioning --seed 1 --json     # the same as JSON
     python -m bench.conditioning --size small        # the slow margin test's version (3.5 minutes)
     python -m bench.conditioning --seeds 100-109 --preset small-v2 --train-arg=--augment --json \
         --record bench/results/small-v2.jsonl          # fresh seeds in turn, each appended as it ends
+    python -m bench.conditioning --size small --attention-picture effusion.png
+
+Below the table: how well the model's confidence tells right reports from wrong ones (AUROC of the
+stored confidence for "the findings are right": the same findings as the truth, on the same sides),
+and where the sentences about an effusion looked (the share of their frontal attention map on the
+half where the effusion was painted), with `xrq show --attention`'s picture of one such study.
 
 Training is budgeted in steps, not seconds, so a seed gives the same numbers on any CPU.
 """
@@ -73,11 +80,12 @@ SIZES = {
 
 
 def run(seed: int, size: Size, work: Path, device: str | None = None, train_args: tuple[str, ...] = (),
-        blind: bool = True) -> dict[str, Any]:
+        blind: bool = True, picture: Path | None = None) -> dict[str, Any]:
     """Generate, train twice, report and score in `work`; the benchmark's whole result as a dict.
 
     `train_args` go to both trainings as they are (e.g. --augment); without `blind` there is no
-    image-blind run (ablations: half the CPU), and the targets that need it are left out."""
+    image-blind run (ablations: half the CPU), and the targets that need it are left out. `picture`:
+    where to copy `xrq show --attention`'s picture of a test study with a painted effusion."""
     timings: dict[str, float] = {}
     tic = time.perf_counter()
     data = generate(work / "data", seed=seed, n_train=size.n_train, n_val=size.n_val, n_test=size.n_test,
@@ -100,12 +108,17 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
         "--eval-every", size.steps, *on, *train_args, "--json") for name, blank in trainings}
     trained = {name: xrq.finish(process) for name, process in running.items()}
     timings["train_s"] = time.perf_counter() - tic
+    jobs = {}
     for name, blank in trainings:
         tic = time.perf_counter()
         job = xrq("submit", data.split_images("test", blank), "--model", work / name / "best", *on, "--json")
+        jobs[name] = job["job_id"]
         timings[f"submit_{name}_s"] = time.perf_counter() - tic
         systems[name] = _evaluate(xrq, work / "eval" / name, "--job", job["job_id"])
         systems[name]["val_loss"] = trained[name]["scores"].get("val_loss")
+    tic = time.perf_counter()
+    evidence = _evidence(xrq, work, data, jobs["model"], picture)
+    timings["evidence_s"] = time.perf_counter() - tic
     systems["constant"] = _evaluate(xrq, work / "eval" / "constant", "--baseline", "most-frequent")
     studies = {s: sum(x.split == s for x in data.studies) for s in ("train", "val", "test")}
     constant = systems["constant"]
@@ -113,7 +126,7 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
     return {"seed": seed, "size": asdict(size), "train_args": list(train_args), "device": device or "default",
             "studies": studies,
             "phrasing": asdict(data.phrasing), "systems": systems, "image_blind_f1_max": blind_max,
-            "targets": _targets(systems), "checks": _checks(systems, blind_max, studies["test"]),
+            "targets": _targets(systems), "checks": _checks(systems, blind_max, studies["test"]), "evidence": evidence,
             "timings": {k: round(v, 1) for k, v in timings.items()}}
 
 
@@ -137,6 +150,75 @@ def _evaluate(xrq: _Xrq, out: Path, *source: Any) -> dict[str, Any]:
         "n_studies": scored["n_studies"],
         "example": hyps[sorted(hyps, key=int)[0]],
     }
+
+
+def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | None) -> dict[str, Any]:
+    """Confidence and attention of the model's test reports (issue 20).
+
+    - AUROC of the stored confidence for "the report's findings are right": the labeller's positive
+      findings (of OBSERVED) equal the truth's, and each lateralised finding on the truth's side.
+    - Where the "effusion" sentences looked: for each test study with a painted effusion whose report
+      has an effusion sentence, the share of that sentence's frontal map on the painted half (image
+      left is the patient's right); and `xrq show UID --attention`'s picture of the first of them.
+    Reads the reports from the database file as a user would (the documented `reports` table).
+    """
+    import sqlite3
+
+    from model.datasets.synthetic import lateral_findings
+    from model.imaging.images import decode
+    from model.inference.attention import attention_maps
+    from model.metrics.calibration import auroc
+    from model.metrics.labeller import is_positive, label
+    from model.network.store import load
+
+    with sqlite3.connect(work / "xrq.db") as db:
+        rows = db.execute("SELECT s.uid, r.text, r.confidence, r.token_ids FROM reports r JOIN studies s "
+                          "ON s.id = r.study_id WHERE r.job_id = ?", (job_id,)).fetchall()
+    truth = data.truth("test")
+
+    def right(reference: str, hypothesis: str) -> bool:
+        ref, hyp = label(reference), label(hypothesis)
+        same = all(is_positive(ref[o]) == is_positive(hyp[o]) for o in OBSERVED)
+        return same and lateral_findings(reference) == lateral_findings(hypothesis)
+
+    correct = [right(truth[uid], text) for uid, text, _, _ in rows]
+    confidence = [float(c) for _, _, c, _ in rows]
+    mean = {k: (sum(c for c, r in zip(confidence, correct, strict=True) if r == k) / max(1, correct.count(k)))
+            for k in (True, False)}
+    bundle = load(work / "model" / "best", device="cpu")
+    studies = {s.uid: s for s in data.studies}
+    shares, shown = [], None
+    for uid, text, _, token_ids in sorted(rows, key=lambda r: int(r[0])):
+        side = studies[uid].findings.effusion
+        if side is None or "effusion" not in text.lower():
+            continue
+        views = [decode(data.images() / name) for name, _ in studies[uid].images]
+        maps = [s.maps[0] for s in attention_maps(bundle, views, json.loads(token_ids)).sentences
+                if "effusion" in s.text.lower() and "no " not in s.text.lower()]
+        if not maps:
+            continue
+        frontal = sum(maps) / len(maps)  # (rows, cols), sums to one
+        half = frontal.shape[1] // 2
+        shares.append(float(frontal[:, :half].sum() if side == "right" else frontal[:, half:].sum()))
+        if shown is None and f"{side} pleural effusion" in text.lower():
+            shown = uid
+    result: dict[str, Any] = {
+        "auroc_confidence_findings_right": auroc(confidence, correct),
+        "right": correct.count(True), "wrong": correct.count(False),
+        "mean_confidence_right": mean[True], "mean_confidence_wrong": mean[False],
+        "effusion_studies": len(shares),
+        "effusion_map_on_painted_half": sum(shares) / len(shares) if shares else None,
+        "effusion_maps_mostly_on_painted_side": sum(x > 0.5 for x in shares) / len(shares) if shares else None,
+        "attention_study": shown,
+    }
+    if shown is not None:
+        out = work / "show" / f"{shown}.png"
+        out.parent.mkdir(exist_ok=True)
+        xrq.text("show", shown, "--job", job_id, "--attention", "-o", out)
+        if picture is not None:
+            shutil.copyfile(out.with_name(f"{shown}-attention.png"), picture)
+            result["attention_picture"] = str(picture)
+    return result
 
 
 def _targets(systems: dict[str, dict[str, Any]]) -> dict[str, bool]:
@@ -191,11 +273,19 @@ class _Xrq:
                                 text=True)
 
     def finish(self, process: subprocess.Popen[str]) -> Any:
+        return json.loads(self._output(process).strip().splitlines()[-1])
+
+    def text(self, *args: Any) -> str:
+        """Run `xrq ARGS` and return what it printed (for commands without --json)."""
+        return self._output(self.start(*args))
+
+    @staticmethod
+    def _output(process: subprocess.Popen[str]) -> str:
         stdout, stderr = process.communicate()
         if process.returncode != 0:
             command = " ".join(cast(list[str], process.args))
             raise SystemExit(f"{command} failed ({process.returncode}):\n{stderr[-3000:]}")
-        return json.loads(stdout.strip().splitlines()[-1])
+        return stdout
 
 
 def table(result: dict[str, Any]) -> str:
@@ -225,6 +315,17 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"the best clinical F1 macro without the image (expected): {result['image_blind_f1_max']:.3f}")
     lines.append("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets"].items()))
     lines.append("checks: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["checks"].items()))
+    e = result["evidence"]
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines.append(f"confidence: AUROC for the findings being right {num(e['auroc_confidence_findings_right'])} "
+                 f"({e['right']} right, {e['wrong']} wrong; mean confidence {num(e['mean_confidence_right'])} "
+                 f"vs {num(e['mean_confidence_wrong'])})")
+    lines.append(f"attention: effusion sentences put {num(e['effusion_map_on_painted_half'])} of their frontal map "
+                 f"on the painted half ({num(e['effusion_maps_mostly_on_painted_side'])} of {e['effusion_studies']} "
+                 f"studies mostly there); picture: study {e['attention_study']}")
     lines.append(f"timings: {result['timings']}")
     return "\n".join(lines)
 
@@ -266,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda, cpu ... for training and reporting  [default: cuda if available]")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it, instead of a temporary one")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--attention-picture", type=Path, metavar="PNG",
+                        help="copy the attention picture of a study with a painted effusion here")
     args = parser.parse_args(argv)
     changes = {k: v for k, v in (("steps", args.steps), ("preset", args.preset)) if v is not None}
     size = Size(**{**asdict(SIZES[args.size]), **changes})
@@ -275,10 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             (args.keep / str(seed)).mkdir(parents=True)
             result = run(seed, size, (args.keep / str(seed)).resolve(), args.device, tuple(args.train_arg),
-                         not args.no_blind)
+                         not args.no_blind, args.attention_picture)
         else:
             with tempfile.TemporaryDirectory(prefix="xrq-conditioning-") as folder:
-                result = run(seed, size, Path(folder), args.device, tuple(args.train_arg), not args.no_blind)
+                result = run(seed, size, Path(folder), args.device, tuple(args.train_arg), not args.no_blind,
+                             args.attention_picture)
         result["timings"]["total_s"] = round(time.perf_counter() - tic, 1)
         result["timings"]["cpu_s"] = round(_children_cpu() - cpu, 1)  # every xrq command's CPU time, all cores
         if args.record:

@@ -56,10 +56,11 @@ PARTIAL = ("ix_job_studies_failed",)  # a partial index holds only the rows its 
 
 def filters(last_job: int) -> dict[str, list[str]]:
     """Each filter of `xrq reports`, chosen as people use them: the newest job, the smaller model, the
-    last day, the failures, a rare word."""
+    last day, the failures, a rare word, the least sure reports."""
     day = (NOW - timedelta(days=1)).strftime("%Y-%m-%d")
     return {"job": ["--job", str(last_job)], "model": ["--model", "small"], "since": ["--since", day],
-            "status": ["--status", "failed"], "text": ["--text", "pneumothorax"]}
+            "status": ["--status", "failed"], "text": ["--text", "pneumothorax"],
+            "confidence": ["--order-by", "confidence", "--max-confidence", "0.02"]}
 
 
 def backend_url(kind: str, n: int, workdir: Path) -> str:
@@ -125,7 +126,8 @@ def plans(url: str, last_job: int) -> dict[str, Any]:
     day = NOW - timedelta(days=1)
     wheres = {"job": ReportFilter(job_id=last_job), "model": ReportFilter(model="small"),
               "since": ReportFilter(since=day), "status": ReportFilter(status="failed"),
-              "text": ReportFilter(text="pneumothorax")}
+              "text": ReportFilter(text="pneumothorax"),
+              "confidence": ReportFilter(max_confidence=0.02, order_by="confidence")}
     db = open_database(url)
     out: dict[str, Any] = {}
     try:

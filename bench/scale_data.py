@@ -10,7 +10,8 @@ work would leave them:
 - ground truth (collection `scale`, split test) for the first TRUTH studies.
 
 Reports are three to six sentences of radiology prose from a fixed list (about 300 characters), about
-0.5% of them mention a pneumothorax (what `--text pneumothorax` finds). Everything is seeded, and rows
+0.5% of them mention a pneumothorax (what `--text pneumothorax` finds); confidences spread evenly over
+0..1. Everything is seeded, and rows
 are generated as they are written, never held in memory.
 """
 
@@ -99,7 +100,7 @@ def fill(db: Database, n: int, *, seed: int = 0, job_size: int = JOB_SIZE) -> Fi
     small = range(1, n + 1, 100)  # 1% of the studies, reported by `small` too
     bulk_insert(db, t[JobStudy], ["job_id", "study_id", "status", "error", "attempts", "retryable", "updated_at"],
                 _job_studies(n, small, small_job, job_size))
-    bulk_insert(db, t[Report], ["id", "study_id", "model_id", "job_id", "text", "settings", "created_at"],
+    bulk_insert(db, t[Report], ["id", "study_id", "model_id", "job_id", "text", "settings", "created_at", "confidence"],
                 _reports(n, small, small_job, seed, job_size))
     bulk_insert(db, t[Truth], ["id", "collection", "uid", "findings", "impression", "mesh", "indication",
                                "comparison", "split", "created_at"],
@@ -145,7 +146,14 @@ def _reports(n: int, small: range, small_job: int, seed: int, job_size: int) -> 
     for i in range(1, n + 1):
         if _status(i) == "done":
             report_id += 1
-            yield (report_id, i, 1, _job_of(i, job_size), report_text(rng), settings, _made(i, n))
+            yield (report_id, i, 1, _job_of(i, job_size), report_text(rng), settings, _made(i, n),
+                   _confidence(report_id))
     for i in small:
         report_id += 1
-        yield (report_id, i, 2, small_job, report_text(rng), settings, _made(i, n))
+        yield (report_id, i, 2, small_job, report_text(rng), settings, _made(i, n), _confidence(report_id))
+
+
+def _confidence(report_id: int) -> float:
+    """A report's confidence, spread evenly over 0..1 and unrelated to its study's order (what
+    `--order-by confidence` and `--max-confidence` read)."""
+    return (report_id * 7919 % 1000) / 1000

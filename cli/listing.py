@@ -67,25 +67,26 @@ def _line_writer(fmt: str, stream: IO[str], *, failed: bool) -> Callable[[Report
 
         writer = CsvWriter(stream, terminal=safecsv.is_terminal(stream))  # formulas neutralised (cli/safecsv.py)
         review = () if failed else REVIEW_COLUMNS
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report",
-                         *review])
+        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "confidence",
+                         "error" if failed else "report", *review])
 
         def csv_line(r: ReportRow) -> None:
             reviewed = r.as_dict() if review else {}
             writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(), ";".join(r.images),
-                             r.error if failed else r.text, *("" if reviewed.get(c) is None else reviewed[c]
-                                                              for c in review)])
+                             "" if r.confidence is None else r.confidence, r.error if failed else r.text,
+                             *("" if reviewed.get(c) is None else reviewed[c] for c in review)])
 
         return csv_line
-    width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
-    stream.write(f"{'job':>4}  {'study':14}  report\n")
+    width = max(40, shutil.get_terminal_size((120, 20)).columns - 30)  # less the confidence column
+    stream.write(f"{'job':>4}  {'study':14}  {'conf':>4}  report\n")
 
     def table_line(r: ReportRow) -> None:
         shown = printable(r.text if r.status == "done" else f"FAILED: {r.error}")
         text = shown if len(shown) <= width else shown[: width - 1] + "…"
         uid = printable(r.uid)
         uid = uid if len(uid) <= 14 else uid[:13] + "…"
-        stream.write(f"{r.job_id:>4}  {uid:14}  {text}\n")
+        sure = "" if r.confidence is None else f"{r.confidence:.2f}"
+        stream.write(f"{r.job_id:>4}  {uid:14}  {sure:>4}  {text}\n")
 
     return table_line
 
@@ -115,7 +116,8 @@ def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]]
     """A function that appends a batch of `xrq export` rows (db.queries.EXPORT_COLUMNS) to `out` as `fmt`.
 
     Typed for pandas users: integers stay integers (`reported_by_job` a nullable integer), `reported_at`
-    is UTC with its offset, and `images` a list (joined with `;` in CSV only). Parquet is written a row
+    is UTC with its offset, `images` a list (joined with `;` in CSV only), `token_logprobs` a list of
+    floats (left out of CSV, which keeps `confidence`). Parquet is written a row
     group of ROW_GROUP rows at a time. Its library is imported here, before the database is read, so a
     missing one fails first.
     """
@@ -132,13 +134,14 @@ def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]]
             yield write_jsonl
             return
         writer = CsvWriter(f)  # formulas neutralised, bytes as stored (cli/safecsv.py)
-        writer.writerow(_export_columns())
+        columns = [c for c in _export_columns() if c != "token_logprobs"]  # CSV holds no lists
+        writer.writerow(columns)
 
         def write_csv(rows: list[dict[str, Any]]) -> None:
             for row in rows:
                 values = {**row, "images": ";".join(row["images"]),
                           **{c: _iso(row.get(c)) for c in ("reported_at", "signed_at")}}
-                writer.writerow(["" if values.get(c) is None else values[c] for c in _export_columns()])
+                writer.writerow(["" if values.get(c) is None else values[c] for c in columns])
 
         yield write_csv
 
@@ -164,6 +167,7 @@ def _parquet(out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
                         ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
                         ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
                         ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string())),
+                        ("confidence", pa.float64()), ("token_logprobs", pa.list_(pa.float64())),
                         ("review_state", pa.string()), ("final_text", pa.string()), ("signed_by", pa.string()),
                         ("signed_at", pa.timestamp("us", "UTC"))])
     pending: list[dict[str, Any]] = []
@@ -175,6 +179,7 @@ def _parquet(out: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
         for column in ("job_id", "study_id", "attempts"):
             frame[column] = frame[column].astype("int64")
         frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
+        frame["confidence"] = frame["confidence"].astype("float64")
         frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
         frame["signed_at"] = pd.to_datetime(frame["signed_at"], utc=True)
         table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)

@@ -234,6 +234,19 @@ def evaluation_text(run: Any) -> str:
     if run.result.normal is not None:
         n = run.result.normal
         lines.append(f"  normal vs abnormal (MeSH): accuracy {n.accuracy:.3f}, F1 {n.f1:.3f}, kappa {n.kappa:.3f}")
+    for name, other in (run.result.sections or {}).items():
+        lines.append(f"  {name} section beside it ({other['n_studies']} studies, against the {name} ground truth): "
+                     f"BLEU-4 {other['bleu_4']:.3f}, ROUGE-L {other['rouge_l']:.3f}, CIDEr {other['cider']:.3f}, "
+                     f"clinical F1 micro {other['clinical_f1_micro']:.3f}")
+    cal = run.result.calibration
+    if cal is not None:
+        def rho(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:+.3f}"
+
+        lines.append(f"  confidence vs quality ({cal.n} studies): Spearman rho with BLEU-4 {rho(cal.spearman_bleu_4)}, "
+                     f"with clinical F1 {rho(cal.spearman_clinical_f1)}")
+        lines.append("    by confidence: " + ", ".join(
+            f"{b.low:.2f}-{b.high:.2f} F1 {b.clinical_f1:.2f}" for b in cal.bins))
     lines += [f"  wrote {printable(str(p))}" for p in run.files]
     return "\n".join(lines)
 

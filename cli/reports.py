@@ -68,17 +68,25 @@ def page_size() -> int:
               help="Skip this many rows first (the database still walks them; --after does not).")
 @click.option("--after", type=CursorType(), help="Only rows after this cursor (STUDY.MODEL, or STUDY.JOB with "
                                                  "--status failed), as a table page's last line prints it.")
+@click.option("--order-by", "order", type=click.Choice(["study", "confidence"]), default="study", show_default=True,
+              help="study: the study order (the cursor's); confidence: the least sure reports first.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only reports at least this sure (0..1).")
+@click.option("--max-confidence", type=click.FloatRange(0, 1), help="Only reports at most this sure (0..1).")
 @click.pass_context
 def reports(ctx: click.Context, job: int | None, model: str | None, since: datetime | None,
             until: datetime | None, status: str, contains: str | None, fmt: str | None, out: Path | None,
-            limit: int | None, offset: int, after: tuple[int, int] | None) -> None:
+            limit: int | None, offset: int, after: tuple[int, int] | None, order: str, min_confidence: float | None,
+            max_confidence: float | None) -> None:
     """Print stored reports (or failed studies) as a table, CSV or JSON lines, as they are read.
 
-    Rows come in study order and leave as they are read, in constant memory whatever their number.
-    The table is for people (names and reports with control characters escaped, one line a row); on a
-    terminal it shows a page and says how many more rows there are and how to get them. CSV and JSON
-    lines hold the text as stored (to a terminal, CSV escapes control characters too; a CSV cell that a
-    spreadsheet would run as a formula starts with ': cli/safecsv.py).
+    Rows come in study order (or, with --order-by confidence, least sure first) and leave as they are
+    read, in constant memory whatever their number. The table is for people (names and reports with
+    control characters escaped, one line a row); on a terminal it shows a page and says how many more
+    rows there are and how to get them. CSV and JSON lines hold the text as stored (to a terminal, CSV
+    escapes control characters too; a CSV cell that a spreadsheet would run as a formula starts with ':
+    cli/safecsv.py). `confidence` is how
+    sure the model was (exp of the mean log-probability of the report's tokens, 0..1); JSON lines also
+    carry `token_logprobs`.
 
     \b
     Examples:
@@ -86,6 +94,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
       xrq reports --text effusion --since 2026-11-01 -o effusions.jsonl
       xrq reports --status failed
       xrq reports --format jsonl | head -3
+      xrq reports --order-by confidence --limit 20     (the drafts to read first)
+      xrq reports --max-confidence 0.5 -o unsure.csv
     """
     from db.listing import report_rows
     from db.queries import ReportFilter
@@ -94,8 +104,14 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
 
     fmt = fmt or output.format_from_name(out, REPORT_FORMATS, "table")
     db = runtime.database(settings_from(ctx).database_url)
+    if status == "failed" and (order != "study" or min_confidence is not None or max_confidence is not None):
+        raise click.UsageError("failed studies have no confidence: --order-by confidence, --min-confidence "
+                               "and --max-confidence go with reports (--status done)")
+    if order == "confidence" and after is not None:
+        raise click.UsageError("--after is a cursor in study order; with --order-by confidence page with --offset")
     where = ReportFilter(job_id=job, model=model, since=_utc(since), until=_utc(until), text=contains,
-                         status=status)
+                         status=status, min_confidence=min_confidence, max_confidence=max_confidence,
+                         order_by=order)
     if fmt == "table" and out is None and limit is None and sys.stdout.isatty():
         _table_page(db, where, offset=offset, after=after)
         return
@@ -130,6 +146,12 @@ def _table_page(db: Database, where: ReportFilter, *, offset: int, after: tuple[
     listing.write_reports(page(), "table", sys.stdout, failed=where.status == "failed")
     if len(shown) < size:
         return
+    if where.order_by == "confidence":  # no keyset cursor in this order: the next page is an offset
+        left = count_rows(db, where) - offset - size
+        if left > 0:
+            click.echo(f"-- {size} rows shown, {left} more: add --offset {offset + size} for the next page, "
+                       "--limit N for N rows, or --format jsonl / -o FILE for all of them --")
+        return
     cursor = cursor_of(shown[-1], where)
     left = count_rows(db, where, after=cursor)
     if left:
@@ -150,8 +172,10 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
     """Write whole jobs (every study: status, reason, report, images) to CSV, JSON lines or Parquet.
 
     Typed for pandas: integers stay integers, `reported_at` is UTC with its offset, and `images` is
-    a list (joined with `;` in CSV). `--format sr` and `--format fhir` write the reports as documents
-    for a PACS and an EHR instead (docs/conformance.md); patient data comes from the DICOM files.
+    a list (joined with `;` in CSV). `confidence` is how sure the model was (0..1); JSON lines and
+    Parquet also carry `token_logprobs`, each token's natural-log probability (a list column).
+    `--format sr` and `--format fhir` write the reports as documents for a PACS and an EHR instead
+    (docs/conformance.md); patient data comes from the DICOM files.
 
     \b
     Examples:
@@ -194,8 +218,14 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
 @click.option("--job", type=int, help="With a study: its report by this job's model. Alone: every study of the job.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="A .png file for one study; a folder for --job (made if absent, in a folder that exists).")
+@click.option("--attention", is_flag=True,
+              help="Also draw where the model looked for each sentence (NAME-attention.png beside each picture) "
+                   "and print the report with its unsure words marked.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --attention: words the model gave a lower probability are marked [like this].")
 @click.pass_context
-def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path) -> None:
+def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path, attention: bool,
+         threshold: float) -> None:
     """Draw a study's images beside its report, with the ground truth and scores when known.
 
     UID is the study's uid, as `xrq reports` lists it (1000 for `1000_IM-0003-1001.dcm.png`);
@@ -206,8 +236,13 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
       xrq show 1000 -o study1000.png
       xrq show --id 3 -o study3.png
       xrq show --job 1 -o pictures/     (a PNG per study, named by uid, and an index.html)
+      xrq show 1000 -o study1000.png --attention     (+ study1000-attention.png)
+
+    With --attention the report's stored tokens go through its model once more (teacher-forced, one
+    pass): for each sentence, the decoder's cross-attention over each view, averaged over heads, layers
+    and the sentence's tokens, drawn as a heat map over the image.
     """
-    from worker.show import show_job, show_study
+    from worker.show import show_job, show_study, show_study_attention
 
     settings = settings_from(ctx)
     if uid is not None and study_id is not None:
@@ -218,10 +253,20 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
         output.output_folder(out)
         bar = output.Progress(output.stderr_is_terminal(), desc="Drawing")
         try:
-            index = show_job(settings, job, out, on_start=bar.start, progress=bar.update)
+            index = show_job(settings, job, out, on_start=bar.start, progress=bar.update, attention=attention,
+                             threshold=threshold)
         finally:
             bar.close()
         click.echo(f"Wrote {printable(str(index))}")
+    elif attention:
+        output.output_file(out, suffixes=(".png",))
+        picture, shown = show_study_attention(settings, out, uid=uid, study_id=study_id, job_id=job,
+                                              threshold=threshold)
+        sure = "" if shown.confidence is None else f" (confidence {shown.confidence:.2f})"
+        click.echo(f"Report{sure}, {shown.unsure_words} word(s) below {threshold:g} in [brackets]:")
+        click.echo(f"  {printable(shown.marked_report)}")
+        click.echo(f"Wrote {printable(str(picture))}")
+        click.echo(f"Wrote {printable(str(shown.picture))} ({shown.sentences} sentence(s) x views)")
     else:
         output.output_file(out, suffixes=(".png",))
         click.echo(f"Wrote {printable(str(show_study(settings, out, uid=uid, study_id=study_id, job_id=job)))}")

@@ -52,7 +52,8 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
               help="With --split benchmark  [default: r2gen_split.csv beside --reports]")
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], help="Seeds weights, split, batch order, dropout.")
 @click.option("--text", type=click.Choice(["findings", "impression", "both"]), default=_DEFAULTS["text"],
-              help="Which report section the model learns to write.")
+              help="Which report section the model learns to write; both: findings then impression, each after "
+                   "its marker (FINDINGS: / IMPRESSION:), stored apart in reports.findings and reports.impression.")
 @click.option("--views", type=click.Choice(["frontal", "all"]), default=_DEFAULTS["views"],
               help="frontal: only images the projections CSV calls Frontal.")
 @click.option("--max-tokens", type=int, default=_DEFAULTS["max_tokens"],

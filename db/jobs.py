@@ -71,6 +71,7 @@ class BatchOutcome:
     """What a worker learned about a batch; stored in one transaction by record_results."""
 
     reports: dict[int, str] = field(default_factory=dict)  # study id -> text
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)  # study id -> more report columns
     failures: dict[int, str] = field(default_factory=dict)  # study id -> reason
     retryable: set[int] = field(default_factory=set)  # failed study ids worth another try later
     image_errors: dict[int, str] = field(default_factory=dict)  # image id -> reason
@@ -364,7 +365,8 @@ def record_results(
         if outcome.reports:
             insert_ignore(s, Report, [
                 {"study_id": sid, "model_id": model_id, "job_id": job_id, "text": text,
-                 "settings": settings, "created_at": now} for sid, text in outcome.reports.items()
+                 "settings": settings, "created_at": now, **_details(outcome, sid)}
+                for sid, text in outcome.reports.items()
             ], ["study_id", "model_id"])
             s.execute(update(JobStudy).where(JobStudy.job_id == job_id,
                                              JobStudy.study_id.in_(list(outcome.reports)))
@@ -378,6 +380,15 @@ def record_results(
             s.execute(update(Image).where(Image.id == iid).values(error=reason))
         for iid, (width, height) in outcome.image_sizes.items():
             s.execute(update(Image).where(Image.id == iid).values(width=width, height=height))
+
+
+REPORT_DETAILS = ("confidence", "token_logprobs", "token_ids", "findings", "impression")
+
+
+def _details(outcome: BatchOutcome, study_id: int) -> dict[str, Any]:
+    """A report's columns beyond its text (None where the batch did not say), so every row has the same keys."""
+    given = outcome.details.get(study_id, {})
+    return {key: given.get(key) for key in REPORT_DETAILS}
 
 
 def count_by_status(db: Database, job_id: int) -> dict[str, int]:

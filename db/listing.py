@@ -50,11 +50,13 @@ class ReportRow:
     error: str | None = None
     model_id: int | None = None  # the keyset cursor's second half (db.listing.cursor_of)
     review: dict[str, Any] | None = None  # db.review.REVIEW_COLUMNS, when the listing asked for them
+    confidence: float | None = None  # exp(mean token log-probability); None before it was recorded
+    token_logprobs: list[float] | None = None  # each token's natural-log probability, as generated
 
     def as_dict(self) -> dict[str, Any]:
         data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
                 "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
-                "settings": self.settings}
+                "settings": self.settings, "confidence": self.confidence, "token_logprobs": self.token_logprobs}
         if self.status != "done":
             data.update(status=self.status, error=self.error)
         if self.review is not None:
@@ -73,8 +75,12 @@ class ReportFilter:
     until: datetime | None = None
     text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
     status: str = "done"  # done: reports; failed: failed studies with their reasons
+    min_confidence: float | None = None  # reports at least this sure (those without a confidence drop out)
+    max_confidence: float | None = None  # reports at most this sure
+    order_by: str = "study"  # study: the cursor's order; confidence: least sure first (reports only)
 
 
+ORDERS = ("study", "confidence")
 CHUNK = 1000  # rows a fetch brings over; also the study ids of one images lookup
 Cursor = tuple[int, int]  # (study id, model id) of a report, (study id, job id) of a failure
 
@@ -133,7 +139,8 @@ def report_rows(db: Database, where: ReportFilter, *, limit: int | None = None, 
             for row in part:
                 yield ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "",
                                 as_utc(row.created_at), files.get((row.study_id, row.job_id), []),
-                                row.settings or {}, where.status, row.error, row.model_id)
+                                row.settings or {}, where.status, row.error, row.model_id,
+                                confidence=row.confidence, token_logprobs=row.token_logprobs)
 
 
 def _plan_for(conn: Connection, where: ReportFilter) -> None:
@@ -143,7 +150,9 @@ def _plan_for(conn: Connection, where: ReportFilter) -> None:
     --text) it would rather walk every report in study order until it has found a tenth of the few that
     match than take them from the filter's index and sort them: there the cursor is planned for all of
     its rows."""
-    unordered = where.since or where.until or where.text
+    unordered = bool(where.since or where.until or where.text)
+    if where.order_by == "confidence":  # ix_reports_confidence gives the order, but not a job's or a model's
+        unordered = unordered or where.job_id is not None or where.model is not None
     if conn.dialect.name == "postgresql" and unordered:
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
 
@@ -168,7 +177,7 @@ def count_rows(db: Database, where: ReportFilter, *, after: Cursor | None = None
 
 
 def cursor_of(row: ReportRow, where: ReportFilter) -> Cursor:
-    """The keyset cursor just after `row`: what `after=` takes to go on from there."""
+    """The keyset cursor just after `row`: what `after=` takes to go on from there (study order only)."""
     second = row.job_id if where.status == "failed" else row.model_id
     assert second is not None  # rows from report_rows carry their model id
     return (row.study_id, second)
@@ -180,6 +189,10 @@ def listing_query(db: Database, where: ReportFilter, *, after: Cursor | None = N
 
     Raises NotFoundError for a job that does not exist.
     """
+    if where.order_by not in ORDERS:
+        raise ValueError(f"order_by must be one of {ORDERS}, not {where.order_by!r}")
+    if where.order_by == "confidence" and (where.status == "failed" or after is not None):
+        raise ValueError("the confidence order is for reports, without a cursor (use an offset)")
     known = _resolve(db, where)
     if where.status == "failed":
         return _failed_query(where, known, after, counting=counting)
@@ -190,7 +203,8 @@ def _reports_query(f: ReportFilter, known: _Known, after: Cursor | None, *, sqli
                    counting: bool = False) -> Any:
     stmt = select(Report.study_id) if counting else (
         select(Report.study_id, Study.uid, Report.job_id, Report.model_id, Model.name.label("model"),
-               Report.text, Report.created_at, Report.settings, literal(None).label("error"))
+               Report.text, Report.created_at, Report.settings, literal(None).label("error"), Report.confidence,
+               Report.token_logprobs)
         .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
     if f.job_id is not None:
         # The job's studies (its primary key, in study order) and the report of each by the job's model.
@@ -201,6 +215,14 @@ def _reports_query(f: ReportFilter, known: _Known, after: Cursor | None, *, sqli
     if after is not None:
         stmt = stmt.where(tuple_(Report.study_id, Report.model_id) > tuple_(*after))
     stmt = _narrow(stmt, f, when=Report.created_at, text=Report.text)
+    if f.min_confidence is not None:
+        stmt = stmt.where(Report.confidence >= f.min_confidence)
+    if f.max_confidence is not None:
+        stmt = stmt.where(Report.confidence <= f.max_confidence)
+    if f.order_by == "confidence":
+        # Least sure first, then the cursor's order: ix_reports_confidence (confidence, study, model) holds
+        # it on PostgreSQL, whose index keeps NULLs last; reports without a confidence come last on both.
+        return stmt.order_by(Report.confidence.asc().nulls_last(), Report.study_id, Report.model_id)
     if f.job_id is not None:  # the job's primary key gives this order (the model is the job's: one)
         return stmt.order_by(JobStudy.study_id)
     if sqlite and known.model_ids is None and (f.since or f.until):
@@ -214,7 +236,8 @@ def _failed_query(f: ReportFilter, known: _Known, after: Cursor | None, *, count
     stmt = select(JobStudy.study_id).join(Job, Job.id == JobStudy.job_id) if counting else (
         select(JobStudy.study_id, Study.uid, JobStudy.job_id, Job.model_id, Model.name.label("model"),
                literal(None).label("text"), JobStudy.updated_at.label("created_at"),
-               literal(None).label("settings"), JobStudy.error)
+               literal(None).label("settings"), JobStudy.error, literal(None).label("confidence"),
+               literal(None).label("token_logprobs"))
         .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
         .join(Model, Model.id == Job.model_id))
     stmt = stmt.where(JobStudy.status == "failed")
@@ -269,7 +292,8 @@ def export_batches(db: Database, job_ids: list[int], *, size: int = 2000) -> Ite
     for job_id in job_ids:
         stmt = (select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
                        JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
-                       Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
+                       Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"),
+                       Report.confidence, Report.token_logprobs)
                 .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
                 .join(Model, Model.id == Job.model_id)
                 .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
@@ -291,10 +315,10 @@ def job_studies(db: Database, job_id: int) -> Iterator[tuple[int, str]]:
             yield from ((row.study_id, row.uid) for row in part)
 
 
-def model_reports(db: Database, model_id: int) -> Iterator[tuple[str, int, str]]:
-    """(uid, study id, report) of every report by the model, in study order, streamed."""
-    stmt = (select(Study.uid, Study.id, Report.text).join(Report, Report.study_id == Study.id)
+def model_reports(db: Database, model_id: int) -> Iterator[tuple[str, int, str, float | None]]:
+    """(uid, study id, report, confidence) of every report by the model, in study order, streamed."""
+    stmt = (select(Study.uid, Study.id, Report.text, Report.confidence).join(Report, Report.study_id == Study.id)
             .where(Report.model_id == model_id).order_by(Report.study_id))
     with db.engine.connect() as conn:
         for part in stream(conn, stmt):
-            yield from ((row.uid, row.id, row.text) for row in part)
+            yield from ((row.uid, row.id, row.text, row.confidence) for row in part)

@@ -97,7 +97,7 @@ def reports(db: Database, *, job_id: int | None = None, limit: int | None = None
 
 
 EXPORT_COLUMNS = ("job_id", "study_id", "uid", "status", "error", "attempts", "model", "report", "reported_at",
-                  "reported_by_job", "images")
+                  "reported_by_job", "images", "confidence", "token_logprobs")
 
 
 def export_count(db: Database, job_ids: list[int]) -> int:
@@ -128,6 +128,7 @@ class StudyDetail:
     truth_findings: str | None
     truth_impression: str | None
     scores: dict[str, float | None] | None  # per-study scores from the newest evaluation of this report
+    report_id: int | None = None  # the report shown (`db.evidence.report_evidence` has its tokens)
 
 
 def study_detail(db: Database, uid: str | None = None, *, study_id: int | None = None,
@@ -167,7 +168,8 @@ def study_detail(db: Database, uid: str | None = None, *, study_id: int | None =
             select(Image).where(Image.study_id == row.id, Image.job_id == source_job).order_by(Image.relpath))]
         root = s.scalar(select(Job.source).where(Job.id == source_job)) or ""
         return StudyDetail(row.id, row.uid, images, root, model, report.text if report else None, error,
-                           truth.findings if truth else None, truth.impression if truth else None, scores)
+                           truth.findings if truth else None, truth.impression if truth else None, scores,
+                           report.id if report else None)
 
 
 def _find_study(s: Session, uid: str | None, study_id: int | None, job_id: int | None) -> Study:

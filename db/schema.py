@@ -10,7 +10,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import false, text
 
@@ -99,7 +111,10 @@ class JobStudy(Base):
 class Report(Base):
     __tablename__ = "reports"
     # Each listing filter has its index (migration 0006; on PostgreSQL also a trigram index on lower(text)).
-    __table_args__ = (UniqueConstraint("study_id", "model_id"), Index("ix_reports_model_study", "model_id", "study_id"))
+    # ix_reports_confidence (migration 0008) serves --min/--max-confidence and --order-by confidence
+    # (confidence, then the listing's cursor order), so the least sure come first without a sort.
+    __table_args__ = (UniqueConstraint("study_id", "model_id"), Index("ix_reports_model_study", "model_id", "study_id"),
+                      Index("ix_reports_confidence", "confidence", "study_id", "model_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
@@ -108,6 +123,14 @@ class Report(Base):
     text: Mapped[str] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # How sure the model was: exp(mean token log-probability), and the tokens with their natural-log
+    # probabilities (the ids replay the report for `xrq show --attention`). NULL for older reports.
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    token_logprobs: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    token_ids: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # The report's sections when the model writes section markers (`--text both`); `text` is the whole.
+    findings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    impression: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 STATUSES = ("pending", "queued", "running", "done", "failed", "skipped")

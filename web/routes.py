@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from db import accounts, readers, review, worklist
+from db.evidence import report_evidence
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
 from web.auth import check_csrf, end_session, login, require, start_session
 from web.images import image_response
@@ -105,7 +106,8 @@ def report_page(request: Request) -> Response:
                       status=404)
     data = review.report_review(request.app.state.db, report_id)
     return render(request, "report.html", {"user": user, "r": data, "done": request.query_params.get("done", ""),
-                                           "refused": "", "blind": _blind(request, data, user.id)})
+                                           "refused": "", "blind": _blind(request, data, user.id),
+                                           "explain": report_evidence(request.app.state.db, report_id)})
 
 
 def _blind(request: Request, data: review.ReportReview, user_id: int) -> bool:
@@ -136,7 +138,8 @@ def _report_submit(request: Request, form: FormData) -> Response:
     except ReviewRefusedError as exc:
         data = review.report_review(db, report_id)
         return render(request, "report.html", {"user": user, "r": data, "done": "", "refused": str(exc),
-                                               "typed": text, "blind": _blind(request, data, user.id)}, status=422)
+                                               "typed": text, "blind": _blind(request, data, user.id),
+                                               "explain": report_evidence(db, report_id)}, status=422)
     return RedirectResponse(f"/reports/{report_id}?done={done.action}", status_code=303)
 
 

@@ -32,3 +32,7 @@ class EvaluationInputError(WorkerError):
 
 class WaitTimeoutError(WorkerError):
     """Raised when a job followed with a time limit is not finished by then (the job goes on)."""
+
+
+class NoEvidenceError(WorkerError):
+    """Raised when a report's attention is asked for but it has no stored tokens, or its views cannot be read."""

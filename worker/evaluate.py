@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,7 @@ class _Hypotheses:
     model_id: int | None = None
     id_column: str | None = None
     given: int | None = None  # reports read, when only those with ground truth were kept (stored reports)
+    confidence: dict[str, float | None] = field(default_factory=dict)  # uid -> the report's confidence
 
 
 def run_evaluation(
@@ -115,6 +116,7 @@ def run_evaluation(
     `on_stage(name, done, total)` is called as each of STAGES begins (a progress bar).
     """
     from model.metrics.evaluation import evaluate, reference_text
+    from model.metrics.sections import section_text
 
     chosen = [k for k, v in (("job", job_id), ("model", model), ("predictions", predictions),
                              ("baseline", baseline)) if v is not None]
@@ -139,6 +141,8 @@ def run_evaluation(
     stage("reading reports")
     hyps = _hypotheses(db, chosen[0], job_id, model, predictions, baseline, references, train, id_column,
                        report_column, coll)
+    written = hyps.reports  # as stored or given; scored below is the part that answers `text`
+    hyps = replace(hyps, reports={uid: section_text(t, text) for uid, t in written.items()})
     scored = {uid: h for uid, h in hyps.reports.items() if uid in references}
     given = hyps.given if hyps.given is not None else len(hyps.reports)
     matched = _match(db, coll, hyps, len(scored))
@@ -147,7 +151,8 @@ def run_evaluation(
         raise EvaluationInputError(f"none of the {given} reports has ground truth in {where}collection "
                                    f"{coll!r} ({text}); check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
-                      with_meteor=with_meteor, on_stage=stage)
+                      with_meteor=with_meteor, on_stage=stage, confidence=hyps.confidence)
+    result.sections = _other_section(truth, written, text)
     stage("storing")
     evaluation_id = _store(db, result, hyps, coll, split, text, job_id)
     run = EvaluationRun(evaluation_id, result, hyps.source, hyps.ref, coll, split, text,
@@ -156,6 +161,29 @@ def run_evaluation(
         stage("writing files")
         run.files = write_outputs(run, Path(out_dir))
     return run
+
+
+def _other_section(truth: dict[str, Any], written: dict[str, str], text: str) -> dict[str, Any] | None:
+    """Sectioned reports scored with `--text findings` (or impression): the other section, against its own
+    ground truth, beside the main scores. None when no report has that section."""
+    from model.metrics.evaluation import evaluate
+    from model.metrics.sections import split_sections
+
+    other = {"findings": "impression", "impression": "findings"}.get(text)
+    if other is None:
+        return None
+    hypotheses, references = {}, {}
+    for uid, report in written.items():
+        section = getattr(split_sections(report), other)
+        reference = getattr(truth[uid], other).strip() if uid in truth else ""
+        if section is not None and reference:
+            hypotheses[uid], references[uid] = section, reference
+    if not hypotheses:
+        return None
+    result = evaluate(references, hypotheses, with_meteor=False)
+    corpus = {k: result.scores.corpus[k] for k in ("bleu_1", "bleu_4", "rouge_l", "cider")}
+    return {other: {"n_studies": result.scores.n_studies, **corpus, "distinct_reports": result.scores.distinct_reports,
+                    "clinical_f1_micro": result.labels.micro.f1, "clinical_f1_macro": result.labels.macro.f1}}
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -201,8 +229,8 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
 
     if kind == "job":
         assert job_id is not None
-        rows = ((r.uid, r.study_id, r.text) for r in listing.report_rows(db, queries.ReportFilter(job_id=job_id),
-                                                                          images=False))
+        rows = ((r.uid, r.study_id, r.text, r.confidence)
+                for r in listing.report_rows(db, queries.ReportFilter(job_id=job_id), images=False))
         return _stored("job", str(job_id), rows, set(db_truth.truth_rows(db, coll)), _job_model(db, job_id))
     if kind == "model":
         assert model is not None
@@ -224,17 +252,19 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
     return _Hypotheses("baseline", str(baseline), constant_baseline(train, references))
 
 
-def _stored(source: str, ref: str, rows: Iterable[tuple[str, int, str]], known: set[str],
+def _stored(source: str, ref: str, rows: Iterable[tuple[str, int, str, float | None]], known: set[str],
             model_id: int) -> _Hypotheses:
-    """Hypotheses from (uid, study id, report) rows, keeping those with ground truth (the later of a repeated uid)."""
+    """Hypotheses from (uid, study id, report, confidence) rows, keeping those with ground truth (the later
+    of a repeated uid)."""
     reports: dict[str, str] = {}
     study_ids: dict[str, int] = {}
+    confidence: dict[str, float | None] = {}
     given = 0
-    for uid, study_id, text in rows:
+    for uid, study_id, text, sure in rows:
         given += 1
         if uid in known:
-            reports[uid], study_ids[uid] = text, study_id
-    return _Hypotheses(source, ref, reports, study_ids, model_id, given=given)
+            reports[uid], study_ids[uid], confidence[uid] = text, study_id, sure
+    return _Hypotheses(source, ref, reports, study_ids, model_id, given=given, confidence=confidence)
 
 
 def _job_model(db: Database, job_id: int) -> int:

@@ -246,8 +246,9 @@ class Pipeline:
             if study_ids:
                 pixels, mask = stack_views([prepared.views[sid] for sid in study_ids], ctx.bundle.max_views,
                                            pin=ctx.engine.device.type == "cuda")
-                outcome.reports.update(zip(study_ids, ctx.engine.generate(pixels, mask, ctx.generation),
-                                           strict=True))
+                for sid, written in zip(study_ids, ctx.engine.drafts(pixels, mask, ctx.generation), strict=True):
+                    outcome.reports[sid] = written.text
+                    outcome.details[sid] = written.record()
         except Exception as exc:
             prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "generating", exc)
             return

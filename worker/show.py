@@ -22,6 +22,8 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from worker.evidence import AttentionShown
+
     Views = list[Image | str]  # decoded views, or why a view could not be read
 
 THUMBNAIL = 128  # pixels, the longer side of a view's thumbnail in index.html
@@ -35,12 +37,27 @@ def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, s
     return _render(detail, _views(detail, settings.max_pixels), Path(out))
 
 
+def show_study_attention(settings: Settings, out: str | Path, *, uid: str | None = None,
+                         study_id: int | None = None, job_id: int | None = None,
+                         threshold: float | None = None) -> tuple[Path, AttentionShown]:
+    """`show_study`, and beside it `NAME-attention.png`: where the model looked (`worker.evidence`)."""
+    from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
+
+    detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
+    views = _views(detail, settings.max_pixels)
+    shown = draw_attention(settings, detail, views, attention_path(Path(out)),
+                           DEFAULT_THRESHOLD if threshold is None else threshold)
+    return _render(detail, views, Path(out)), shown
+
+
 def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
-             on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None) -> Path:
+             on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+             attention: bool = False, threshold: float | None = None) -> Path:
     """One picture per study of the job in `out_dir` (made if absent; its parent must exist), each
     named by the study's uid, thumbnails of the views, and `index.html` listing them; returns the index.
 
-    `on_start(n)` is called with the number of studies, `progress(1)` after each picture.
+    `on_start(n)` is called with the number of studies, `progress(1)` after each picture. With
+    `attention`, each reported study also gets `NAME-attention.png` (`worker.evidence`).
     """
     from db.listing import job_studies
 
@@ -60,6 +77,11 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
             stem = _picture_name(study_id, uid, taken)
             views = _views(detail, settings.max_pixels)
             picture = _render(detail, views, out_dir / f"{stem}.png")
+            if attention and detail.report_id is not None:
+                from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
+
+                draw_attention(settings, detail, views, attention_path(picture),
+                               DEFAULT_THRESHOLD if threshold is None else threshold)
             page.write(_index_row(detail, picture.name, _thumbnails(views, out_dir / THUMBS, stem)) + "\n")
             if progress is not None:
                 progress(1)

@@ -27,14 +27,21 @@ BLUE, CIDER, GREEN, GREY = "#3b6ea8", "#a85c3b", "#6aa84f", "#888888"
 
 
 def plot_evaluation(result: EvaluationResult, out: str | Path, *, title: str = "") -> Path:
-    """Write a 2×2 PNG: corpus scores, per-study distributions, clinical F1 per observation, a summary."""
-    fig = Figure(figsize=(13, 9), dpi=110)
-    grid = fig.add_gridspec(2, 2)
+    """Write a 2×2 PNG: corpus scores, per-study distributions, clinical F1 per observation, a summary;
+    and a third row, quality against confidence (`model.figures.reliability`), when the confidences are known."""
+    rows = 2 if result.calibration is None else 3
+    fig = Figure(figsize=(13, 4.5 * rows), dpi=110)
+    grid = fig.add_gridspec(rows, 2)
     corpus = grid[0, 0].subgridspec(1, 2, width_ratios=[6, 1.4], wspace=0.35)
     _corpus(fig.add_subplot(corpus[0, 0]), fig.add_subplot(corpus[0, 1]), result)
     _spread(fig.add_subplot(grid[0, 1]), result)
     _clinical(fig.add_subplot(grid[1, 0]), result)
     _summary(fig.add_subplot(grid[1, 1]), result)
+    if result.calibration is not None:
+        from model.figures.reliability import draw_reliability, draw_scatter
+
+        draw_reliability(fig.add_subplot(grid[2, 0]), result.calibration)
+        draw_scatter(fig.add_subplot(grid[2, 1]), result.calibration)
     fig.suptitle(printable(title) or "xrq evaluation", fontsize=14, parse_math=False)
     return save_figure(fig, out)
 

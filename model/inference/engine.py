@@ -26,6 +26,7 @@ import torch
 from transformers import CompileConfig
 
 from model.defaults import MAX_SEQUENCES, GenerationSettings
+from model.inference.confidence import Draft, generate_drafts
 from model.inference.generate import check_fits, decode_reports, generate_ids
 from model.network.bundle import Bundle
 
@@ -85,14 +86,29 @@ class Engine:
         """
         if not len(pixels):
             return []
-        check_fits(self.bundle, settings)
-        dev = self.device
-        if dev.type == "cuda" and not pixels.is_pinned():
-            pixels = pixels.pin_memory()
         with torch.inference_mode():
-            on_device = pixels.to(dev, non_blocking=True).to(self.dtype)  # (B, V, 3, H, W)
-            ids = generate_ids(self.bundle.model, on_device, mask.cpu(), settings, **self._cache_kwargs(settings))
+            ids = generate_ids(self.bundle.model, self._on_device(pixels, settings), mask.cpu(), settings,
+                               **self._cache_kwargs(settings))
         return decode_reports(self.bundle.tokenizer, ids)
+
+    def drafts(self, pixels: torch.Tensor, mask: torch.Tensor, settings: GenerationSettings) -> list[Draft]:
+        """`generate`, each report with its tokens and their log-probabilities (`model.inference.confidence`).
+
+        The same tokens as `generate`; what workers store. The recording stays on the device until
+        the sequences come back (bench/generate.py measures both: `engine` and `engine-drafts`).
+        """
+        if not len(pixels):
+            return []
+        with torch.inference_mode():
+            return generate_drafts(self.bundle.model, self._on_device(pixels, settings), mask.cpu(), settings,
+                                   self.bundle.tokenizer, **self._cache_kwargs(settings))
+
+    def _on_device(self, pixels: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+        """Check the settings fit, then (B, V, 3, H, W) pixels on the device in the weights' dtype."""
+        check_fits(self.bundle, settings)
+        if self.device.type == "cuda" and not pixels.is_pinned():
+            pixels = pixels.pin_memory()
+        return pixels.to(self.device, non_blocking=True).to(self.dtype)
 
     def auto_batch_size(self, settings: GenerationSettings, views: int) -> int:
         """Studies per batch: CPU_BATCH_SIZE on a CPU; on CUDA the most that fit the free memory now.

@@ -101,6 +101,11 @@ def generate_from_pixels(
     return decode_reports(bundle.tokenizer, ids)
 
 
+def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """The trainer's compute policy: bf16 autocast on CUDA (unless `bf16` is off), fp32 elsewhere."""
+    return _autocast(device) if bf16 else contextlib.nullcontext()
+
+
 def generate_ids(
     model: XrqEncoderDecoder,
     pixels: torch.Tensor,

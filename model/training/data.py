@@ -32,6 +32,7 @@ from model.errors import ImageError, TrainingError
 from model.imaging.images import decode
 from model.imaging.preprocess import GreyLevels, compact_view, pixel_values
 from model.metrics.evaluation import reference_text
+from model.metrics.sections import join_sections
 
 SPLITS = ("benchmark", "random", "all")
 VIEWS = ("frontal", "all")
@@ -110,7 +111,9 @@ def load_data(
     summary = DataSummary(studies=len(studies))
     examples: list[Example] = []
     for study in studies.values():
-        target = " ".join(reference_text(study.findings, study.impression, text).split())
+        # Both sections: each after its marker, so the model writes them apart (`model.metrics.sections`).
+        target = (join_sections(study.findings, study.impression) if text == "both"
+                  else " ".join(reference_text(study.findings, study.impression, text).split()))
         if not target:
             summary.empty_text += 1
             continue

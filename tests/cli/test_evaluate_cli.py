@@ -97,3 +97,27 @@ def test_predictions_that_mostly_name_no_study_are_refused(reported: dict[str, s
     preds.write_text("accession,report\nA1,No acute disease.\n1000,Normal heart.\n")  # half: scored
     data = scores(reported, "--predictions", str(preds), "--id-column", "accession")
     assert data["matched"] == {"given": 2, "with_truth": 1, "scored": 1, "id_column": "accession"}
+
+
+def test_evaluate_relates_confidence_to_quality(reported: dict[str, str], tmp_path: Path) -> None:
+    """The job's stored confidences ranked against its per-study BLEU-4 and clinical F1, in --json,
+    the table and a third row of evaluation.png."""
+    from model.metrics.calibration import spearman, study_f1
+
+    listed = {r["uid"]: r for r in map(json.loads, CliRunner().invoke(
+        cli, ["reports", "--format", "jsonl"], env=reported).output.splitlines())}
+    out = tmp_path / "eval"
+    data = scores(reported, "--job", "1", "-o", str(out))
+    cal = data["calibration"]
+    assert cal["n_studies"] == 4 and sum(b["n"] for b in cal["bins"]) == 4
+    per_study = json.loads((out / "evaluation.json").read_text())["per_study"]
+    uids = sorted(per_study)
+    confidence = [listed[u]["confidence"] for u in uids]
+    assert cal["spearman_bleu_4"] == spearman(confidence, [per_study[u]["bleu_4"] for u in uids])
+    assert cal["spearman_clinical_f1"] == spearman(
+        confidence, [study_f1(per_study[u]["reference"], per_study[u]["hypothesis"]) for u in uids])
+    table = CliRunner().invoke(cli, ["evaluate", "--job", "1", "--text", "both", "--no-meteor"], env=reported).output
+    assert "confidence vs quality (4 studies): Spearman rho with BLEU-4" in table
+    from PIL import Image
+
+    assert Image.open(out / "evaluation.png").height > 1300  # three rows of panels, not two (990 px)

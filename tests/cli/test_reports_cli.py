@@ -97,6 +97,63 @@ def test_export_writes_whole_jobs_pandas_reads_back(env: dict[str, str], tmp_pat
         assert {r["reported_at"][-6:] for r in rows if r["reported_at"]} == {"+00:00"}
 
 
+def test_reports_carry_confidence_order_by_it_and_filter_on_it(env: dict[str, str]) -> None:
+    import math
+
+    everything = jsonl(run(env, "reports", "--format", "jsonl"))
+    for r in everything:
+        assert len(r["token_logprobs"]) >= 1 and all(lp <= 0 for lp in r["token_logprobs"])
+        assert r["confidence"] == pytest.approx(math.exp(sum(r["token_logprobs"]) / len(r["token_logprobs"])))
+    by_confidence = jsonl(run(env, "reports", "--order-by", "confidence", "--format", "jsonl"))
+    sureness = [r["confidence"] for r in by_confidence]
+    assert sureness == sorted(r["confidence"] for r in everything)  # least sure first
+    assert len(set(sureness)) == 4, "the tiny model is surer of some studies than others"
+    middle = (sureness[1] + sureness[2]) / 2
+    unsure = jsonl(run(env, "reports", "--max-confidence", str(middle), "--format", "jsonl"))
+    sure = jsonl(run(env, "reports", "--min-confidence", str(middle), "--format", "jsonl"))
+    assert {r["uid"] for r in unsure} == {r["uid"] for r in by_confidence[:2]}
+    assert {r["uid"] for r in sure} == {r["uid"] for r in by_confidence[2:]}
+    first = by_confidence[0]["uid"]
+    table = run(env, "reports", "--order-by", "confidence", "--limit", "1")
+    assert f"{sureness[0]:.2f}" in table and first in table
+    csv_rows = pd.read_csv(__import__("io").StringIO(run(env, "reports", "--format", "csv")), dtype={"uid": str})
+    assert "token_logprobs" not in csv_rows.columns
+    assert dict(zip(csv_rows["uid"], csv_rows["confidence"], strict=True)) == pytest.approx(
+        {r["uid"]: r["confidence"] for r in everything})
+    result = CliRunner().invoke(cli, ["reports", "--status", "failed", "--order-by", "confidence"], env=env)
+    assert result.exit_code == 2 and "failed studies have no confidence" in result.output
+    paged = jsonl(run(env, "reports", "--order-by", "confidence", "--offset", "2", "--format", "jsonl"))
+    assert [r["uid"] for r in paged] == [r["uid"] for r in by_confidence[2:]]  # its pages go by offset
+    result = CliRunner().invoke(cli, ["reports", "--order-by", "confidence", "--after", "1.1"], env=env)
+    assert result.exit_code == 2 and "with --order-by confidence page with --offset" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_carries_confidence_and_token_logprobs(env: dict[str, str], tmp_path: Path, fmt: str) -> None:
+    listed = {r["uid"]: r for r in jsonl(run(env, "reports", "--format", "jsonl"))}
+    out = tmp_path / f"job.{fmt}"
+    run(env, "export", "1", "-o", str(out))
+    reader = {"csv": pd.read_csv, "parquet": pd.read_parquet,
+              "jsonl": lambda p: pd.read_json(p, lines=True, dtype={"uid": str})}[fmt]
+    frame = reader(out)
+    done = frame[frame["status"] == "done"]
+    assert dict(zip(done["uid"].astype(str), done["confidence"], strict=True)) == pytest.approx(
+        {uid: r["confidence"] for uid, r in listed.items()})
+    assert frame[frame["status"] == "failed"]["confidence"].isna().all()
+    if fmt == "csv":
+        assert "token_logprobs" not in frame.columns
+    else:
+        for uid, logprobs in zip(done["uid"].astype(str), done["token_logprobs"], strict=True):
+            assert list(logprobs) == pytest.approx(listed[uid]["token_logprobs"])
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(out)
+        assert schema.field("token_logprobs").type.equals(pa.list_(pa.float64()))
+        assert schema.field("confidence").type == pa.float64()
+
+
 def test_show_draws_the_study_with_its_truth(env: dict[str, str], tmp_path: Path) -> None:
     run(env, "truth", "import", str(IU_CSV / "indiana_reports.csv"))
     run(env, "evaluate", "--job", "1", "--text", "both", "--no-meteor")
@@ -121,3 +178,34 @@ def test_show_unknown_study_says_what_to_do(env: dict[str, str], tmp_path: Path)
     result = CliRunner().invoke(cli, ["show", "nope", "-o", str(tmp_path / "x.png")], env=env)
     assert result.exit_code == 1
     assert result.output == "Error: no study with uid 'nope': give a uid from `xrq reports`\n"
+
+
+def test_show_attention_draws_where_the_model_looked_and_marks_unsure_words(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    out = tmp_path / "s.png"
+    printed = run(env, "show", "1000", "-o", str(out), "--attention", "--threshold", "0.2").splitlines()
+    listed = {r["uid"]: r for r in jsonl(run(env, "reports", "--format", "jsonl"))}["1000"]
+    assert printed[0].startswith(f"Report (confidence {listed['confidence']:.2f}), ")
+    assert printed[0].endswith("word(s) below 0.2 in [brackets]:")
+    assert "[" in printed[1]  # the random tiny model is unsure of most of its words
+    assert printed[2:] == [f"Wrote {out}", f"Wrote {tmp_path / 's-attention.png'} (1 sentence(s) x views)"]
+    picture = Image.open(tmp_path / "s-attention.png")
+    assert picture.width > 800  # three views side by side
+    assert ImageStat.Stat(picture.convert("L")).stddev[0] > 20
+    job = tmp_path / "pictures"
+    run(env, "show", "--job", "1", "-o", str(job), "--attention")
+    assert sorted(p.name for p in job.glob("*-attention.png")) == [
+        "1000-attention.png", "25-attention.png", "54-attention.png", "7-attention.png"]
+
+
+def test_show_attention_of_a_report_without_tokens_says_why(env: dict[str, str], tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["XRQ_DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE reports SET token_ids = NULL, token_logprobs = NULL, confidence = NULL"))
+    engine.dispose()
+    result = CliRunner().invoke(cli, ["show", "25", "-o", str(tmp_path / "x.png"), "--attention"], env=env)
+    assert result.exit_code == 1
+    assert result.output == ("Error: the report of study 25 was stored before xrq kept the tokens it was "
+                             "written with, so there is nothing to replay; reports written since have them\n")

@@ -108,6 +108,7 @@ FILTERS = {
     "since": (ReportFilter(since=datetime(2026, 11, 30, tzinfo=UTC)), "ix_reports_created_at"),
     "status": (ReportFilter(status="failed"), "ix_job_studies_failed"),
     "text": (ReportFilter(text="pneumothorax"), "ix_reports_text_trgm"),
+    "confidence": (ReportFilter(max_confidence=0.02, order_by="confidence"), "ix_reports_confidence"),
 }
 
 
@@ -125,6 +126,9 @@ def test_each_filter_runs_on_its_index(scaled: str, name: str) -> None:
             assert f"Seq Scan on {table} " not in plan, plan
         rows = list(report_rows(db, where))
         assert rows and len(rows) == count_rows(db, where) < N / 2
+        if where.order_by == "confidence":  # the index gives the order: least sure first, nothing sorted
+            assert "Sort" not in plan, plan
+            assert [r.confidence for r in rows] == sorted(r.confidence for r in rows)
     finally:
         db.dispose()
 

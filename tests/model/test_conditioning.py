@@ -58,6 +58,19 @@ def test_the_model_reads_the_image_where_an_image_blind_run_cannot(small_run: di
 
 
 @pytest.mark.slow
+def test_the_benchmark_reports_confidence_and_attention(small_run: dict[str, Any]) -> None:
+    """Issue 20's figures are there and computed on every test study (seed 0, small: AUROC 0.57 of 27 right
+    and 53 wrong; effusion sentences 0.48 on the painted half over 34 studies). No target: the small model's
+    confidence and mean attention do not yet separate (README)."""
+    evidence = small_run["evidence"]
+    assert evidence["right"] + evidence["wrong"] == small_run["size"]["n_test"]
+    assert 0.0 <= evidence["auroc_confidence_findings_right"] <= 1.0
+    assert 0.0 < evidence["mean_confidence_right"] <= 1.0 and 0.0 < evidence["mean_confidence_wrong"] <= 1.0
+    assert evidence["effusion_studies"] >= 20 and 0.0 < evidence["effusion_map_on_painted_half"] < 1.0
+    assert evidence["attention_study"] is not None
+
+
+@pytest.mark.slow
 def test_the_benchmark_meets_the_issue_targets() -> None:
     """The full benchmark (seed 0, 4,500 steps on 3,000 studies; about 11 minutes on two cores): F1-macro
     0.90 where reports that ignore the image can expect 0.43 at best, laterality 0.95, 27 distinct reports

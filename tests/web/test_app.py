@@ -137,3 +137,21 @@ def test_user_commands(sqlite_url: str) -> None:
     assert missing.exit_code == 1 and "no user 'nobody'" in missing.output
     serve = runner.invoke(cli, [*base, "serve", "--workers", "2"])
     assert serve.exit_code == 1 and "need PostgreSQL" in serve.output
+
+
+def test_a_report_page_shows_the_models_confidence_and_sections(sqlite_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from db.schema import Report
+
+    app, db, seeded = make_site(sqlite_url, tmp_path)
+    rid = seeded.report_ids["1000"]
+    client = signed_in(app)
+    assert 'aria-label="Explanation"' not in client.get(f"/reports/{rid}").text  # stored without a confidence
+    with db.session() as s:
+        s.execute(update(Report).where(Report.id == rid).values(
+            confidence=0.4216, token_logprobs=[-0.5, -1.2, -0.9], findings="Heart normal.",
+            impression="No <acute> disease."))
+    page = client.get(f"/reports/{rid}").text
+    assert 'aria-label="Explanation"' in page and "Confidence 0.42" in page and "3 tokens" in page
+    assert "Heart normal." in page and "No &lt;acute&gt; disease." in page

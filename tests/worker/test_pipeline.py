@@ -92,9 +92,9 @@ def on_call(n: int, real: Callable[..., Any], error: Callable[[], BaseException]
 FAULTS = {
     "claiming": ("claim_batch", locked, "database error: OperationalError: database is locked"),
     "recording": ("record_results", locked, "database error: OperationalError: database is locked"),
-    "generating": ("generate", lambda: RuntimeError("index out of range\nin a second line"),
+    "generating": ("drafts", lambda: RuntimeError("index out of range\nin a second line"),
                    "worker error: RuntimeError: index out of range"),
-    "out of memory": ("generate", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+    "out of memory": ("drafts", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
                       "worker error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"),
 }
 
@@ -105,8 +105,8 @@ def test_a_fault_fails_only_its_batch_retryably_and_the_job_goes_on(
     path: str, fault: str, sqlite_url: str, tiny_model: Path, iu_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target, error, reason = FAULTS[fault]
-    if target == "generate":
-        monkeypatch.setattr(Engine, "generate", on_call(SECOND_BATCH, Engine.generate, error))
+    if target == "drafts":
+        monkeypatch.setattr(Engine, "drafts", on_call(SECOND_BATCH, Engine.drafts, error))
     else:
         monkeypatch.setattr(jobs, target, on_call(SECOND_BATCH, getattr(jobs, target), error))
     settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=2, max_new_tokens=4)
@@ -138,7 +138,7 @@ def test_the_next_batch_is_decoded_while_this_one_is_generated(
     go on if the pipeline prepares the next batch while this one is in the model."""
     import worker.pipeline
 
-    real_decode, real_generate = worker.pipeline.Pipeline._decode, Engine.generate
+    real_decode, real_generate = worker.pipeline.Pipeline._decode, Engine.drafts
     decoded = [threading.Event() for _ in range(2)]  # the two planned batches
     decodes: list[int] = []
     waited: list[bool] = []
@@ -148,13 +148,13 @@ def test_the_next_batch_is_decoded_while_this_one_is_generated(
         decoded[len(decodes)].set()
         decodes.append(1)
 
-    def generate(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+    def generate(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
         k = len(waited)
         waited.append(decoded[k + 1].wait(timeout=60) if k + 1 < len(decoded) else True)
         return real_generate(self, *args, **kwargs)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(worker.pipeline.Pipeline, "_decode", decode)
-    monkeypatch.setattr(Engine, "generate", generate)
+    monkeypatch.setattr(Engine, "drafts", generate)
     settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=2, max_new_tokens=4)
     job_id = PATHS[path](settings, iu_folder)
     assert waited == [True, True]
@@ -286,3 +286,21 @@ def test_a_daemonic_process_decodes_with_threads() -> None:
     kind = queue.get(timeout=60)
     daemon.join(timeout=60)
     assert kind == "threads"
+
+
+def test_every_report_is_stored_with_its_tokens_and_confidence(sqlite_url: str, tiny_model: Path,
+                                                               iu_folder: Path) -> None:
+    """What the engine wrote is what the row holds: the tokens, their log-probabilities, exp(mean)."""
+    import math
+
+    settings = Settings(database_url=sqlite_url, model=str(tiny_model), batch_size=2, max_new_tokens=6)
+    run_submit(settings, iu_folder)
+    with runtime.database(sqlite_url).session() as s:
+        rows = s.execute(select(Report.text, Report.confidence, Report.token_logprobs, Report.token_ids)).all()
+    assert len(rows) == 4
+    bundle = runtime.bundle(str(tiny_model))
+    for text, confidence, logprobs, ids in rows:
+        assert len(ids) == len(logprobs) and 1 <= len(ids) <= 6
+        assert all(isinstance(lp, float) and lp <= 0 for lp in logprobs)
+        assert confidence == pytest.approx(math.exp(sum(logprobs) / len(logprobs)))
+        assert " ".join(bundle.tokenizer.decode(ids, skip_special_tokens=True).split()) == text

@@ -35,15 +35,15 @@ def test_a_resubmission_uses_its_own_settings_and_says_what_changed(sqlite_url: 
     first_settings = Settings(database_url=sqlite_url, model=str(tiny_model), num_beams=2, max_new_tokens=3,
                               batch_size=2)
     # The first run breaks on its first batch (out of memory: its two studies fail, retryably).
-    real, calls = Engine.generate, []
+    real, calls = Engine.drafts, []
 
-    def out_of_memory_once(self: Engine, *args: object, **kwargs: object) -> list[str]:
+    def out_of_memory_once(self: Engine, *args: object, **kwargs: object) -> list[object]:
         calls.append(1)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
         return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Engine, "generate", out_of_memory_once)
+    monkeypatch.setattr(Engine, "drafts", out_of_memory_once)
     first = submit_folder(first_settings, iu_folder)
     assert first.summary.counts == {"failed": 2, "done": 2}
 

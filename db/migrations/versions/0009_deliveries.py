@@ -1,7 +1,7 @@
 """Deliveries: each document (SR, FHIR) of a report sent to a destination, with its state and attempts.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-03
 
 One row per (report, destination, document UID): a second push sends only what is not delivered,
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

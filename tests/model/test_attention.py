@@ -1,0 +1,99 @@
+"""Where the model looked: cross-attention maps from one teacher-forced pass over a report's stored tokens."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.figures.attention import render_attention
+from model.imaging.preprocess import pixel_values
+from model.inference.attention import attention_maps, marked_words, sentence_spans
+from model.inference.confidence import draft
+from model.network.bundle import Bundle, build
+from tests.conftest import EXAMPLES
+
+
+def _xray(name: str) -> Image.Image:
+    return Image.open(EXAMPLES / name).convert("L")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return build("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def views() -> list[Image.Image]:
+    return [_xray("CXR7_IM-2263-1001.png"), _xray("CXR7_IM-2263-2001.png")]
+
+
+def _report_ids(bundle: Bundle, text: str) -> list[int]:
+    return [*bundle.tokenizer(text, add_special_tokens=False)["input_ids"], bundle.tokenizer.eos_token_id]
+
+
+def test_each_sentence_has_a_map_per_view_that_sums_to_one(bundle: Bundle, views: list[Image.Image]) -> None:
+    ids = _report_ids(bundle, "the heart is normal in size. there is a small left pleural effusion.")
+    attention = attention_maps(bundle, views, ids)
+    assert [s.text for s in attention.sentences] == ["the heart is normal in size.",
+                                                     "there is a small left pleural effusion."]
+    assert attention.views == 2 and attention.grid == (14, 14)  # tiny: 224 px in 16-px patches
+    for sentence in attention.sentences:
+        assert sentence.maps.shape == (2, 14, 14)
+        assert np.allclose(sentence.maps.sum(axis=(1, 2)), 1.0)
+        assert (sentence.maps >= 0).all()
+        assert math.isclose(sum(sentence.view_share), 1.0) and all(0 < s < 1 for s in sentence.view_share)
+    first, second = attention.sentences
+    assert (first.start, first.end, second.end) == (0, first.end, len(ids) - 1)  # the end of text: in none
+    assert not np.allclose(first.maps, second.maps), "different sentences look at different places"
+
+
+def test_the_maps_change_with_the_image(bundle: Bundle, views: list[Image.Image]) -> None:
+    ids = _report_ids(bundle, "no acute disease.")
+    here = attention_maps(bundle, views[:1], ids).sentences[0].maps
+    there = attention_maps(bundle, [_xray("CXR25_IM-1024-2001.png")], ids).sentences[0].maps
+    flipped = attention_maps(bundle, [views[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)], ids).sentences[0].maps
+    again = attention_maps(bundle, views[:1], ids).sentences[0].maps
+    assert np.array_equal(here, again)
+    assert np.abs(here - there).sum() > 0.05 and np.abs(here - flipped).sum() > 0.05
+
+
+def test_the_replay_is_the_pass_that_wrote_the_tokens(bundle: Bundle, views: list[Image.Image]) -> None:
+    """Teacher-forced on [start, t1 .. tn-1], position i's distribution is the one token i was drawn
+    from: its log-probabilities are the stored ones. (The maps are read at the same positions.)"""
+    written = draft(bundle, [views])[0]
+    pixels, _mask = pixel_values(bundle.processor, [views], bundle.max_views)
+    inputs = torch.tensor([[bundle.model.config.decoder_start_token_id, *written.token_ids[:-1]]])
+    with torch.inference_mode():
+        logits = bundle.model(pixel_values=pixels, view_mask=None, decoder_input_ids=inputs).logits[0]
+    replayed = logits.log_softmax(-1).gather(1, torch.tensor(written.token_ids)[:, None])[:, 0]
+    assert torch.allclose(replayed, torch.tensor(written.token_logprobs), atol=1e-3)
+    attention = attention_maps(bundle, views, written.token_ids)
+    assert all(np.allclose(s.maps.sum(axis=(1, 2)), 1.0) for s in attention.sentences)
+    # Generation keeps its fast attention after the replay.
+    assert bundle.model.config.decoder._attn_implementation == "sdpa"
+
+
+def test_sentences_and_unsure_words(bundle: Bundle) -> None:
+    ids = _report_ids(bundle, "FINDINGS: lungs are clear. IMPRESSION: normal")
+    assert [text for text, _, _ in sentence_spans(bundle.tokenizer, ids)] == [
+        "FINDINGS:", "lungs are clear.", "IMPRESSION:", "normal"]
+    words = bundle.tokenizer("the heart is enlarged .", add_special_tokens=False)["input_ids"]
+    logprobs = [math.log(0.9)] * len(words)
+    logprobs[3] = math.log(0.2)  # " enlarged"
+    text, unsure = marked_words(bundle.tokenizer, [*words, bundle.tokenizer.eos_token_id],
+                                [*logprobs, math.log(0.01)], 0.5)
+    assert (text, unsure) == ("the heart is [enlarged] .", 1)
+    assert marked_words(bundle.tokenizer, words, logprobs, 0.1) == ("the heart is enlarged .", 0)
+
+
+def test_the_picture_renders_to_a_file_object(bundle: Bundle, views: list[Image.Image]) -> None:
+    ids = _report_ids(bundle, "the heart is normal. the lungs are clear.")
+    buffer = io.BytesIO()
+    render_attention(buffer, views, attention_maps(bundle, views, ids), title="study 7", report="the heart …")
+    picture = Image.open(io.BytesIO(buffer.getvalue()))
+    assert picture.format == "PNG" and picture.height > picture.width * 0.8  # two rows (sentences), two columns
