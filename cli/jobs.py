@@ -79,6 +79,10 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
         click.echo(json.dumps(output.submission_json(result, elapsed)))
     else:
         click.echo(output.submission_text(result, elapsed))
+    if result.unfinished:
+        from worker.errors import UnfinishedError
+
+        raise UnfinishedError(result.unfinished)
 
 
 def _follow(settings: Settings, result: Submission, *, show_bar: bool) -> Submission:

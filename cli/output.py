@@ -157,6 +157,7 @@ def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
         "files": result.scanned,
         "elapsed_s": round(elapsed, 3),
         "timings": result.timings.as_dict(),
+        "unfinished": result.unfinished,
     }
 
 
@@ -179,7 +180,9 @@ def submission_text(result: Submission, elapsed: float) -> str:
         f"  failed    {c.get('failed', 0)}",
         f"  skipped   {c.get('skipped', 0)} (already reported by this model)",
     ]
-    if s.waiting:
+    if s.waiting and result.local:
+        lines.append(f"  unfinished {s.waiting} (this run could not finish them; they stay open)")
+    elif s.waiting:
         lines.append(f"  waiting   {s.waiting} (queued for workers; `xrq status {s.job_id}` follows them)")
     lines += _failure_lines(s)
     if result.ran:

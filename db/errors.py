@@ -32,3 +32,7 @@ class DatabaseReadOnlyError(DatabaseError):
 
 class NumberOutOfRangeError(DatabaseError):
     """Raised when a number given (an id, a limit) is too large for the database's integer columns."""
+
+
+class DatabaseFullError(DatabaseError):
+    """Raised when the database cannot grow: SQLite's disk (or its page limit) full, PostgreSQL's disk full."""

@@ -32,3 +32,8 @@ class EvaluationInputError(WorkerError):
 
 class WaitTimeoutError(WorkerError):
     """Raised when a job followed with a time limit is not finished by then (the job goes on)."""
+
+
+class UnfinishedError(WorkerError):
+    """Raised when an in-process run ends with studies it could not finish (the database full or away,
+    a stage failing): they stay open or failed retryably, and the command must not exit 0."""

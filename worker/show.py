@@ -85,12 +85,13 @@ def picture_names(uids: dict[int, str]) -> dict[int, str]:
 
 def _views(detail: StudyDetail, max_pixels: int) -> Views:
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
+    from model.imaging.files import text_to_name
     from model.imaging.images import decode_bytes, read_submitted
 
     views: Views = []
     for path, relpath, sha256 in detail.images:
         try:  # the same rules as a worker: inside the submitted folder, the submitted content
-            data = read_submitted(path, root=detail.root, sha256=sha256)
+            data = read_submitted(text_to_name(path), root=text_to_name(detail.root), sha256=sha256)
             views.append(decode_bytes(data, max_pixels=max_pixels, name=relpath))
         except ImageError as exc:
             views.append(f"{relpath}: {exc}")

@@ -128,16 +128,24 @@ def _check_arguments(group_by: str, pattern: str | None) -> re.Pattern[str] | No
     return regex
 
 
-def _walk(top: Path, real_top: str, max_file_bytes: int, rel: str = "") -> Iterator[tuple[ScannedImage, bytes]]:
-    """Each non-hidden file under top/rel with the first bytes of its content, in name order."""
-    folder = top / rel if rel else top
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield _failed(top, rel or ".", f"cannot read folder: {' '.join(str(e.strerror or e).split())}"), b""
+def _walk(top: Path, real_top: str, max_file_bytes: int) -> Iterator[tuple[ScannedImage, bytes]]:
+    """Each non-hidden file under `top` with the first bytes of its content, depth first in name order.
+
+    Iterative, with a stack of folders still being listed: a tree of any depth (1,100 nested folders,
+    a symlink farm flattened by a copy) cannot exhaust Python's recursion limit.
+    """
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
+    listed = _list(top, "")
+    if isinstance(listed, ScannedImage):
+        yield listed, b""
         return
-    for entry in entries:
+    stack.append(("", listed))
+    while stack:
+        rel, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         if entry.name.startswith("."):
             continue
         relpath = f"{rel}/{entry.name}" if rel else entry.name
@@ -145,9 +153,22 @@ def _walk(top: Path, real_top: str, max_file_bytes: int, rel: str = "") -> Itera
             if _is_dir(entry.path):
                 continue  # symlinked folders are not followed
         elif entry.is_dir(follow_symlinks=False):
-            yield from _walk(top, real_top, max_file_bytes, relpath)
+            inner = _list(top, relpath)
+            if isinstance(inner, ScannedImage):
+                yield inner, b""
+            else:
+                stack.append((relpath, inner))
             continue
         yield _hash_file(top, real_top, relpath, max_file_bytes)
+
+
+def _list(top: Path, rel: str) -> Iterator[os.DirEntry[str]] | ScannedImage:
+    """The entries of top/rel in name order, or a failed entry saying why the folder cannot be read."""
+    try:
+        with os.scandir(top / rel if rel else top) as it:
+            return iter(sorted(it, key=lambda e: e.name))
+    except OSError as e:
+        return _failed(top, rel or ".", f"cannot read folder: {' '.join(str(e.strerror or e).split())}")
 
 
 def _is_dir(path: str) -> bool:
