@@ -73,3 +73,17 @@ def test_the_shipped_demo_model_reproduces_its_training_studies() -> None:
                        GenerationSettings(max_new_tokens=128))
     for uid, report in zip(studies, reports, strict=True):
         assert normalise(report) == normalise(truth[uid].findings)
+
+
+def test_train_warns_of_a_warmup_longer_than_the_run_and_a_best_metric_stuck_at_zero(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", *DATA, "--out", str(out), *FAST, "--warmup", "100", "--lr", "1e-9",
+                                      "--best-metric", "bleu_4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert ("Warning: --warmup 100 is longer than the run (2 steps): the learning rate never reaches --lr (it "
+            "peaks at 2% of it); lower --warmup or train longer") in result.output
+    assert (f"Warning: the best-checkpoint metric val_bleu_4 stayed 0 at all 1 validations, so {out / 'best'} is "
+            "only the first checkpoint: train longer, or pick it by --best-metric val_loss") in result.output
+    quiet = CliRunner().invoke(cli, ["train", *DATA, "--out", str(tmp_path / "q"), *FAST, "--warmup", "1",
+                                     "--best-metric", "val_loss", "--json"])
+    assert quiet.exit_code == 0 and "Warning" not in quiet.output
