@@ -46,10 +46,14 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
     Example:
       xrq submit examples/iu --model models/tiny
     """
+    settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
+    if settings.model:  # a mistyped --model is named now, not after torch's seconds of importing
+        from model.network.directory import precheck
+
+        precheck(settings.model)
     from worker.dispatch import runner_for
     from worker.submit import SubmitHooks, submit_folder
 
-    settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
     if batch_size is not None:
         settings = settings.replace(batch_size=None if batch_size == "auto" else batch_size)
     shown = not as_json and sys.stderr.isatty()
