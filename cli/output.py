@@ -93,8 +93,10 @@ def output_file(path: Path, *, suffixes: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def output_folder(path: Path) -> Path:
-    """`path` if it is a writable folder, or can be made as one inside a folder that exists."""
+def output_folder(path: Path, *, parents: bool = False) -> Path:
+    """`path` if it is a writable folder, or can be made as one inside a folder that exists; with
+    `parents`, missing parents are made too (as `mkdir -p` and `xrq train --out` do): then the nearest
+    existing ancestor must be a writable folder."""
     shown = printable(str(path))
     if path.exists():
         if not path.is_dir():
@@ -102,7 +104,17 @@ def output_folder(path: Path) -> Path:
         if not os.access(path, os.W_OK | os.X_OK):
             raise click.BadParameter(f"{shown} cannot be written (no permission)", param_hint=OUTPUT_HINT)
         return path
-    _check_parent(path, shown)
+    if not parents:
+        _check_parent(path, shown)
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise click.BadParameter(f"{shown}: {printable(str(ancestor))} is a file, not a folder", param_hint=OUTPUT_HINT)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{shown}: the folder {printable(str(ancestor))} cannot be written "
+                                 "(no permission)", param_hint=OUTPUT_HINT)
     return path
 
 
@@ -119,15 +131,18 @@ def _check_parent(path: Path, shown: str) -> None:
 class OutputPath(click.Path):
     """An `-o` option checked by `output_file` or `output_folder` as the command line is read."""
 
-    def __init__(self, kind: str = "file", suffixes: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str = "file", suffixes: tuple[str, ...] = (), *, parents: bool = False) -> None:
         super().__init__(path_type=Path, dir_okay=kind == "folder", file_okay=kind == "file")
         self.kind = kind
         self.suffixes = suffixes
+        self.parents = parents  # a folder: made with its missing parents
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = Path(value)
         try:
-            return output_folder(path) if self.kind == "folder" else output_file(path, suffixes=self.suffixes)
+            if self.kind == "folder":
+                return output_folder(path, parents=self.parents)
+            return output_file(path, suffixes=self.suffixes)
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
 
