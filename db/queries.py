@@ -247,6 +247,8 @@ class StudyDetail:
     truth_findings: str | None
     truth_impression: str | None
     scores: dict[str, float | None] | None  # per-study scores from the newest evaluation of this report
+    report_job: int | None = None  # the job that wrote the report shown
+    models: int = 0  # how many models have reported this study (more than 1: the newest report is shown)
 
 
 def study_detail(db: Database, uid: str | None = None, *, study_id: int | None = None,
@@ -266,6 +268,7 @@ def study_detail(db: Database, uid: str | None = None, *, study_id: int | None =
         if model_id is not None:
             reports = reports.where(Report.model_id == model_id)
         found = s.execute(reports.order_by(Report.created_at.desc(), Report.id.desc())).first()
+        models = s.scalar(select(func.count(func.distinct(Report.model_id))).where(Report.study_id == row.id)) or 0
         report, model = (found[0], found[1]) if found else (None, None)
         failed = select(JobStudy.error).where(JobStudy.study_id == row.id, JobStudy.status == "failed")
         if job_id is not None:
@@ -286,7 +289,8 @@ def study_detail(db: Database, uid: str | None = None, *, study_id: int | None =
             select(Image).where(Image.study_id == row.id, Image.job_id == source_job).order_by(Image.relpath))]
         root = s.scalar(select(Job.source).where(Job.id == source_job)) or ""
         return StudyDetail(row.id, row.uid, images, root, model, report.text if report else None, error,
-                           truth.findings if truth else None, truth.impression if truth else None, scores)
+                           truth.findings if truth else None, truth.impression if truth else None, scores,
+                           report.job_id if report is not None else None, models)
 
 
 def _find_study(s: Session, uid: str | None, study_id: int | None, job_id: int | None) -> Study:

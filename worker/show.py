@@ -29,9 +29,15 @@ THUMBS = "thumbs"
 
 
 def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, study_id: int | None = None,
-               job_id: int | None = None) -> Path:
-    """Draw one study, named by uid or database id (and optionally its job), to `out` (PNG)."""
+               job_id: int | None = None, on_pick: Callable[[str], None] | None = None) -> Path:
+    """Draw one study, named by uid or database id (and optionally its job), to `out` (PNG).
+
+    Without a job, when several models reported the study, `on_pick(line)` hears which report was
+    chosen (the newest) and how to choose another.
+    """
     detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
+    if job_id is None and on_pick is not None and detail.models > 1:  # one model's report: nothing to choose
+        on_pick(picked_text(detail))
     return _render(detail, _views(detail, settings.max_pixels), Path(out))
 
 
@@ -62,6 +68,12 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
     index = out_dir / "index.html"
     index.write_text(_index_html(job_id, rows), encoding="utf-8")
     return index
+
+
+def picked_text(detail: StudyDetail) -> str:
+    """Which report `show` drew for a study asked for without --job, and how to choose another."""
+    return (f"Study {detail.uid}: the report by model {detail.model} (job {detail.report_job}), the newest of "
+            f"{detail.models} models' reports; `--job N` shows another's")
 
 
 def picture_names(uids: dict[int, str]) -> dict[int, str]:
