@@ -169,6 +169,7 @@ def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
         "changed": {name: {"before": before, "now": now} for name, (before, now) in result.changed.items()},
         "retried": result.retried,
         "processed": result.ran,
+        "queued": result.result.queued if result.result is not None else 0,
         "files": result.scanned,
         "elapsed_s": round(elapsed, 3),
         "timings": result.timings.as_dict(),
@@ -180,10 +181,13 @@ def submission_text(result: Submission, elapsed: float) -> str:
     s = result.summary
     c = s.counts
     lines = []
-    if not result.created and not result.ran and not result.retried and not s.waiting:
+    sent = result.result.queued if result.result is not None else 0  # handed to workers by this call
+    if not result.created and not result.ran and not result.retried and not sent and not s.waiting:
         lines.append(f"Already submitted as job {s.job_id}: nothing new to do.")
     elif not result.created:
         lines.append(f"Submitted again as job {s.job_id}: what is left is done with this submission's settings.")
+        if sent:
+            lines.append(f"  queued {sent} studies that were still to do (never sent, or their message lost)")
     for name, (before, now) in result.changed.items():
         if name != "search":  # follows num_beams
             lines.append(f"  {name}: {_setting(name, before)} -> {_setting(name, now)}")
