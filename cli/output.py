@@ -170,6 +170,7 @@ def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
         "retried": result.retried,
         "processed": result.ran,
         "queued": result.result.queued if result.result is not None else 0,
+        "ignored": list(result.ignored),
         "files": result.scanned,
         "elapsed_s": round(elapsed, 3),
         "timings": result.timings.as_dict(),
@@ -199,6 +200,10 @@ def submission_text(result: Submission, elapsed: float) -> str:
         f"  failed    {c.get('failed', 0)}",
         f"  skipped   {c.get('skipped', 0)} (already reported by this model)",
     ]
+    if result.ignored:
+        shown = ", ".join(printable(name) for name in result.ignored[:5])
+        more = f" and {len(result.ignored) - 5} more" if len(result.ignored) > 5 else ""
+        lines.append(f"  ignored   {len(result.ignored)} files that are not pictures ({shown}{more})")
     if s.waiting and result.local:
         lines.append(f"  unfinished {s.waiting} (this run could not finish them; they stay open)")
     elif s.waiting:

@@ -45,6 +45,7 @@ class Submission:
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # a resubmit's new settings: (before, now)
     retried: int = 0  # transient failures opened again by this submission
     local: bool = True  # the work ran in this process (False: handed to the broker's workers)
+    ignored: tuple[str, ...] = ()  # files left out as plainly not pictures (notes.txt), escaped relpaths
 
     @property
     def unfinished(self) -> str | None:
@@ -101,8 +102,9 @@ def submit_folder(
     generation = runtime.generation(settings, bundle)
     check_fits(bundle, generation, settings.batch_size)  # what the model cannot honour fails now, before any work
     stage("scanning and hashing")
+    ignored: list[str] = []
     studies = scan_folder(folder, group_by=group_by, pattern=pattern, max_file_bytes=settings.max_file_bytes,
-                          progress=hooks.scanned)
+                          progress=hooks.scanned, ignored=lambda rel: ignored.append(name_to_text(rel)))
     stage("recording the job")
     model_id = runtime.model_id(db, bundle)
     record = jobs.record_job(
@@ -117,4 +119,4 @@ def submit_folder(
     ran = len(record.to_run) if runner.local else 0
     return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
                       result.timings if result else Timings(), sum(len(s.images) for s in studies), result,
-                      record.changed, record.retried, local=runner.local)
+                      record.changed, record.retried, local=runner.local, ignored=tuple(ignored))

@@ -73,9 +73,25 @@ class ScannedStudy:
         return None
 
 
+IMAGE_SUFFIXES = frozenset({
+    "png", "jpg", "jpeg", "jpe", "jfif", "dcm", "dicom", "dic", "ima", "tif", "tiff", "bmp", "webp", "gif",
+    "j2k", "jp2", "jpx", "jpf", "pgm", "ppm", "pnm"})
+"""Names that say "a picture": such a file is always a study (it fails, with its reason, if it is not one)."""
+
+
+def is_ignored(relpath: str, head: bytes) -> bool:
+    """A file that is plainly not a picture: a name ending in another suffix (notes.txt, report.pdf,
+    Thumbs.db) and content that is no picture xrq knows. It is counted as ignored, not failed. A file
+    with no suffix (DICOM files often have none) is never ignored: it fails with its reason instead."""
+    name = relpath.rpartition("/")[2]
+    suffix = name.rpartition(".")[2].lower() if "." in name.strip(".") else ""
+    return bool(suffix) and suffix not in IMAGE_SUFFIXES and sniff_bytes(head) is None
+
+
 def scan_folder(
     root: str | os.PathLike[str], *, group_by: str = "auto", pattern: str | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: Callable[[int], None] | None = None,
+    ignored: Callable[[str], None] | None = None,
 ) -> list[ScannedStudy]:
     """Every file under `root` (recursively, hidden names skipped), hashed and grouped into studies,
     sorted by (grouping, uid). `progress(1)` is called after each file (hashing thousands takes a while).
@@ -88,7 +104,8 @@ def scan_folder(
       pattern  `pattern` is a regex searched in each relpath; its group `study` (else group 1) is the
                uid; files that do not match stand alone.
     Files that failed at scan time (unreadable, outside the folder, empty, larger than max_file_bytes)
-    are always studies of one. Raises ScanError for a root that is not a folder, an unknown group_by,
+    are always studies of one. Files that are plainly not pictures (`is_ignored`: notes.txt) are left
+    out, each told to `ignored(relpath)`. Raises ScanError for a root that is not a folder, an unknown group_by,
     or a bad pattern.
     """
     regex = _check_arguments(group_by, pattern)
@@ -98,6 +115,10 @@ def scan_folder(
     real_top = os.path.realpath(top)
     groups: dict[tuple[str, str], list[ScannedImage]] = {}
     for image, head in _walk(top, real_top, max_file_bytes):
+        if is_ignored(image.relpath, head):
+            if ignored is not None:
+                ignored(image.relpath)
+            continue
         key = _study_key(image, head, group_by, regex)
         groups.setdefault(key, []).append(image)
         if progress is not None:

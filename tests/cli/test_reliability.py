@@ -167,3 +167,23 @@ def test_1100_nested_folders_are_walked(tmp_path: Path) -> None:
     shutil.copy(EXAMPLES / "CXR7_IM-2263-1001.png", deep / "y.png")
     studies = scan_folder(deep, group_by="image")
     assert [s.uid for s in studies] == ["d/" * 1100 + "x.png", "y.png"]
+
+
+def test_a_file_that_is_plainly_not_a_picture_is_ignored_not_failed(tmp_path: Path, tiny_model: Path) -> None:
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "CXR25_IM-1024-2001.png", folder)
+    (folder / "notes.txt").write_text("to do: read these\n")
+    (folder / "report.PDF").write_bytes(b"%PDF-1.4 not a picture")
+    (folder / "no-suffix").write_text("could be a DICOM file that lost its header\n")  # fails, with its reason
+    (folder / "notes.png").write_text("text named like a picture\n")  # fails: the name says picture
+    shutil.copy(EXAMPLES / "CXR7_IM-2263-1001.png", folder / "picture.dat")  # content decides: a study
+    env = {"XRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    args = ["submit", str(folder), "--model", str(tiny_model), "--max-new-tokens", "3"]
+    data = json.loads(run(*args, "--json", env=env).output)
+    assert data["ignored"] == ["notes.txt", "report.PDF"]
+    assert data["counts"]["done"] == 2 and sorted(f["uid"] for f in data["failures"]) == ["no-suffix", "notes.png"]
+    text = run(*args, env=env).output
+    assert "  ignored   2 files that are not pictures (notes.txt, report.PDF)" in text
