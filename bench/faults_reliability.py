@@ -48,7 +48,8 @@ def disk_full(tmp: Path, model: Path, examples: Path, xrq: Run) -> dict[str, dic
                 f.write(b"\0" * max(0, free - room) * 1024)
             code, out, err, _ = xrq(["submit", str(examples), "--model", str(model), "--max-new-tokens", "8"], env)
             finished = code == 0 and "unfinished" not in out and "waiting" not in out
-            honest = code != 0 and (out + err).count("Error: ") == 1 and "queued for workers" not in out
+            last = ((out + err).strip().splitlines() or [""])[-1]
+            honest = code != 0 and last.startswith("Error: ") and "queued for workers" not in out + err
             cases[f"disk full, {room} KiB left"] = _case(code, out, err, finished or honest)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
@@ -77,6 +78,7 @@ def odd_names(tmp: Path, model: Path, examples: Path, xrq: Run) -> dict[str, dic
     code, out, err, _ = xrq(["submit", str(deep), "--model", str(model), "--max-new-tokens", "4", "--json"],
                             {"XRQ_DATABASE_URL": f"sqlite:///{tmp / 'deep.db'}"})
     cases["1,100 nested folders"] = _case(code, out, err, code == 0 and '"done": 1' in out)
+    remove_deep(deep)  # shutil.rmtree recurses (RecursionError at this depth on Python 3.11)
 
     broken = tmp / "strict"
     broken.mkdir()
@@ -86,6 +88,23 @@ def odd_names(tmp: Path, model: Path, examples: Path, xrq: Run) -> dict[str, dic
                             {"XRQ_DATABASE_URL": f"sqlite:///{tmp / 'strict.db'}"})
     cases["submit --strict with a failed study"] = _case(code, out, err, code == 1 and "Error: --strict" in err)
     return cases
+
+
+def remove_deep(top: Path) -> None:
+    """Remove a folder tree of any depth, deepest first, without recursion (shutil.rmtree and, before
+    Python 3.12, os.walk recurse: a RecursionError at a depth of about 1,000)."""
+    folders, stack = [], [str(top)]
+    while stack:
+        here = stack.pop()
+        folders.append(here)
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+    for here in reversed(folders):
+        os.rmdir(here)
 
 
 def bad_settings(tmp: Path, model: Path, examples: Path, xrq: Run) -> dict[str, dict[str, object]]:
