@@ -26,6 +26,8 @@ COPY worker ./worker
 COPY model ./model
 COPY db ./db
 COPY common ./common
+COPY web ./web
+COPY interop ./interop
 COPY data ./data
 COPY models/demo ./models/demo
 # The flower extra: the compose file's Flower runs this image, with xrq's own Celery app.

@@ -1,6 +1,7 @@
 # xrq: the two commands of the README, and the checks CI runs.
 #   make demo   set up .venv, report the bundled example X-rays with the shipped demo model, print the reports
 #   make test   set up .venv and run the whole test suite
+#   make test-fast  the suite without the `slow` tests (training, workers, the full benchmark): for development
 #   make lint   ruff and mypy
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ TORCH  ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

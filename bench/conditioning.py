@@ -18,9 +18,9 @@ were written word for word). The image-blind run is what the decoder alone can l
 the most frequent training report; `image_blind_f1_max` is the best clinical F1 that any reports written
 without the image can expect on this test set (every finding for most studies, "normal" for a few).
 
-    python bench/conditioning.py --seed 0            # a table
-    python bench/conditioning.py --seed 1 --json     # the same as JSON
-    python bench/conditioning.py --size small        # the slow margin test's version (3.5 minutes)
+    python -m bench.conditioning --seed 0            # a table
+    python -m bench.conditioning --seed 1 --json     # the same as JSON
+    python -m bench.conditioning --size small        # the slow margin test's version (3.5 minutes)
 
 Training is budgeted in steps, not seconds, so a seed gives the same numbers on any CPU.
 """
@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from model.datasets.synthetic import LATERALISED, OBSERVED, distinct_ratio, generate, image_blind_f1_max, laterality  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Decoding + preprocessing per image, and how it scales with decode workers; prints JSON.
 
-    python bench/decode.py [--folder examples/iu] [--rounds 5] [--workers 1,2,4] [--tasks 36]
+    python -m bench.decode [--folder examples/iu] [--rounds 5] [--workers 1,2,4] [--tasks 36]
 
 1. Per image, single-threaded, on the real files (bytes already in memory): Pillow's decode alone
    (`Image.open(...).load()`, the floor), then `model.imaging.images.decode_bytes` + preprocessing by the old
@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +36,6 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import PIL  # noqa: E402
 import torch  # noqa: E402

@@ -1,6 +1,6 @@
 """Peak memory of decoding one large deep picture, in bytes per pixel; prints JSON.
 
-    python bench/decode_memory.py [--size 7000] [--impl path/to/images.py] [--rounds 1]
+    python -m bench.decode_memory [--size 7000] [--impl path/to/images.py] [--rounds 1]
 
 Makes a size×size 16-bit grey PNG and a 16-bit MONOCHROME1 DICOM with a display window (header from
 tests/data/dicom/RG1_UNCR.dcm) in a temporary folder, then decodes each in a fresh Python process, two
@@ -57,7 +57,6 @@ def child(path: str, way: str, impl: str | None) -> None:
     import importlib.util
     import resource
 
-    sys.path.insert(0, str(REPO))
     if impl:
         spec = importlib.util.spec_from_file_location("images_under_test", impl)
         assert spec is not None and spec.loader is not None

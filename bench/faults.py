@@ -1,6 +1,6 @@
 """The hardening campaign in one run: bad inputs, CLI misuse, tampered models, distributed faults; prints JSON.
 
-    python bench/faults.py [--skip-distributed] [--keep] [--postgres URL] [--redis URL]
+    python -m bench.faults [--skip-distributed] [--keep] [--postgres URL] [--redis URL]
 
 1. Bad inputs: one folder holding every kind of bad (and oddly shaped but valid) file we know of,
    submitted with `xrq submit --json` in a subprocess. Counted: kinds tried, tracebacks, files not
@@ -8,10 +8,12 @@
 2. CLI cases: commands a user gets wrong (options out of range, ids too large for the database,
    paths that cannot be written, devices that do not exist) and model directories tampered with; each
    must end in `Error: ...` and a non-zero exit, never a traceback.
-3. Reliability (issue 19, bench/faults_reliability.py): a real full disk (tmpfs) at several fill
+3. Security (bench/faults_security.py): remote code planted in model directories, edited modelling code,
+   forged task messages to a real worker, CSV that a spreadsheet would run; kinds tried, mishandled.
+4. Reliability (issue 19, bench/faults_reliability.py): a real full disk (tmpfs) at several fill
    levels, names that are not UTF-8, 1,100 nested folders, bad XRQ_* URLs and schedules in every
    command, `submit --wait` with no worker, notes.txt, `--strict`; `kinds` tried, `mishandled` 0.
-4. Distributed faults: the fault tests (killed workers and pool processes, duplicate deliveries, the
+5. Distributed faults: the fault tests (killed workers and pool processes, duplicate deliveries, the
    database and the broker going away, each pipeline stage failing in each path, concurrent
    resubmissions), which each assert that every study is reported exactly once.
 """
@@ -31,7 +33,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 EXAMPLES = REPO / "examples" / "iu"
 DATA = REPO / "tests" / "data"
 XRQ = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv[0] = 'xrq'; main()"]
@@ -54,7 +55,7 @@ def bad_folder(folder: Path, outside: Path) -> dict[str, str]:
     import pydicom
     from PIL import Image
 
-    from tests.badfiles import make_bad_files
+    from testing.badfiles import make_bad_files
 
     real = EXAMPLES / "CXR7_IM-2263-1001.png"
     expect = dict.fromkeys(make_bad_files(folder, real, outside, huge=True), "failed")
@@ -216,7 +217,8 @@ def cli_cases(tmp: Path, model: Path, postgres: str | None) -> dict[str, object]
 
 def distributed(tmp: Path) -> dict[str, object]:
     report = tmp / "faults.xml"
-    tests = ["tests/worker/test_distributed.py", "tests/worker/test_pipeline.py", "tests/worker/test_resubmit.py"]
+    tests = ["tests/worker/test_distributed.py", "tests/worker/test_pipeline.py", "tests/worker/test_resubmit.py",
+             "tests/worker/test_deployments.py"]  # two deployments on one broker: neither loses the other's work
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests],
                    cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, capture_output=True)
@@ -249,9 +251,10 @@ def main() -> None:
         code, _, err, _ = xrq(["model", "init", "--out", str(model)], {})
         assert code == 0, err
         from bench.faults_reliability import reliability
+        from bench.faults_security import security
 
         result = {"bench": "faults", "bad_inputs": bad_inputs(tmp, model),
-                  "cli": cli_cases(tmp, model, args.postgres or None),
+                  "cli": cli_cases(tmp, model, args.postgres or None), "security": security(tmp, model),
                   "reliability": reliability(tmp, model, EXAMPLES, xrq, args.redis or None)}
         if not args.skip_distributed:
             result["distributed"] = distributed(tmp)

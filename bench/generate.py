@@ -1,6 +1,6 @@
 """Generation throughput: Hugging Face's generate, one image at a time and batched, against xrq's Engine.
 
-    python bench/generate.py [--preset tiny|base] [--model DIR] [--device auto] [--studies 64]
+    python -m bench.generate [--preset tiny|base] [--model DIR] [--device auto] [--studies 64]
                              [--views 1] [--max-new-tokens 60] [--beams 1] [--batch-sizes 1,8,32] [--compile]
 
 Every run decodes the same weights on the same preprocessed images (real X-rays from examples/iu,
@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -161,7 +159,8 @@ def _fresh(folder: Path, device: torch.device, length: int) -> Bundle:
 
 def _hf_model(folder: Path, device: torch.device, length: int) -> VisionEncoderDecoderModel:
     """The saved xrq weights in transformers' own class: what a user without xrq would run."""
-    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    hf = VisionEncoderDecoderModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32,
+                                                   trust_remote_code=False)
     hf.generation_config.min_new_tokens = length
     return cast(VisionEncoderDecoderModel, cast(torch.nn.Module, hf).to(device).eval())
 

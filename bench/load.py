@@ -1,6 +1,6 @@
 """Load run of the distributed path: N distinct studies, W Celery workers, real Redis and PostgreSQL.
 
-    python bench/load.py [--studies 2000] [--workers 2] [--batch-size 8] [--preset tiny]
+    python -m bench.load [--studies 2000] [--workers 2] [--batch-size 8] [--preset tiny]
 
 Makes N distinct PNGs (copies of examples/iu, each with one pixel changed; kept in --images, default
 a temp folder, and reused when they are already there), a fresh PostgreSQL database, a key prefix of
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -27,11 +26,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from sqlalchemy import text  # noqa: E402
 
-from tests.services import distinct_copies, workers  # noqa: E402
+from testing.services import distinct_copies, workers  # noqa: E402
 from worker import runtime  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 

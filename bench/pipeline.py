@@ -1,6 +1,6 @@
 """Files on disk to report rows in the database, against the decode-only bound; prints JSON.
 
-    python bench/pipeline.py [--images 72] [--preset tiny] [--max-new-tokens 1] [--rounds 3]
+    python -m bench.pipeline [--images 72] [--preset tiny] [--max-new-tokens 1] [--rounds 3]
                              [--via inprocess|celery] [--database-url URL] [--broker-url URL]
 
 The bound: the same files read, checked, decoded and preprocessed by the same number of decode workers
@@ -21,14 +21,12 @@ import hashlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from db import jobs  # noqa: E402
 from model.network.bundle import build  # noqa: E402
@@ -43,7 +41,7 @@ EXAMPLES = REPO / "examples" / "iu"
 
 
 def copies(out: Path, count: int, start: int) -> list[Path]:
-    from tests.services import distinct_copies
+    from testing.services import distinct_copies
 
     return distinct_copies(sorted(EXAMPLES.glob("*.png")), out, count, start=start)
 
@@ -88,7 +86,7 @@ def pipeline_inprocess(settings: Settings, folder: Path) -> tuple[float, float]:
 
 
 def pipeline_celery(settings: Settings, folder: Path) -> tuple[float, float]:
-    from tests.services import wait_for
+    from testing.services import wait_for
     from worker.dispatch import runner_for
 
     db = runtime.database(settings.database_url)
@@ -162,7 +160,7 @@ def main() -> None:
 
 
 def _start_worker(settings: Settings, tmp: Path) -> object:
-    from tests.services import WorkerProcess
+    from testing.services import WorkerProcess
 
     env = {"XRQ_DATABASE_URL": settings.database_url, "XRQ_BROKER_URL": str(settings.broker_url),
            "XRQ_BROKER_PREFIX": f"xrq-bench-{os.getpid()}:", "XRQ_DEVICE": settings.device}

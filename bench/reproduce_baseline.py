@@ -11,7 +11,7 @@ numbers come out only under R2Gen's protocol, which this script follows:
 - hypothesis: the most frequent normalised training report, neither unk-mapped nor cut;
 - scorers: pycocoevalcap Bleu(4), Meteor(), Rouge(), Cider() on those strings, no PTB tokenizer.
 
-Usage: python bench/reproduce_baseline.py [--data-dir DIR] [--no-meteor]
+Usage: python -m bench.reproduce_baseline [--data-dir DIR] [--no-meteor]
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a plain script from anywhere
-    sys.path.insert(0, str(REPO))
 
 from model.datasets.iu import benchmark_findings, benchmark_split, read_iu, split_texts  # noqa: E402
 from model.metrics.scoring import most_frequent_report, score  # noqa: E402

@@ -1,6 +1,6 @@
 """How long the cheap commands take to answer: `xrq --help`, every command's --help, status, reports...
 
-    python bench/startup.py [--repeats 5] [--tree before=/tmp/xrq-base ...]
+    python -m bench.startup [--repeats 5] [--tree before=/tmp/xrq-base ...]
 
 Each command runs as a fresh process (`.venv/bin/xrq ARGS`, what a user types) against a fresh
 SQLite file with no broker, next to `python -c pass` (the interpreter's own start-up), interleaved:
@@ -8,8 +8,8 @@ every round runs `python -c pass` and then each command once, so a machine that 
 slows all of them alike. The first round is a warm-up (disk cache, migrations) and is not counted.
 
 With --tree LABEL=ROOT (repeatable), other trees (say a checkout of the previous commit, which has no
-environment of its own) are timed in the same rounds, run by this interpreter with ROOT first on
-sys.path. The installed `xrq` (this tree) is labelled `xrq`.
+environment of its own) are timed in the same rounds, run by this interpreter with ROOT on
+PYTHONPATH. The installed `xrq` (this tree) is labelled `xrq`.
 
 Prints JSON: per command and tree, the median wall time (seconds) and that median less python's;
 a command that exits non-zero is shown with its exit status instead.
@@ -30,10 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "xrq"
 
-# Lists every command path of the tree's click group, imported from the tree given first on the line.
+# Lists every command path of the click group of the tree on PYTHONPATH.
 LIST_COMMANDS = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
+import json
 import click
 from cli.main import cli
 def paths(group, prefix=()):
@@ -44,11 +43,9 @@ def paths(group, prefix=()):
 print(json.dumps([list(p) for p in paths(cli)]))
 """
 
-# `xrq` run from the tree ROOT (argv[1]) rather than from the installed package.
+# `xrq` run from the tree on PYTHONPATH rather than from the installed package.
 RUN_FROM_TREE = """
 import sys
-root = sys.argv.pop(1)
-sys.path.insert(0, root)
 from cli.main import main
 sys.argv[0] = "xrq"
 main()
@@ -57,15 +54,18 @@ main()
 
 def cases(root: Path) -> list[tuple[str, ...]]:
     """`--help`, each command's --help (found from the click group), status, reports, backlog --dry-run."""
-    found = subprocess.run([sys.executable, "-c", LIST_COMMANDS, str(root)], capture_output=True, text=True,
-                           check=True, env=environment(None))
+    found = subprocess.run([sys.executable, "-c", LIST_COMMANDS], capture_output=True, text=True,
+                           check=True, env=environment(None, root))
     helps = [(*path, "--help") for path in json.loads(found.stdout)]
     return [("--help",), *[tuple(h) for h in helps], ("status",), ("reports",), ("backlog", "--dry-run")]
 
 
-def environment(database: Path | None) -> dict[str, str]:
+def environment(database: Path | None, root: Path | None = None) -> dict[str, str]:
+    """The commands' environment: no XRQ_* of the caller's, and `root` (a tree) first on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("XRQ_")}  # no broker, no inbox
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
     if database is not None:
         env["XRQ_DATABASE_URL"] = f"sqlite:///{database}"
     return env
@@ -90,7 +90,7 @@ def main() -> None:
     targets: dict[str, tuple[list[str], dict[str, str]]] = {"xrq": ([str(SCRIPT)], environment(work / "xrq.db"))}
     commands = cases(REPO)
     for label, root in trees.items():
-        targets[label] = ([sys.executable, "-c", RUN_FROM_TREE, str(root)], environment(work / f"{label}.db"))
+        targets[label] = ([sys.executable, "-c", RUN_FROM_TREE], environment(work / f"{label}.db", root))
         commands += [c for c in cases(root) if c not in commands]  # a command one tree lacks: timed where it is
 
     python_times: list[float] = []

@@ -1,7 +1,7 @@
 """Throughput of `xrq submit` in-process on the bundled example folder; prints JSON.
 
-    python bench/submit.py [--preset tiny] [--folder examples/iu] [--batch-size auto] [--repeat 3]
-    python bench/submit.py --against /path/to/an/older/checkout [--rounds 5]
+    python -m bench.submit [--preset tiny] [--folder examples/iu] [--batch-size auto] [--repeat 3]
+    python -m bench.submit --against /path/to/an/older/checkout [--rounds 5]
 
 With `--against`, this tree's bench and the other checkout's own bench/submit.py run as alternating
 subprocesses (same python, each importing its own tree), and the ratio of their studies/s is printed:
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.network.bundle import build
 from model.network.store import save
@@ -77,17 +76,18 @@ def compare(args: argparse.Namespace) -> None:
     """Alternate this tree's bench and the other checkout's, in fresh processes; print both and the ratio."""
     import subprocess
 
-    here = Path(__file__).resolve()
-    other = Path(args.against).resolve() / "bench" / "submit.py"
+    here = Path(__file__).resolve().parent.parent
+    other = Path(args.against).resolve()
     common = ["--preset", args.preset, "--folder", args.folder, "--repeat", str(args.repeat)]
     runs: dict[str, list[float]] = {"this": [], "other": []}
     for _ in range(args.rounds):
-        for name, script, extra in (("other", other, []), ("this", here, ["--batch-size", args.batch_size])):
-            out = subprocess.run([sys.executable, str(script), *common, *extra], capture_output=True, text=True,
-                                 check=True, env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+        for name, tree, extra in (("other", other, []), ("this", here, ["--batch-size", args.batch_size])):
+            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(tree)}
+            out = subprocess.run([sys.executable, "-m", "bench.submit", *common, *extra], capture_output=True,
+                                 text=True, check=True, cwd=tree, env=env)
             runs[name].append(json.loads(out.stdout)["studies_per_s"])
     this, before = statistics.median(runs["this"]), statistics.median(runs["other"])
-    print(json.dumps({"bench": "submit-compare", "preset": args.preset, "against": str(other.parent.parent),
+    print(json.dumps({"bench": "submit-compare", "preset": args.preset, "against": str(other),
                       "studies_per_s": {"this": runs["this"], "other": runs["other"]},
                       "median_this": this, "median_other": before, "ratio": round(this / before, 3)}, indent=2))
 

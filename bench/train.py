@@ -1,7 +1,7 @@
 """Training throughput and peak memory of `xrq train`, with bf16 autocast on and off; prints JSON lines.
 
-    python bench/train.py                                  # base preset, cuda if available, bf16 on and off
-    python bench/train.py --preset tiny --steps 4 --batch-size 8 --device cpu   # a CPU smoke run
+    python -m bench.train                                  # base preset, cuda if available, bf16 on and off
+    python -m bench.train --preset tiny --steps 4 --batch-size 8 --device cpu   # a CPU smoke run
 
 It runs the real trainer (`model.training.loop.train`) on the bundled IU studies, copied under new uids until
 there are enough for `--batch-size` studies per step (temporary CSVs and symlinks; nothing in the repo
@@ -29,9 +29,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from model.training.config import PRESET_NAMES  # noqa: E402
+from model.defaults import PRESET_NAMES  # noqa: E402
 
 
 def synthetic_iu(folder: Path, copies: int) -> tuple[Path, Path]:
@@ -110,7 +109,7 @@ def main() -> None:
     argv = ["--preset", args.preset, "--batch-size", str(args.batch_size), "--max-tokens", str(args.max_tokens),
             "--steps", str(args.steps), "--skip", str(args.skip), *(["--device", args.device] if args.device else [])]
     for setting in ("on", "off"):  # each in a fresh process: its own peak memory
-        subprocess.run([sys.executable, __file__, *argv, "--bf16", setting], check=True)
+        subprocess.run([sys.executable, "-m", "bench.train", *argv, "--bf16", setting], check=True, cwd=REPO)
 
 
 if __name__ == "__main__":

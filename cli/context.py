@@ -19,7 +19,10 @@ from worker.settings import AUTO, DB_INT_MAX, SETTING, SETTINGS, BrokerOptions, 
 F = TypeVar("F", bound=Callable[..., Any])
 GROUP = "xrq"  # the commands of a setting that is an option of `xrq` itself
 _KEY = "xrq.settings"  # ctx.meta (shared by a command and its group): name -> (value, from the command line)
-_FLAGS = {("worker", "log_level"): ("-l", "--loglevel", "--log-level")}  # older spellings kept
+_FLAGS = {("worker", "log_level"): ("-l", "--loglevel", "--log-level"),  # older spellings kept
+          ("listen", "listen_aet"): ("--aet", "--listen-aet"), ("listen", "listen_port"): ("--port", "--listen-port"),
+          ("listen", "listen_bind"): ("--bind", "--listen-bind")}
+_OWN = {("listen", "listen_allow")}  # options the command declares itself (--allow, given several times)
 
 
 class CountOrAuto(click.ParamType):
@@ -95,7 +98,7 @@ def setting_option(command: str, setting: Setting, *, expose: bool = False) -> C
         *names, setting.name, cls=SettingOption, setting=setting, type=_type(setting), default=None,
         envvar=envvar if setting.old_names else setting.var, show_envvar=True, help=setting.help,
         expose_value=expose, callback=_remember, is_flag=True if setting.kind == "bool" else None,
-        metavar="DIR" if setting.name in ("model", "cache_dir", "inbox") else None,
+        metavar="DIR" if setting.name in ("model", "cache_dir", "inbox", "listen_inbox") else None,
     )
 
 
@@ -105,7 +108,7 @@ def settings_options(command: str, *, expose: Iterable[str] = ()) -> Callable[[F
 
     def decorate(f: F) -> F:
         for setting in reversed(SETTINGS):
-            if command in setting.commands:
+            if command in setting.commands and (command, setting.name) not in _OWN:
                 f = setting_option(command, setting, expose=setting.name in exposed)(f)
         return f
 

@@ -64,6 +64,9 @@ def import_(ctx: click.Context, reports_csv: Path, projections_csv: Path | None,
 @click.option("--predictions", type=EXISTING_FILE, help="Score another system's CSV or JSONL of (study id, report).")
 @click.option("--baseline", type=click.Choice(["most-frequent"]),
               help="Score the most frequent training report, emitted for every study.")
+@click.option("--truth", "truth_kind", type=click.Choice(["imported", "signed"]), default="imported",
+              help="imported: the ground truth of `xrq truth import`; signed: what radiologists signed in `xrq serve` "
+                   "(per model and job; with --job or --model, only theirs).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only studies of this split.")
 @click.option("--text", type=click.Choice(["findings", "impression", "both"]), default="findings",
               help="Which part of the ground truth is the reference.")
@@ -78,8 +81,8 @@ def import_(ctx: click.Context, reports_csv: Path, projections_csv: Path | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the corpus scores as JSON.")
 @click.pass_context
 def evaluate(ctx: click.Context, job_id: int | None, model: str | None, predictions: Path | None,
-             baseline: str | None, split: str | None, text: str, collection: str | None, id_column: str | None,
-             report_column: str, no_meteor: bool, out_dir: Path | None, as_json: bool) -> None:
+             baseline: str | None, truth_kind: str, split: str | None, text: str, collection: str | None,
+             id_column: str | None, report_column: str, no_meteor: bool, out_dir: Path | None, as_json: bool) -> None:
     """Score reports against ground truth as the field does (BLEU, METEOR, ROUGE-L, CIDEr, ...).
 
     The run is stored in the `evaluations` and `evaluation_scores` tables. Predictions are matched to
@@ -91,8 +94,23 @@ def evaluate(ctx: click.Context, job_id: int | None, model: str | None, predicti
       xrq evaluate --job 3 --split test -o out/eval3
       xrq evaluate --predictions other_system.jsonl --split test
       xrq reports --job 3 -o r.jsonl && xrq evaluate --predictions r.jsonl
+      xrq evaluate --truth signed --json
     """
     from cli.output import Progress, evaluation_text, stderr_is_terminal
+
+    if truth_kind == "signed":
+        if predictions or baseline or split or collection:
+            raise click.UsageError("--truth signed scores stored drafts: use it with --job or --model, or alone")
+        from worker.evaluate_signed import run_signed_evaluation, signed_text
+
+        bar = Progress(stderr_is_terminal(), desc="Evaluating")
+        try:
+            signed = run_signed_evaluation(settings_from(ctx), job_id=job_id, model=model, with_meteor=not no_meteor,
+                                           out_dir=out_dir, on_stage=bar.stage)
+        finally:
+            bar.close()
+        click.echo(json.dumps(signed.summary()) if as_json else signed_text(signed))
+        return
     from worker.evaluate import run_evaluation
 
     bar = Progress(stderr_is_terminal(), desc="Evaluating")

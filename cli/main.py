@@ -8,11 +8,14 @@ import click
 
 from cli import backlog as backlog_commands
 from cli import db as db_commands
+from cli import dicom as dicom_commands
 from cli import evaluate as evaluate_commands
 from cli import health as health_commands
 from cli import jobs as job_commands
 from cli import models as model_commands
 from cli import reports as report_commands
+from cli import retire as retire_commands
+from cli import serve as serve_commands
 from cli import train as train_commands
 from cli import workers as worker_commands
 from cli.context import settings_options
@@ -61,7 +64,7 @@ def cli(ctx: click.Context, database_url: str | None, log_level: str | None, log
       xrq show 1000 -o study1000.png
     """
     ctx.obj = {"database_url": database_url}
-    if (log_level or log_format) and ctx.invoked_subcommand not in ("worker", "beat"):  # those log their own way
+    if (log_level or log_format) and ctx.invoked_subcommand not in ("worker", "beat", "listen"):  # their own way
         from worker.logs import configure
 
         configure(log_level or "warning", log_format or "text")
@@ -69,6 +72,7 @@ def cli(ctx: click.Context, database_url: str | None, log_level: str | None, log
 
 cli.add_command(job_commands.submit)
 cli.add_command(job_commands.status)
+cli.add_command(retire_commands.jobs)
 cli.add_command(report_commands.reports)
 cli.add_command(report_commands.export)
 cli.add_command(report_commands.show)
@@ -81,6 +85,11 @@ cli.add_command(worker_commands.beat)
 cli.add_command(backlog_commands.backlog)
 cli.add_command(db_commands.db)
 cli.add_command(health_commands.health)
+cli.add_command(serve_commands.serve)
+cli.add_command(serve_commands.user)
+cli.add_command(serve_commands.study)
+cli.add_command(dicom_commands.listen)
+cli.add_command(dicom_commands.push)
 
 
 def main() -> None:

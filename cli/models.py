@@ -46,7 +46,7 @@ def init(out: Path, preset: str, encoder: str | None, decoder: str | None, token
     bundle = build(preset, encoder=encoder, decoder=decoder, tokenizer=tokenizer, seed=seed)
     path = save(bundle, out, overwrite=force)
     params = sum(p.numel() for p in bundle.model.parameters())
-    made = bundle.meta["preset"]
+    made = bundle.meta.preset
     info = {"path": str(path), "preset": made, "parameters": params, "fingerprint": bundle.fingerprint,
             "architecture": architecture_text(bundle.model.config)}
     if as_json:
@@ -104,6 +104,9 @@ def _info_text(f: dict[str, Any]) -> str:
     rows += [("made", f"{f['created_at']} with transformers {f['transformers_version']}"),
              ("files", ", ".join(f"{name} {_size(n)}" for name, n in f["files"].items())
                        + f"; {_size(f['bytes'])} in all"),
+             ("code", "; ".join(f"{name} sha256 {c['sha256'][:12]}… as saved"
+                                + (", this xrq's own" if c["xrq"] else ", another xrq version's")
+                                for name, c in f["code"].items()) or "none"),
              ("transformers", "AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)"
                               if f["remote_code"] else "no multi-view code saved (save it again with xrq)")]
     width = max(len(k) for k, _ in rows)

@@ -7,13 +7,8 @@ Parquet keep the data as it is.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +17,7 @@ import click
 from model.printable import printable
 
 if TYPE_CHECKING:
-    from db.queries import JobSummary, ReportRow
+    from db.queries import JobSummary
     from worker.submit import Submission
 
 OUTPUT_HINT = "'-o' / '--output'"
@@ -241,30 +236,6 @@ def status_text(summaries: list[JobSummary], *, detailed: bool) -> str:
     return "\n".join(lines)
 
 
-def reports_text(rows: list[ReportRow], fmt: str) -> str:
-    """Rows as JSON lines, CSV (both as stored) or a table for people (one line per row, escaped)."""
-    if fmt == "jsonl":
-        return "".join(json.dumps(r.as_dict()) + "\n" for r in rows)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        failed = any(r.status == "failed" for r in rows)
-        writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report"])
-        for r in rows:
-            writer.writerow([r.study_id, r.uid, r.job_id, r.model, r.created_at.isoformat(),
-                             ";".join(r.images), r.error if failed else r.text])
-        return buf.getvalue()
-    width = max(40, shutil.get_terminal_size((120, 20)).columns - 24)
-    lines = [f"{'job':>4}  {'study':14}  report"]
-    for r in rows:
-        shown = printable(r.text if r.status == "done" else f"FAILED: {r.error}")
-        text = shown if len(shown) <= width else shown[: width - 1] + "…"
-        uid = printable(r.uid)
-        uid = uid if len(uid) <= 14 else uid[:13] + "…"
-        lines.append(f"{r.job_id:>4}  {uid:14}  {text}")
-    return "\n".join(lines) + "\n"
-
-
 def evaluation_text(run: Any) -> str:
     """An evaluation as a small table: the field's metrics, then what published tools don't show."""
     s = run.result.scores
@@ -313,53 +284,3 @@ def activity_text(act: Any) -> str:
         lines.append("failures by reason:")
         lines += [f"  {n:>6}  {printable(reason)}" for reason, n in act.by_reason]
     return "\n".join(lines)
-
-
-def export_writer(fmt: str) -> Callable[[list[dict[str, Any]], Path], None]:
-    """The function that writes `xrq export` rows (db.queries.EXPORT_COLUMNS) as `fmt` to a file.
-
-    Its libraries are imported here, before the database is read, so a missing one fails first.
-    Typed for pandas users: integers stay integers (`reported_by_job` is a nullable integer),
-    `reported_at` is UTC with its offset, and `images` is a list (joined with `;` in CSV only).
-    """
-    if fmt == "jsonl":
-        return _write_jsonl
-    import pandas as pd
-
-    def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
-        frame = _export_frame(pd, rows)
-        frame["images"] = frame["images"].map(";".join)
-        frame["reported_at"] = frame["reported_at"].map(lambda t: "" if pd.isna(t) else t.isoformat())
-        frame.to_csv(out, index=False)
-
-    if fmt == "csv":
-        return write_csv
-    import pyarrow as pa
-
-    schema = pa.schema([("job_id", pa.int64()), ("study_id", pa.int64()), ("uid", pa.string()),
-                        ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int64()),
-                        ("model", pa.string()), ("report", pa.string()), ("reported_at", pa.timestamp("us", "UTC")),
-                        ("reported_by_job", pa.int64()), ("images", pa.list_(pa.string()))])
-
-    def write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
-        _export_frame(pd, rows).to_parquet(out, index=False, schema=schema)
-
-    return write_parquet
-
-
-def _export_frame(pd: Any, rows: list[dict[str, Any]]) -> Any:
-    from db.queries import EXPORT_COLUMNS
-
-    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
-    for column in ("job_id", "study_id", "attempts"):
-        frame[column] = frame[column].astype("int64")
-    frame["reported_by_job"] = frame["reported_by_job"].astype("Int64")
-    frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
-    return frame
-
-
-def _write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
-    with out.open("w", encoding="utf-8") as f:
-        for row in rows:
-            when = row["reported_at"]
-            f.write(json.dumps({**row, "reported_at": None if when is None else when.isoformat()}) + "\n")

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli import output
-from cli.context import settings_from
+from cli import listing, output, safecsv
+from cli.context import COUNT, settings_from
+from cli.documents import DOCUMENT_FORMATS, export_documents
 from model.printable import printable
+
+if TYPE_CHECKING:
+    from db.engine import Database
+    from db.queries import ReportFilter, ReportRow
 
 DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
@@ -20,7 +28,27 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 REPORT_FORMATS = ("table", "csv", "jsonl")
-EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+EXPORT_FORMATS = ("csv", "jsonl", "parquet", *DOCUMENT_FORMATS)
+
+
+class CursorType(click.ParamType):
+    """A keyset cursor, `STUDY.SECOND` (study id, then model id for reports or job id for failures)."""
+
+    name = "CURSOR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        study, _, second = str(value).partition(".")
+        if not (study.isdigit() and second.isdigit()):
+            self.fail(f"{value!r} is not a cursor: give STUDY.MODEL as a table page's last line prints it "
+                      "(e.g. 1234.1)", param, ctx)
+        return int(study), int(second)
+
+
+def page_size() -> int:
+    """Rows of a table page on a terminal: the terminal's height less the header and footer lines."""
+    return max(10, shutil.get_terminal_size((120, 24)).lines - 4)
 
 
 @click.command()
@@ -35,77 +63,128 @@ EXPORT_FORMATS = ("csv", "jsonl", "parquet")
               help="[default: from the -o file's name (.csv, .jsonl), else table]")
 @click.option("-o", "--output", "out", type=output.OutputPath("file"),
               help="Write to this file (in a folder that exists) instead of standard output.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--limit", type=COUNT, help="At most this many rows. [default: all; a page for a table on a terminal]")
+@click.option("--offset", type=click.IntRange(min=0), default=0,
+              help="Skip this many rows first (the database still walks them; --after does not).")
+@click.option("--after", type=CursorType(), help="Only rows after this cursor (STUDY.MODEL, or STUDY.JOB with "
+                                                 "--status failed), as a table page's last line prints it.")
 @click.pass_context
 def reports(ctx: click.Context, job: int | None, model: str | None, since: datetime | None,
             until: datetime | None, status: str, contains: str | None, fmt: str | None, out: Path | None,
-            limit: int | None) -> None:
-    """Print stored reports (or failed studies) as a table, CSV or JSON lines.
+            limit: int | None, offset: int, after: tuple[int, int] | None) -> None:
+    """Print stored reports (or failed studies) as a table, CSV or JSON lines, as they are read.
 
-    The table is for people (names and reports with control characters escaped, one line a row);
-    CSV and JSON lines hold the text as stored.
+    Rows come in study order and leave as they are read, in constant memory whatever their number.
+    The table is for people (names and reports with control characters escaped, one line a row); on a
+    terminal it shows a page and says how many more rows there are and how to get them. CSV and JSON
+    lines hold the text as stored. A CSV cell that a spreadsheet would run as a formula starts with '; to a
+    terminal, CSV escapes control characters too.
 
     \b
     Examples:
       xrq reports --job 1
       xrq reports --text effusion --since 2026-11-01 -o effusions.jsonl
       xrq reports --status failed
+      xrq reports --format jsonl | head -3
     """
+    from db.listing import report_rows
     from db.queries import ReportFilter
-    from db.queries import reports as query_reports
+    from db.review import with_reviews
     from worker import runtime
 
     fmt = fmt or output.format_from_name(out, REPORT_FORMATS, "table")
     db = runtime.database(settings_from(ctx).database_url)
     where = ReportFilter(job_id=job, model=model, since=_utc(since), until=_utc(until), text=contains,
                          status=status)
-    rows = query_reports(db, where=where, limit=limit)
-    text = output.reports_text(rows, fmt)
+    if fmt == "table" and out is None and limit is None and sys.stdout.isatty():
+        _table_page(db, where, offset=offset, after=after)
+        return
+    rows = report_rows(db, where, limit=limit, offset=offset, after=after)
+    if status == "done":
+        rows = with_reviews(db, rows)
     if out is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(out, text)
-        click.echo(f"Wrote {len(rows)} rows to {printable(str(out))}", err=True)
+        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed", terminal=safecsv.stdout_is_terminal())
+        return
+    try:
+        with out.open("w", encoding="utf-8", newline="") as f:
+            n = listing.write_reports(rows, fmt, f, failed=status == "failed")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {printable(str(out))}: {exc.strerror or exc}") from exc
+    click.echo(f"Wrote {n} rows to {printable(str(out))}", err=True)
+
+
+def _table_page(db: Database, where: ReportFilter, *, offset: int, after: tuple[int, int] | None) -> None:
+    """A page of the table on a terminal, then how many rows are left and the option for the next page."""
+    from db.listing import count_rows, cursor_of, report_rows
+
+    size = page_size()
+    shown: list[ReportRow] = []
+
+    def page() -> Iterator[ReportRow]:
+        for row in report_rows(db, where, limit=size + 1, offset=offset, after=after):
+            if len(shown) == size:
+                return  # the row past the page: there are more
+            shown.append(row)
+            yield row
+
+    listing.write_reports(page(), "table", sys.stdout, failed=where.status == "failed")
+    if len(shown) < size:
+        return
+    cursor = cursor_of(shown[-1], where)
+    left = count_rows(db, where, after=cursor)
+    if left:
+        click.echo(f"-- {size} rows shown, {left} more: add --after {cursor[0]}.{cursor[1]} for the next page, "
+                   "--limit N for N rows, or --format jsonl / -o FILE for all of them --")
 
 
 @click.command()
 @click.argument("jobs", type=int, nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
-              help="[default: from the -o file's name (.csv, .jsonl, .parquet), else csv]")
-@click.option("-o", "--output", "out", type=output.OutputPath("file"), required=True,
-              help="The file to write, in a folder that exists.")
+              help="sr: a DICOM Structured Report per report of a DICOM study, into the folder -o; fhir: "
+                   "FHIR R4 DiagnosticReports, one a line.  [default: from the -o file's name (.csv, .jsonl, "
+                   ".parquet), else csv]")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The file to write, in a folder that exists (for --format sr: a folder, made if absent).")
 @click.pass_context
 def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path) -> None:
     """Write whole jobs (every study: status, reason, report, images) to CSV, JSON lines or Parquet.
 
     Typed for pandas: integers stay integers, `reported_at` is UTC with its offset, and `images` is
-    a list (joined with `;` in CSV).
+    a list (joined with `;` in CSV). `--format sr` and `--format fhir` write the reports as documents
+    for a PACS and an EHR instead (docs/conformance.md); patient data comes from the DICOM files.
 
     \b
     Examples:
       xrq export 1 -o job1.csv
       xrq export 1 2 3 -o night.parquet
+      xrq export 1 --format sr -o srs/
+      xrq export 1 --format fhir -o reports.ndjson
     """
-    from db.queries import export_batches, export_count
+    from db.queries import export_count
     from worker import runtime
 
+    if fmt in DOCUMENT_FORMATS:
+        export_documents(ctx, jobs, fmt, out)
+        return
     fmt = fmt or output.format_from_name(out, EXPORT_FORMATS, "csv")
-    write = output.export_writer(fmt)
+    out = output.output_file(out)
+    listing.load_export_libraries(fmt)
     db = runtime.database(settings_from(ctx).database_url)
+    total = export_count(db, list(jobs))  # every job exists before the file is made
     bar = output.Progress(output.stderr_is_terminal(), desc="Exporting")
-    rows: list[dict[str, Any]] = []
+    n = 0
     try:
-        bar.start(export_count(db, list(jobs)))
-        for batch in export_batches(db, list(jobs)):
-            rows += batch
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    try:
-        write(rows, out)
+        with listing.export_file(fmt, out) as write:
+            bar.start(total)
+            for batch in listing.export_rows(db, list(jobs)):
+                write(batch)
+                n += len(batch)
+                bar.update(len(batch))
     except OSError as exc:
         raise click.ClickException(f"cannot write {printable(str(out))}: {exc.strerror or exc}") from exc
-    click.echo(f"Wrote {len(rows)} studies of {len(jobs)} job(s) to {printable(str(out))}")
+    finally:
+        bar.close()
+    click.echo(f"Wrote {n} studies of {len(jobs)} job(s) to {printable(str(out))}")
 
 
 @click.command()

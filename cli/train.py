@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-# The light module: `xrq --help` must not import torch (model.training.loop does), STYLE.md 14.
+# The light module: `xrq --help` must not import torch (model.training.loop does): docs/architecture.md, cheap commands.
 from model.defaults import PRESET_NAMES
 from model.training.config import BEST_METRICS, TrainConfig
 

@@ -15,7 +15,8 @@ __all__ = ["Database", "open_database"]
 
 def __getattr__(name: str) -> Any:
     # Resolved on first use: db.engine imports SQLAlchemy and Alembic (about 0.3 s), and `import db.errors`
-    # (which every `xrq` command does, `--help` included) should not pay for them. STYLE.md 14.
+    # (which every `xrq` command does, `--help` included) should not pay for them (docs/architecture.md:
+    # cheap commands stay cheap).
     if name in __all__:
         from db import engine
 

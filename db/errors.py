@@ -36,3 +36,7 @@ class NumberOutOfRangeError(DatabaseError):
 
 class DatabaseFullError(DatabaseError):
     """Raised when the database cannot grow: SQLite's disk (or its page limit) full, PostgreSQL's disk full."""
+
+
+class JobBusyError(DatabaseError):
+    """Raised when a job to delete has studies queued or running: a worker may hold them."""

@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from db.bulk import insert_ignore
 from db.engine import Database
 from db.errors import NotFoundError
-from db.schema import Evaluation, EvaluationScore, Model, Report, Study
+from db.schema import Evaluation, EvaluationScore, Model
 
 METRIC_COLUMNS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 PER_STUDY_COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")
@@ -70,11 +70,3 @@ def find_model(db: Database, name: str) -> Model:
         if found is None:
             raise NotFoundError(f"no model {name!r} has reports here; models are listed in the `models` table")
         return found
-
-
-def reports_of_model(db: Database, model_id: int) -> dict[str, tuple[int, str]]:
-    """uid -> (study id, report) for every study the model reported (the newest study if a uid repeats)."""
-    with db.session() as s:
-        rows = s.execute(select(Study.uid, Study.id, Report.text).join(Report, Report.study_id == Study.id)
-                         .where(Report.model_id == model_id).order_by(Report.id)).all()
-        return {uid: (sid, text) for uid, sid, text in rows}

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.bulk import chunks
 from db.engine import Database
 from db.errors import NotFoundError
+from db.listing import ReportFilter, ReportRow, as_utc, report_rows
+from db.listing import export_batches as streamed
 from db.schema import OPEN, STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
-
-
-def as_utc(when: datetime) -> datetime:
-    """A stored time as an aware UTC datetime, whichever database it came from.
-
-    Every time is written in UTC; PostgreSQL hands it back aware (in the session's time zone),
-    SQLite naive. Normalising here means `+00:00` in every output, on both, as docs/cli.md shows.
-    """
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -63,28 +55,6 @@ class JobSummary:
         }
 
 
-@dataclass(frozen=True)
-class ReportRow:
-    study_id: int
-    uid: str
-    job_id: int
-    model: str
-    text: str
-    created_at: datetime
-    images: list[str]
-    settings: dict[str, Any]
-    status: str = "done"
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {"study_id": self.study_id, "uid": self.uid, "job_id": self.job_id, "model": self.model,
-                "report": self.text, "created_at": self.created_at.isoformat(), "images": self.images,
-                "settings": self.settings}
-        if self.status != "done":
-            data.update(status=self.status, error=self.error)
-        return data
-
-
 def job_summary(db: Database, job_id: int, *, with_failures: bool = True) -> JobSummary:
     with db.session() as s:
         row = s.execute(select(Job, Model.name).join(Model, Job.model_id == Model.id)
@@ -103,90 +73,27 @@ def job_summary(db: Database, job_id: int, *, with_failures: bool = True) -> Job
 
 
 def list_jobs(db: Database, *, limit: int = 20) -> list[JobSummary]:
+    """The newest jobs with their studies counted by status: two queries, the counts from the
+    (job_id, status) index alone."""
     with db.session() as s:
-        ids = list(s.scalars(select(Job.id).order_by(Job.id.desc()).limit(limit)))
-    return [job_summary(db, i, with_failures=False) for i in ids]
-
-
-@dataclass(frozen=True)
-class ReportFilter:
-    """What `xrq reports` and `xrq export` narrow the listing to; every field is optional."""
-
-    job_id: int | None = None
-    model: str | None = None  # model name
-    since: datetime | None = None
-    until: datetime | None = None
-    text: str | None = None  # case-insensitive substring of the report (or of the failure reason)
-    status: str = "done"  # done: reports; failed: failed studies with their reasons
+        rows = s.execute(select(Job, Model.name).join(Model, Job.model_id == Model.id)
+                         .order_by(Job.id.desc()).limit(limit)).all()
+        counts: dict[int, dict[str, int]] = {}
+        for job_id, status, n in s.execute(
+                select(JobStudy.job_id, JobStudy.status, func.count())
+                .where(JobStudy.job_id.in_([job.id for job, _ in rows])).group_by(JobStudy.job_id, JobStudy.status)):
+            counts.setdefault(job_id, {})[status] = n
+    return [JobSummary(job.id, job.source, name, as_utc(job.created_at), counts.get(job.id, {})) for job, name in rows]
 
 
 def reports(db: Database, *, job_id: int | None = None, limit: int | None = None,
             where: ReportFilter | None = None) -> list[ReportRow]:
-    """Reports (or failed studies), newest job first.
+    """Reports (or failed studies) as a list: `db.listing.report_rows` (which streams them) for few rows.
 
     With a job: every study of it that has a report by its model, including studies skipped because
     an earlier job had already reported them.
     """
-    f = where or ReportFilter(job_id=job_id)
-    with db.session() as s:
-        if f.job_id is not None and s.get(Job, f.job_id) is None:
-            raise NotFoundError(f"no job {f.job_id}; `xrq status` lists the jobs")
-        stmt = _failed_query(f) if f.status == "failed" else _reports_query(f)
-        if limit:
-            stmt = stmt.limit(limit)
-        rows = s.execute(stmt).all()
-        images = _images_of(s, [(row.study_id, row.job_id) for row in rows])
-        return [ReportRow(row.study_id, row.uid, row.job_id, row.model, row.text or "", as_utc(row.created_at),
-                          images[(row.study_id, row.job_id)], row.settings or {}, f.status, row.error)
-                for row in rows]
-
-
-def _reports_query(f: ReportFilter) -> Any:
-    stmt = (select(Report.study_id, Study.uid, Report.job_id, Model.name.label("model"), Report.text,
-                   Report.created_at, Report.settings, literal(None).label("error"))
-            .join(Study, Study.id == Report.study_id).join(Model, Model.id == Report.model_id))
-    if f.job_id is not None:
-        stmt = stmt.join(JobStudy, JobStudy.study_id == Report.study_id).join(
-            Job, (Job.id == JobStudy.job_id) & (Job.model_id == Report.model_id)
-        ).where(JobStudy.job_id == f.job_id)
-    stmt = _narrow(stmt, f, when=Report.created_at, text=Report.text)
-    return stmt.order_by(Report.job_id.desc(), Study.uid, Report.id)
-
-
-def _failed_query(f: ReportFilter) -> Any:
-    stmt = (select(JobStudy.study_id, Study.uid, JobStudy.job_id, Model.name.label("model"),
-                   literal(None).label("text"), JobStudy.updated_at.label("created_at"),
-                   literal(None).label("settings"), JobStudy.error)
-            .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
-            .join(Model, Model.id == Job.model_id).where(JobStudy.status == "failed"))
-    if f.job_id is not None:
-        stmt = stmt.where(JobStudy.job_id == f.job_id)
-    stmt = _narrow(stmt, f, when=JobStudy.updated_at, text=JobStudy.error)
-    return stmt.order_by(JobStudy.job_id.desc(), Study.uid)
-
-
-def _narrow(stmt: Any, f: ReportFilter, *, when: Any, text: Any) -> Any:
-    """The filters both listings share: model name, a time window on `when`, a substring of `text`."""
-    if f.model is not None:
-        stmt = stmt.where(Model.name == f.model)
-    if f.since is not None:
-        stmt = stmt.where(when >= f.since)
-    if f.until is not None:
-        stmt = stmt.where(when < f.until)
-    if f.text:
-        stmt = stmt.where(func.lower(text).contains(f.text.lower(), autoescape=True))
-    return stmt
-
-
-def _images_of(s: Session, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
-    """(study id, job id) -> the relative paths of the files that job found for the study."""
-    images: dict[tuple[int, int], list[str]] = {pair: [] for pair in pairs}
-    for chunk in chunks(sorted({sid for sid, _ in pairs})):
-        for sid, job_id, rel in s.execute(select(Image.study_id, Image.job_id, Image.relpath)
-                                          .where(Image.study_id.in_(chunk)).order_by(Image.relpath)).all():
-            if (sid, job_id) in images:
-                images[(sid, job_id)].append(rel)
-    return images
+    return list(report_rows(db, where or ReportFilter(job_id=job_id), limit=limit))
 
 
 EXPORT_COLUMNS = ("job_id", "study_id", "uid", "status", "error", "attempts", "model", "report", "reported_at",
@@ -203,34 +110,8 @@ def export_count(db: Database, job_ids: list[int]) -> int:
 
 
 def export_batches(db: Database, job_ids: list[int], *, size: int = 2000) -> Iterator[list[dict[str, Any]]]:
-    """Every study of the jobs, whatever its status, with its report by the job's model when there is one.
-
-    Rows come in batches of at most `size` (job by job, by uid), so a caller can show progress and
-    a night of 100,000 studies is never one query. Each row has EXPORT_COLUMNS: `images` is a list
-    of relative paths, `reported_at` an aware UTC datetime, `reported_by_job` None without a report.
-    """
-    for job_id in job_ids:
-        with db.session() as s:
-            keys = list(s.scalars(select(JobStudy.study_id).join(Study, Study.id == JobStudy.study_id)
-                                  .where(JobStudy.job_id == job_id).order_by(Study.uid, Study.id)))
-        for chunk in chunks(keys, size):
-            with db.session() as s:
-                yield _export_chunk(s, job_id, list(chunk))
-
-
-def _export_chunk(s: Session, job_id: int, study_ids: list[int]) -> list[dict[str, Any]]:
-    rows = s.execute(
-        select(JobStudy.job_id, JobStudy.study_id, Study.uid, JobStudy.status, JobStudy.error,
-               JobStudy.attempts, Model.name.label("model"), Report.text.label("report"),
-               Report.created_at.label("reported_at"), Report.job_id.label("reported_by_job"))
-        .join(Study, Study.id == JobStudy.study_id).join(Job, Job.id == JobStudy.job_id)
-        .join(Model, Model.id == Job.model_id)
-        .outerjoin(Report, (Report.study_id == JobStudy.study_id) & (Report.model_id == Job.model_id))
-        .where(JobStudy.job_id == job_id, JobStudy.study_id.in_(study_ids)).order_by(Study.uid, Study.id)
-    ).all()
-    images = _images_of(s, [(r.study_id, r.job_id) for r in rows])
-    return [{**r._asdict(), "reported_at": None if r.reported_at is None else as_utc(r.reported_at),
-             "images": images[(r.study_id, r.job_id)]} for r in rows]
+    """Every study of the jobs in batches, streamed: see `db.listing.export_batches`."""
+    return streamed(db, job_ids, size=size)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import false
+from sqlalchemy.sql import false, text
 
 
 def utcnow() -> datetime:
@@ -80,7 +80,12 @@ class JobStudy(Base):
     """A study's progress within a job: pending -> queued -> running -> done | failed, or skipped."""
 
     __tablename__ = "job_studies"
-    __table_args__ = (Index("ix_job_studies_status", "job_id", "status"),)
+    # (job, status): a job's counts; (status, updated_at): failures and the backlog's selection (0006).
+    # The failed ones in study order: `xrq reports --status failed` (a partial index, small).
+    __table_args__ = (Index("ix_job_studies_status", "job_id", "status"),
+                      Index("ix_job_studies_status_updated", "status", "updated_at"),
+                      Index("ix_job_studies_failed", "study_id", "job_id", sqlite_where=text("status = 'failed'"),
+                            postgresql_where=text("status = 'failed'")))
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True, index=True)
@@ -93,15 +98,16 @@ class JobStudy(Base):
 
 class Report(Base):
     __tablename__ = "reports"
-    __table_args__ = (UniqueConstraint("study_id", "model_id"),)
+    # Each listing filter has its index (migration 0006; on PostgreSQL also a trigram index on lower(text)).
+    __table_args__ = (UniqueConstraint("study_id", "model_id"), Index("ix_reports_model_study", "model_id", "study_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 STATUSES = ("pending", "queued", "running", "done", "failed", "skipped")
@@ -195,3 +201,13 @@ class Lock(Base):
     holder: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Meta(Base):
+    """Facts about the database itself: its deployment id (made at creation, migration 0010) and the last
+    message of another deployment a worker of this one took (`xrq health` says so)."""
+
+    __tablename__ = "xrq_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

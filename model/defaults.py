@@ -74,6 +74,18 @@ class GenerationSettings:
         if self.no_repeat_ngram_size < 0:
             raise ModelError(f"no_repeat_ngram_size must be 0 (off) or more: {self.no_repeat_ngram_size}.")
 
+    def check_fits(self, positions: int | None, batch_size: int | None = None) -> None:
+        """Refuse, before any work, reports longer than a decoder of `positions` positions holds (it would crash
+        mid-batch) and batches of more sequences (studies x beams) than MAX_SEQUENCES (`batch_size` None:
+        auto, which stays within it)."""
+        if batch_size is not None and batch_size * self.num_beams > MAX_SEQUENCES:
+            raise ModelError(f"a batch of {batch_size} studies with {self.num_beams} beams is "
+                             f"{batch_size * self.num_beams} sequences at once, more than {MAX_SEQUENCES}: "
+                             "lower XRQ_BATCH_SIZE (--batch-size) or XRQ_NUM_BEAMS (--num-beams), or use auto")
+        if positions and self.max_new_tokens + 1 > positions:  # + the start token
+            raise ModelError(f"this model's decoder writes at most {positions - 1} tokens, not "
+                             f"{self.max_new_tokens}: lower XRQ_MAX_NEW_TOKENS (--max-new-tokens)")
+
     def as_dict(self) -> dict[str, Any]:
         """The settings, plus the search they amount to ("greedy" or "beam")."""
         return {**asdict(self), "search": "beam" if self.num_beams > 1 else "greedy"}
@@ -87,3 +99,12 @@ class GenerationSettings:
         if self.no_repeat_ngram_size > 0:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs
+
+
+def decoder_positions(decoder: Any) -> int | None:
+    """How many positions a decoder config (an object, or its dict from config.json) has; None if it does not say."""
+    def get(key: str) -> Any:
+        return decoder.get(key) if isinstance(decoder, dict) else getattr(decoder, key, None)
+
+    positions = get("n_positions") or get("max_position_embeddings")
+    return int(positions) if positions else None

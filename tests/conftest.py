@@ -76,10 +76,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_runtime() -> Iterator[None]:
+    """Each test starts from a clean process: no cached models or databases, and automatic migration on
+    (a CLI test run with XRQ_AUTO_MIGRATE=0 sets it off for the process, as the real CLI does)."""
+    from db.engine import set_auto_migrate
     from worker import runtime
 
     yield
     runtime.clear()
+    set_auto_migrate(True)
 
 
 @pytest.fixture(scope="session")

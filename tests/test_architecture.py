@@ -167,3 +167,39 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if start not in index:
             visit(start)
     return sorted(found)
+
+
+SCRIPTS = sorted([*(REPO / "bench").glob("*.py"), *(REPO / "testing").glob("*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_bench_and_testing_import_nothing_from_tests(script: Path) -> None:
+    """Shared helpers live in testing/; bench/ and testing/ never reach into tests/."""
+    tree = ast.parse(script.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m == "tests" or m.startswith("tests.")}
+
+
+@pytest.mark.parametrize("file", sorted([*MODULES.values(), *SCRIPTS]), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_code_edits_sys_path(file: Path) -> None:
+    """Scripts run as modules from the repository root (`python -m bench.NAME`), never by editing sys.path."""
+    assert "sys.path.insert" not in file.read_text() and "sys.path.append" not in file.read_text()
+
+
+@pytest.mark.parametrize("file", sorted([*MODULES.values(), *SCRIPTS]), ids=lambda p: str(p.relative_to(REPO)))
+def test_comments_point_into_the_repository(file: Path) -> None:
+    """The rules live in docs/architecture.md, not in documents outside the repository."""
+    text = file.read_text()
+    assert "DESIGN.md" not in text and "STYLE.md" not in text
+
+
+def test_the_architecture_page_names_every_package_and_room() -> None:
+    page = (REPO / "docs" / "architecture.md").read_text()
+    packages = {m.split(".")[0] for m in MODULES}
+    rooms = {_room(m) for m in MODULES if m.startswith("model.")} - {"", "assets"}
+    missing = sorted(f"{p}/" for p in packages if f"{p}/" not in page)
+    missing += sorted(f"`{r}/`" for r in rooms if f"`{r}/`" not in page)
+    missing += sorted(f"`{m.rpartition('.')[2]}`" for m in MODULES if m.startswith("model.") and _room(m)
+                      not in ("", "assets") and m.count(".") == 2 and f"`{m.rpartition('.')[2]}`" not in page)
+    assert missing == [], "docs/architecture.md does not mention these"

@@ -157,6 +157,7 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     settings = getattr(current_app, "xrq_settings", None) or Settings.from_env()
     level = settings.log_level or (loglevel if isinstance(loglevel, str) else None) or "info"
     configure(level.lower(), settings.log_format)
+    logging.getLogger("celery.app.trace").addFilter(tasks.ONE_LINE_REJECTS)
 
 
 @worker_init.connect
@@ -220,6 +221,23 @@ def run_worker(settings: Settings, *, queues: list[str], concurrency: int = 1, p
     worker_app.worker_main(argv)
 
 
+def _deployment_kwargs(settings: Settings) -> dict[str, str]:
+    """Beat's backlog messages name this database's deployment, as `xrq submit`'s do (worker/tasks.py).
+    A database that cannot be read now (still starting) leaves them unnamed: any worker takes them."""
+    from common.errors import XrqError
+    from worker import runtime
+    from worker.messages import DEPLOYMENT_KEY
+    from worker.pipeline import transient_errors
+
+    unreadable: tuple[type[BaseException], ...] = (XrqError, *transient_errors())
+    try:
+        return {DEPLOYMENT_KEY: runtime.deployment(settings.database_url)}
+    except unreadable as exc:
+        log.warning("beat could not read the deployment id from the database (%s): its backlog messages "
+                    "name no deployment, and any worker on this broker takes them", exc)
+        return {}
+
+
 def run_beat(settings: Settings, options: BrokerOptions | None = None, *, schedule_file: str,
              loglevel: str = "info") -> None:
     """Run beat in this process (blocks): the backlog job at XRQ_BACKLOG_CRON. What `xrq beat` runs."""
@@ -227,6 +245,7 @@ def run_beat(settings: Settings, options: BrokerOptions | None = None, *, schedu
         raise SettingsError("xrq beat needs a broker: set XRQ_BROKER_URL (e.g. redis://localhost:6379/0) "
                             "or pass --broker-url")
     beat_app = make_app(settings, options or BrokerOptions.from_env())
+    beat_app.conf.beat_schedule["backlog"]["kwargs"] = _deployment_kwargs(settings)
     beat_app.set_current()
     log.info("starting beat: backlog at %r (UTC), schedule in %s", settings.backlog_cron, schedule_file)
     beat_app.Beat(schedule=schedule_file, loglevel=loglevel.upper(), quiet=settings.log_format == "json").run()

@@ -41,6 +41,7 @@ class BacklogRun:
     scored: list[int] = field(default_factory=list)  # evaluation ids
     to_score: list[int] = field(default_factory=list)  # dry run: jobs whose new reports would be scored
     inbox: str | None = None  # dry run: the inbox folder that would be scanned
+    redelivered: int = 0  # failed deliveries (SRs to a PACS) sent this time
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bo
             db_backlog.extend(db, LOCK, ttl=ttl)
             _inbox(settings, runner, run)
             db_backlog.extend(db, LOCK, ttl=ttl)
+            _deliveries(settings, run)
             if score:
                 _score(settings, run)
         else:  # what the real run would do, each step named (the inbox is only scanned by a real run)
@@ -86,6 +88,15 @@ def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bo
         if not dry_run:
             db_backlog.release(db, LOCK)
     return run
+
+
+def _deliveries(settings: Settings, run: BacklogRun) -> None:
+    """Deliveries that failed (a PACS that was down) are sent again."""
+    from worker.push import retry_failed
+
+    for result in retry_failed(settings):
+        run.redelivered += result.sent
+        run.errors += [f"delivery to {result.destination}: {e}" for e in result.errors]
 
 
 def _count(groups: dict[int, list[int]]) -> int:

@@ -29,6 +29,7 @@ from db import jobs
 from db.schema import utcnow
 from worker import runtime
 from worker.errors import BrokerUnavailableError
+from worker.messages import DEPLOYMENT_KEY
 from worker.pipeline import RunResult, message_size, plan_batches
 from worker.settings import Settings
 
@@ -79,7 +80,8 @@ class BrokerRunner:
                                             message_size(job.batch_size or None), max_views=1 << 16):
                     claimed = sender.claim(message, stale_before=stale)
                     if claimed:
-                        self.app.send_task(GENERATE_TASK, args=[job_id, claimed])
+                        self.app.send_task(GENERATE_TASK, args=[job_id, claimed],
+                                           kwargs={DEPLOYMENT_KEY: runtime.deployment(self.settings.database_url)})
                         sender.sent()
                         sent += claimed
         except errors as exc:

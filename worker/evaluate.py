@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +98,7 @@ class _Hypotheses:
     study_ids: dict[str, int] = field(default_factory=dict)  # uid -> database id, for stored reports
     model_id: int | None = None
     id_column: str | None = None
+    given: int | None = None  # reports read, when only those with ground truth were kept (stored reports)
 
 
 def run_evaluation(
@@ -137,8 +138,9 @@ def run_evaluation(
                          for r in db_truth.truth_rows(db, coll, split="train").values()) if t]
     stage("reading reports")
     hyps = _hypotheses(db, chosen[0], job_id, model, predictions, baseline, references, train, id_column,
-                       report_column)
+                       report_column, coll)
     scored = {uid: h for uid, h in hyps.reports.items() if uid in references}
+    given = hyps.given if hyps.given is not None else len(hyps.reports)
     matched = _match(db, coll, hyps, len(scored))
     if not scored:
         where = f"split {split!r} of " if split else ""
@@ -148,14 +150,14 @@ def run_evaluation(
             splits[name] = splits.get(name, 0) + 1
         found = (f"; they are in {', '.join(f'{k} ({n})' for k, n in sorted(splits.items()))}"
                  if split and splits else "")
-        raise EvaluationInputError(f"none of the {len(hyps.reports)} reports has ground truth in {where}collection "
+        raise EvaluationInputError(f"none of the {given} reports has ground truth in {where}collection "
                                    f"{coll!r} ({text}){found}; check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
                       with_meteor=with_meteor, on_stage=stage)
     stage("storing")
     evaluation_id = _store(db, result, hyps, coll, split, text, job_id)
     run = EvaluationRun(evaluation_id, result, hyps.source, hyps.ref, coll, split, text,
-                        len(hyps.reports) - len(scored), [], matched)
+                        given - len(scored), [], matched)
     if out_dir is not None:
         stage("writing files")
         run.files = write_outputs(run, Path(out_dir))
@@ -180,8 +182,11 @@ def check_out_dir(out_dir: Path) -> None:
 
 def _match(db: Database, coll: str, hyps: _Hypotheses, scored: int) -> Matched:
     """Count the reports that name a study of the collection; refuse predictions whose ids mostly don't."""
-    known = db_truth.truth_rows(db, coll, uids=list(hyps.reports)) if hyps.reports else {}
-    matched = Matched(len(hyps.reports), len(known), scored, hyps.id_column)
+    if hyps.given is not None:  # streamed from the database: only the reports with ground truth were kept
+        matched = Matched(hyps.given, len(hyps.reports), scored, hyps.id_column)
+    else:
+        known = db_truth.truth_rows(db, coll, uids=list(hyps.reports)) if hyps.reports else {}
+        matched = Matched(len(hyps.reports), len(known), scored, hyps.id_column)
     if hyps.source == "predictions" and matched.known < MIN_MATCHED_FRACTION * matched.given:
         theirs = ", ".join(repr(u) for u in sorted(hyps.reports)[:3])
         ours = ", ".join(repr(u) for u in sorted(db_truth.truth_rows(db, coll))[:3])
@@ -194,19 +199,24 @@ def _match(db: Database, coll: str, hyps: _Hypotheses, scored: int) -> Matched:
 
 def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, predictions: str | None,
                 baseline: str | None, references: dict[str, str], train: list[str], id_column: str | None,
-                report_column: str) -> _Hypotheses:
-    """The reports of the system being scored, by uid."""
+                report_column: str, coll: str) -> _Hypotheses:
+    """The reports of the system being scored, by uid.
+
+    Stored reports are streamed, and only those whose study has ground truth in the collection are
+    kept: memory follows the ground truth, not the millions of reports a job or model may have.
+    """
+    from db import listing
+
     if kind == "job":
         assert job_id is not None
-        rows = queries.reports(db, job_id=job_id)
-        return _Hypotheses("job", str(job_id), {r.uid: r.text for r in rows}, {r.uid: r.study_id for r in rows},
-                           _job_model(db, job_id))
+        rows = ((r.uid, r.study_id, r.text) for r in listing.report_rows(db, queries.ReportFilter(job_id=job_id),
+                                                                          images=False))
+        return _stored("job", str(job_id), rows, set(db_truth.truth_rows(db, coll)), _job_model(db, job_id))
     if kind == "model":
         assert model is not None
         found = db_evals.find_model(db, model)
-        by_uid = db_evals.reports_of_model(db, found.id)
-        return _Hypotheses("model", found.name, {u: t for u, (_, t) in by_uid.items()},
-                           {u: sid for u, (sid, _) in by_uid.items()}, found.id)
+        return _stored("model", found.name, listing.model_reports(db, found.id), set(db_truth.truth_rows(db, coll)),
+                       found.id)
     if kind == "predictions":
         from model.datasets.iu import read_predictions
 
@@ -220,6 +230,19 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
     from model.metrics.evaluation import constant_baseline
 
     return _Hypotheses("baseline", str(baseline), constant_baseline(train, references))
+
+
+def _stored(source: str, ref: str, rows: Iterable[tuple[str, int, str]], known: set[str],
+            model_id: int) -> _Hypotheses:
+    """Hypotheses from (uid, study id, report) rows, keeping those with ground truth (the later of a repeated uid)."""
+    reports: dict[str, str] = {}
+    study_ids: dict[str, int] = {}
+    given = 0
+    for uid, study_id, text in rows:
+        given += 1
+        if uid in known:
+            reports[uid], study_ids[uid] = text, study_id
+    return _Hypotheses(source, ref, reports, study_ids, model_id, given=given)
 
 
 def _job_model(db: Database, job_id: int) -> int:

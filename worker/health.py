@@ -44,6 +44,35 @@ def check_database(url: str) -> Check:
                                     f"({state.current or 'no tables'}; this xrq: {state.head}): run `xrq db upgrade`")
 
 
+FOREIGN_WINDOW = 3600  # seconds: a message of another deployment taken this recently makes health fail
+
+
+def check_deployment(url: str) -> Check:
+    """This database's deployment id, and whether its workers took messages of another deployment lately
+    (two deployments on one broker: each leaves the other's messages, but both lose time)."""
+    from datetime import timedelta
+
+    from db.deployment import deployment_id, last_foreign
+    from db.engine import Database, create
+    from db.schema import utcnow
+
+    engine = create(url)
+    try:
+        db = Database(engine)
+        own, foreign = deployment_id(db), last_foreign(db)
+    finally:
+        engine.dispose()
+    if foreign is None:
+        return Check("deployment", True, f"{own}; no worker of it has taken a message of another deployment")
+    seen = f"last at {foreign.at.isoformat(timespec='seconds')}, by {foreign.worker}, {foreign.count} in all"
+    if utcnow() - foreign.at > timedelta(seconds=FOREIGN_WINDOW):
+        return Check("deployment", True, f"{own}; a message of deployment {foreign.deployment} was left for its "
+                                         f"owner over an hour ago ({seen})")
+    return Check("deployment", False, f"{own}, but its workers take messages of deployment {foreign.deployment} "
+                                      f"and leave them ({seen}): another database shares this broker. Give each "
+                                      "deployment its own Redis database (XRQ_BROKER_URL) or XRQ_BROKER_PREFIX")
+
+
 def check_broker(settings: Settings, options: BrokerOptions, timeout: float) -> Check:
     from worker.app import app_for
     from worker.enqueue import broker_errors
@@ -97,6 +126,8 @@ def run_checks(settings: Settings, options: BrokerOptions, *, queues: Iterable[s
                workers: Iterable[str] = (), timeout: float = 2.0, database: bool = True) -> list[Check]:
     """Every check asked for, in order: database, broker, then queues and workers (if the broker answers)."""
     checks = [check_database(settings.database_url)] if database else []
+    if checks and checks[0].ok:
+        checks.append(check_deployment(settings.database_url))
     broker = check_broker(settings, options, timeout)
     checks.append(broker)
     if broker.ok:

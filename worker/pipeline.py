@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from db import jobs
 from db.engine import Database
 from db.errors import DatabaseUnavailableError
+from model.defaults import MAX_SEQUENCES
 from model.errors import ImageError
 from worker.decoding import DecodePool, Limits, load_view
 
@@ -47,11 +48,14 @@ log = logging.getLogger(__name__)
 
 AUTO_MESSAGE_STUDIES = 256  # studies per broker message when the batch size is auto (the worker cuts them)
 BATCHES_PER_MESSAGE = 4  # with a set batch size: a message holds this many, so decoding overlaps in a task
+# The most studies a message holds: four batches of the largest batch `xrq submit` accepts (MAX_SEQUENCES
+# studies of one beam). A worker refuses a message with more (worker/messages.py).
+MAX_STUDIES_PER_MESSAGE = MAX_SEQUENCES * BATCHES_PER_MESSAGE
 
 
 def message_size(batch_size: int | None) -> int:
     """Studies per broker message: several batches, so a worker overlaps decoding with generation."""
-    return batch_size * BATCHES_PER_MESSAGE if batch_size else AUTO_MESSAGE_STUDIES
+    return min(batch_size * BATCHES_PER_MESSAGE, MAX_STUDIES_PER_MESSAGE) if batch_size else AUTO_MESSAGE_STUDIES
 
 
 def plan_batches(view_counts: dict[int, int], batch_size: Callable[[int], int] | int,
@@ -158,13 +162,17 @@ class _Prepared:
 class Pipeline:
     """Runs batches of one job's studies through decode -> model -> database, overlapping the stages."""
 
-    def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None) -> None:
+    def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None,
+                 on_recorded: Callable[[int, list[int]], None] | None = None) -> None:
         """`pool`: decode workers kept by the caller across runs (processes are slow to start); by
-        default, threads made for this run."""
+        default, threads made for this run. `on_recorded(job_id, study_ids)`: after each batch's reports
+        are committed (XRQ_PUSH_TO sends them there); it must not raise."""
         self.db, self.ctx, self.limits, self.pool = db, context, limits, pool
+        self.on_recorded = on_recorded
 
     def plan(self, study_ids: Sequence[int]) -> list[list[int]]:
-        counts = jobs.view_counts(self.db, self.ctx.job_id, study_ids)
+        """Batches of the studies this job has still to do (one query: ids it lacks are dropped here)."""
+        counts = jobs.open_view_counts(self.db, self.ctx.job_id, study_ids)
         fixed = self.ctx.batch_size
         size: Callable[[int], int] | int = fixed or (
             lambda views: self.ctx.engine.auto_batch_size(self.ctx.generation, views))
@@ -252,6 +260,8 @@ class Pipeline:
         except Exception as exc:
             prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "recording", exc)
         prepared.timings.add(Timings(model=t1 - t0, db=time.perf_counter() - t1))
+        if prepared.error is None and self.on_recorded is not None and outcome.reports:
+            self.on_recorded(ctx.job_id, list(outcome.reports))
 
     @staticmethod
     def _tally(prepared: _Prepared, result: RunResult) -> None:

@@ -47,4 +47,10 @@ class LocalRunner:
                         max_attempts=settings.max_attempts, cache=runtime.view_cache(settings),
                         processes=plan.decode_workers > 1)
         pool = runtime.decode_pool(ctx.bundle, limits) if limits.processes else None  # kept: slow to start
-        return Pipeline(db, ctx, limits, pool).run(study_ids, progress)
+        on_recorded = None
+        if settings.push_to:
+            from worker.push import push_reported
+
+            def on_recorded(job_id: int, reported: list[int]) -> None:
+                push_reported(settings, job_id, reported)
+        return Pipeline(db, ctx, limits, pool, on_recorded).run(study_ids, progress)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from db import jobs
 from db.engine import Database, open_database
 from model.defaults import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from model.network.meta import SavedModel
 from worker.errors import ModelMismatchError
 from worker.settings import Settings
 
@@ -31,12 +32,22 @@ _engines: dict[tuple[int, bool], Engine] = {}
 _caches: dict[tuple[str, int], ViewCache] = {}
 _pools: dict[tuple[int, Limits], DecodePool] = {}
 _model_ids: dict[tuple[str, str], int] = {}
+_deployments: dict[str, str] = {}
 
 
 def database(url: str) -> Database:
     if url not in _databases:
         _databases[url] = open_database(url)
     return _databases[url]
+
+
+def deployment(url: str) -> str:
+    """The deployment id of the database at `url` (made with it), read once per process."""
+    if url not in _deployments:
+        from db.deployment import deployment_id
+
+        _deployments[url] = deployment_id(database(url))
+    return _deployments[url]
 
 
 def bundle(name_or_path: str, device: str = "auto") -> Bundle:
@@ -56,21 +67,25 @@ def fingerprint(loaded: Bundle) -> str:
     return _fingerprints.get(id(loaded)) or loaded.fingerprint
 
 
-def model_id(db: Database, loaded: Bundle) -> int:
-    """The database id of a loaded model, recorded on first use."""
-    key = (db.url, fingerprint(loaded))
+def model_id(db: Database, loaded: Bundle | SavedModel) -> int:
+    """The database id of a model, recorded on first use: a loaded one, or a saved one by the fingerprint it
+    records (a worker refuses weights that do not match it)."""
+    known = loaded.fingerprint if isinstance(loaded, SavedModel) else fingerprint(loaded)
+    if known is None:
+        raise ModelMismatchError(f"{loaded.name} records no fingerprint (no xrq.json): load it to fingerprint it")
+    key = (db.url, known)
     if key not in _model_ids:
         _model_ids[key] = jobs.upsert_model(
-            db, name=loaded.name, fingerprint=fingerprint(loaded),
-            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta,
+            db, name=loaded.name, fingerprint=known,
+            path=str(loaded.path.resolve()) if loaded.path else None, meta=loaded.meta.to_dict(),
         )
     return _model_ids[key]
 
 
-def generation(settings: Settings, loaded: Bundle | None = None) -> GenerationSettings:
+def generation(settings: Settings, loaded: Bundle | SavedModel | None = None) -> GenerationSettings:
     """The generation settings asked for; unset ones from what the model recommends, then defaults."""
-    recommended = (loaded.meta.get("generation") or {}) if loaded is not None else {}
-    max_new_tokens = settings.max_new_tokens or recommended.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    recommended = loaded.meta.recommended_max_new_tokens if loaded is not None else None
+    max_new_tokens = settings.max_new_tokens or recommended or DEFAULT_MAX_NEW_TOKENS
     return GenerationSettings(num_beams=settings.num_beams, max_new_tokens=int(max_new_tokens))
 
 
@@ -151,6 +166,7 @@ def clear() -> None:
     _engines.clear()
     _caches.clear()
     _model_ids.clear()
+    _deployments.clear()
 
 
 def job_generation(stored: dict[str, Any]) -> GenerationSettings:

@@ -158,7 +158,9 @@ def check_url(var: str, value: str, schemes: tuple[str, ...]) -> None:
         raise SettingsError(f"{var} is {shown!r}: a bad port ({exc}); a port is a number from 1 to 65535") from None
     if urlsplit(value).port == 0:
         raise SettingsError(f"{var} is {shown!r}: a bad port (0); a port is a number from 1 to 65535")
-_WORK = ("submit", "worker", "backlog")  # the commands that run the pipeline (in-process or as a worker)
+
+
+_WORK = ("submit", "worker", "backlog", "listen")  # the commands that run the pipeline (in-process or as a worker)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "url", "sqlite:///xrq.db",
@@ -201,6 +203,27 @@ SETTINGS: tuple[Setting, ...] = (
             shown="info for worker and beat, else warning", choices=LOG_LEVELS),
     Setting("log_format", "choice", "text", "text, or json: one JSON object a line, for log collectors.",
             ("xrq",), choices=LOG_FORMATS),
+    # DICOM: `xrq listen` (a Storage SCP) and pushing reports to a PACS or DICOMweb server.
+    Setting("listen_aet", "text", "XRQ", "The listener's AE title (what the PACS sends to).", ("listen",)),
+    Setting("listen_port", "int", 11112, "The listener's TCP port.", ("listen",), maximum=65535),
+    Setting("listen_bind", "text", "127.0.0.1", "The address the listener binds; 0.0.0.0: every interface.",
+            ("listen",)),
+    Setting("listen_allow", "text", None,
+            "Peers that may send, AET@HOST (or AET from any host); several, space-separated.", ("listen",)),
+    Setting("allow_any", "bool", False, "Accept associations from any AE title and host (a warning is logged).",
+            ("listen",)),
+    Setting("listen_inbox", "text", "xrq-inbox",
+            "Where the listener keeps received instances (on disk before they are acknowledged).", ("listen",)),
+    Setting("study_timeout", "int", 30, "Seconds without a new instance after which a study is reported.",
+            ("listen",)),
+    Setting("max_associations", "int", 10, "Concurrent associations the listener accepts.", ("listen",),
+            maximum=1000),
+    Setting("min_free_bytes", "int", 1_000_000_000,
+            "Free disk the inbox keeps: below it, instances get an out-of-resources status.", ("listen",),
+            minimum=0),
+    Setting("push_to", "text", None,
+            "Send each report as its batch is written: dicom://AET@HOST:PORT or https://HOST/DICOMWEB-ROOT.",
+            ("submit", "worker", "backlog", "listen")),
     # Broker-only: how the Celery app talks to Redis (worker/app.py).
     Setting("visibility_timeout", "int", 3600,
             "Seconds before Redis redelivers an unacknowledged batch: keep it above the slowest batch.",
@@ -255,6 +278,16 @@ class Settings:
     auto_migrate: bool = _D["auto_migrate"]
     log_level: str | None = _D["log_level"]  # None: info for workers and beat, warning for other commands
     log_format: str = _D["log_format"]
+    listen_aet: str = _D["listen_aet"]
+    listen_port: int = _D["listen_port"]
+    listen_bind: str = _D["listen_bind"]
+    listen_allow: str | None = _D["listen_allow"]
+    allow_any: bool = _D["allow_any"]
+    listen_inbox: str = _D["listen_inbox"]
+    study_timeout: int = _D["study_timeout"]
+    max_associations: int = _D["max_associations"]
+    min_free_bytes: int = _D["min_free_bytes"]
+    push_to: str | None = _D["push_to"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

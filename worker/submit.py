@@ -10,17 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.queries import JobSummary, job_summary
+from model.defaults import decoder_positions
 from model.imaging.files import name_to_text
 from model.imaging.scan import ScannedStudy, scan_folder
+from model.network.meta import SavedModel, describe
 from worker import runtime
 from worker.errors import NoModelError, SettingsError
 from worker.pipeline import RunResult, Timings
 from worker.runner import LocalRunner, Runner
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from model.network.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,6 @@ def submit_folder(
     hooks: SubmitHooks = SubmitHooks(), runner: Runner | None = None,
 ) -> Submission:
     """Record a job for the folder's studies and hand what is left to do to `runner` (see SubmitHooks)."""
-    from model.inference.generate import check_fits
-
     if not settings.model:
         raise NoModelError("no model given: pass --model DIR or set XRQ_MODEL "
                            "(make one with `xrq model init --out models/tiny`)")
@@ -98,15 +101,16 @@ def submit_folder(
 
     db = runtime.database(settings.database_url)
     stage("loading the model")
-    bundle = runtime.bundle(settings.model, settings.device)
-    generation = runtime.generation(settings, bundle)
-    check_fits(bundle, generation, settings.batch_size)  # what the model cannot honour fails now, before any work
+    model = _model_for(settings, local=runner.local)
+    generation = runtime.generation(settings, model)
+    positions = model.positions if isinstance(model, SavedModel) else decoder_positions(model.model.config.decoder)
+    generation.check_fits(positions, settings.batch_size)  # what the model cannot honour fails now, before any work
     stage("scanning and hashing")
     ignored: list[str] = []
     studies = scan_folder(folder, group_by=group_by, pattern=pattern, max_file_bytes=settings.max_file_bytes,
                           progress=hooks.scanned, ignored=lambda rel: ignored.append(name_to_text(rel)))
     stage("recording the job")
-    model_id = runtime.model_id(db, bundle)
+    model_id = runtime.model_id(db, model)
     record = jobs.record_job(
         db, source=name_to_text(str(Path(folder).resolve())), model_id=model_id, group_by=group_by,
         batch_size=settings.batch_size or 0, settings=generation.as_dict(),  # 0: auto, chosen where it runs
@@ -120,3 +124,15 @@ def submit_folder(
     return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
                       result.timings if result else Timings(), sum(len(s.images) for s in studies), result,
                       record.changed, record.retried, local=runner.local, ignored=tuple(ignored))
+
+
+def _model_for(settings: Settings, *, local: bool) -> Bundle | SavedModel:
+    """The model to record the job under. Reporting here: loaded. Through a broker: only read, by the
+    fingerprint it recorded when saved (the workers load the weights, and refuse any that do not match);
+    a model saved without one (not by xrq) is loaded to fingerprint it."""
+    assert settings.model
+    if not local:
+        saved = describe(settings.model)
+        if saved.fingerprint is not None:
+            return saved
+    return runtime.bundle(settings.model, settings.device)

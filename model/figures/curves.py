@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window (servers, workers, tests)
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # a bare Figure, no pyplot: see model/figures/plots.py
 
 SCORE_KEYS = {"val_bleu_4": "BLEU-4", "val_bleu_1": "BLEU-1", "val_rouge_l": "ROUGE-L"}  # 0..1
 # CIDEr runs to 10, so it gets its own axis on the right rather than flattening the others.
@@ -26,7 +23,8 @@ def plot_curves(metrics: str | Path, out: str | Path, *, title: str = "") -> Pat
     if not rows:
         return None
     evals = [r for r in rows if "val_loss" in r]
-    fig, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    losses, scores = fig.subplots(1, 2)
     losses.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train loss")
     if evals:
         losses.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
@@ -48,5 +46,4 @@ def plot_curves(metrics: str | Path, out: str | Path, *, title: str = "") -> Pat
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return Path(out)

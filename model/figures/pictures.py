@@ -10,10 +10,10 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from PIL import Image
 
-from model.figures.plots import save_figure  # importing it selects the file-only Agg backend
+from model.figures.plots import save_figure  # a bare Figure, no pyplot (see model/figures/plots.py)
 from model.printable import printable
 
 MAX_IMAGES = 4
@@ -32,7 +32,7 @@ def render_study(
     shown = list(images)[:MAX_IMAGES] or ["no images"]
     text = _text_block(report, truth, scores, note)
     text_lines = text.count("\n") + 1
-    fig = plt.figure(figsize=(4.2 * max(2, len(shown)), 4.4 + 0.2 * text_lines), dpi=100)
+    fig = Figure(figsize=(4.2 * max(2, len(shown)), 4.4 + 0.2 * text_lines), dpi=100)
     grid = fig.add_gridspec(2, len(shown), height_ratios=[4.2, 0.2 * text_lines + 0.3])
     for column, image in enumerate(shown):
         ax = fig.add_subplot(grid[0, column])

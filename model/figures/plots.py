@@ -1,13 +1,14 @@
-"""Figures of an evaluation: the corpus scores, their spread over studies, the clinical labels."""
+"""Figures of an evaluation: the corpus scores, their spread over studies, the clinical labels.
+
+Every figure of model/figures is a bare `matplotlib.figure.Figure`, drawn by Agg into a file: pyplot is
+never imported, so no backend is chosen and no figure is kept in a global registry (a worker or a web
+server importing this module changes nothing in its process).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window; set before pyplot is imported
-import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -27,7 +28,7 @@ BLUE, CIDER, GREEN, GREY = "#3b6ea8", "#a85c3b", "#6aa84f", "#888888"
 
 def plot_evaluation(result: EvaluationResult, out: str | Path, *, title: str = "") -> Path:
     """Write a 2×2 PNG: corpus scores, per-study distributions, clinical F1 per observation, a summary."""
-    fig = plt.figure(figsize=(13, 9), dpi=110)
+    fig = Figure(figsize=(13, 9), dpi=110)
     grid = fig.add_gridspec(2, 2)
     corpus = grid[0, 0].subgridspec(1, 2, width_ratios=[6, 1.4], wspace=0.35)
     _corpus(fig.add_subplot(corpus[0, 0]), fig.add_subplot(corpus[0, 1]), result)
@@ -39,17 +40,14 @@ def plot_evaluation(result: EvaluationResult, out: str | Path, *, title: str = "
 
 
 def save_figure(fig: Figure, out: str | Path) -> Path:
-    """Lay the figure out, write it as PNG, and free it: pyplot keeps figures alive.
+    """Lay the figure out and write it as PNG (a bare Figure: nothing to free afterwards).
 
     The folder must exist: a figure creates no folders (a mistyped `-o /nonexistent/x.png` once
     made `/nonexistent`); the caller makes the one folder the user asked for.
     """
     out = Path(out)
-    try:
-        fig.tight_layout()
-        fig.savefig(out, format="png")
-    finally:
-        plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
     return out
 
 

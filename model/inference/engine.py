@@ -25,7 +25,8 @@ from typing import Any, cast
 import torch
 from transformers import CompileConfig
 
-from model.inference.generate import MAX_SEQUENCES, GenerationSettings, check_fits, decode_reports, generate_ids
+from model.defaults import MAX_SEQUENCES, GenerationSettings
+from model.inference.generate import check_fits, decode_reports, generate_ids
 from model.network.bundle import Bundle
 
 CPU_BATCH_SIZE = 8  # a CPU gains little from larger batches, and a CPU host has other work

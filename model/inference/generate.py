@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from model.defaults import MAX_SEQUENCES, GenerationSettings
-from model.errors import ModelError
+from model.defaults import GenerationSettings, decoder_positions
 from model.imaging.preprocess import pixel_values
 from model.inference.text import clean_report
 from model.network.bundle import Bundle, resolve_device
@@ -39,22 +38,21 @@ class _UnpaddedDecoderFilter(logging.Filter):
         return "attention mask is not set with a batched input" not in record.getMessage()
 
 
-logging.getLogger("transformers.generation.utils").addFilter(_UnpaddedDecoderFilter())
+@contextlib.contextmanager
+def _unpadded_warning_dropped() -> Iterator[None]:
+    """`_UnpaddedDecoderFilter` on transformers' generation log for one call, then off (importing xrq
+    changes no logging)."""
+    log, dropped = logging.getLogger("transformers.generation.utils"), _UnpaddedDecoderFilter()
+    log.addFilter(dropped)
+    try:
+        yield
+    finally:
+        log.removeFilter(dropped)
 
 
 def check_fits(bundle: Bundle, settings: GenerationSettings, batch_size: int | None = None) -> None:
-    """Refuse, before any work, reports longer than the decoder has positions for (it would crash mid-batch)
-    and batches of more sequences (studies x beams) than MAX_SEQUENCES (`batch_size` None: auto, which
-    stays within it)."""
-    if batch_size is not None and batch_size * settings.num_beams > MAX_SEQUENCES:
-        raise ModelError(f"a batch of {batch_size} studies with {settings.num_beams} beams is "
-                         f"{batch_size * settings.num_beams} sequences at once, more than {MAX_SEQUENCES}: "
-                         "lower XRQ_BATCH_SIZE (--batch-size) or XRQ_NUM_BEAMS (--num-beams), or use auto")
-    decoder = bundle.model.config.decoder
-    positions = getattr(decoder, "n_positions", None) or getattr(decoder, "max_position_embeddings", None)
-    if positions and settings.max_new_tokens + 1 > positions:  # + the start token
-        raise ModelError(f"this model's decoder writes at most {positions - 1} tokens, not "
-                         f"{settings.max_new_tokens}: lower XRQ_MAX_NEW_TOKENS (--max-new-tokens)")
+    """`GenerationSettings.check_fits` for this model's decoder."""
+    settings.check_fits(decoder_positions(bundle.model.config.decoder), batch_size)
 
 
 def record(settings: GenerationSettings, device: torch.device) -> dict[str, Any]:
@@ -126,9 +124,10 @@ def generate_ids(
         generate_kwargs["cross_attention_mask"] = cross  # (B, 1, 1, V*T)
     # The start token is real: saying so spares GPT-2 its per-step "is this padding?" look at the ids.
     started = torch.ones(len(pixels), 1, dtype=torch.long, device=pixels.device)  # (B, 1)
-    return cast(torch.Tensor, model.generate(
-        encoder_outputs=encoded, decoder_attention_mask=started, **settings.generate_kwargs(), **generate_kwargs,
-    ))
+    with _unpadded_warning_dropped():
+        return cast(torch.Tensor, model.generate(
+            encoder_outputs=encoded, decoder_attention_mask=started, **settings.generate_kwargs(), **generate_kwargs,
+        ))
 
 
 def device_view_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:

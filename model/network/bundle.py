@@ -13,6 +13,8 @@ cross-attention with a (B, V*T) encoder attention mask built from a (B, V) `view
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -37,12 +39,9 @@ from transformers import (
 from model.defaults import DEFAULT_MAX_VIEWS, PRESETS
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.network import identity
-from model.network.multiview import XrqEncoderDecoder
+from model.network.meta import FORMAT_VERSION, BundleMeta
+from model.network.multiview import XrqEncoderDecoder, XrqEncoderDecoderConfig
 
-# xrq shows its own progress; transformers' per-load bars would clutter every CLI command and worker log.
-transformers.utils.logging.disable_progress_bar()
-
-FORMAT_VERSION = 1
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where a model can run; "meta" holds no data
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
@@ -53,7 +52,7 @@ class Bundle:
     model: XrqEncoderDecoder
     processor: ViTImageProcessorPil
     tokenizer: PreTrainedTokenizerFast
-    meta: dict[str, Any]
+    meta: BundleMeta
     path: Path | None = None
     _digests: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -62,12 +61,12 @@ class Bundle:
         """The directory name when saved or loaded, else the hub id or preset it was built from."""
         if self.path is not None:
             return self.path.name
-        return str(self.meta.get("source") or self.meta.get("preset") or "unsaved")
+        return str(self.meta.source or self.meta.preset or "unsaved")
 
     @property
     def max_views(self) -> int:
-        """Views per study the model looks at; extra views are dropped by preprocessing."""
-        return int(self.meta.get("max_views", DEFAULT_MAX_VIEWS))
+        """Views per study the model looks at (its config's `max_views`); extra views are dropped by preprocessing."""
+        return int(cast(XrqEncoderDecoderConfig, self.model.config).max_views)
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +97,20 @@ class Bundle:
         return cached[1]
 
 
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """transformers' (and the hub's) per-load progress bars off while xrq builds or loads a model, then as
+    they were: xrq shows its own progress, and importing xrq changes nothing."""
+    was_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@without_progress_bars()
 def build(
     preset: str = "tiny",
     *,
@@ -109,7 +122,7 @@ def build(
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
-    The preset only sizes the parts not given (with both parts given, `meta["preset"]` is None).
+    The preset only sizes the parts not given (with both parts given, `meta.preset` is None).
     The tokenizer is `tokenizer`, else the decoder's own when it has one, else GPT-2's vocabulary.
     Random weights (all of them, or the new cross-attention on top of pretrained parts) come from
     `seed`, so the same arguments give identical weights. The global RNG is left untouched.
@@ -126,19 +139,18 @@ def build(
         if encoder is None and PRESETS[preset].get("positions") == "sincos":
             sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
-        model = XrqEncoderDecoder(encoder=enc, decoder=dec)
+        config = XrqEncoderDecoderConfig.from_encoder_decoder_configs(enc.config, dec.config, max_views=max_views)
+        model = XrqEncoderDecoder(config=config, encoder=enc, decoder=dec)
     set_token_ids(model, tok)
-    meta = {
-        "format": FORMAT_VERSION,
-        "preset": preset if encoder is None or decoder is None else None,
-        "sources": {"encoder": encoder, "decoder": decoder, "tokenizer": tok_source},
-        "seed": seed,
-        "max_views": max_views,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "transformers_version": transformers.__version__,
-        "training": None,
-        "scores": {},
-    }
+    meta = BundleMeta(
+        format=FORMAT_VERSION,
+        preset=preset if encoder is None or decoder is None else None,
+        sources={"encoder": encoder, "decoder": decoder, "tokenizer": tok_source},
+        seed=seed,
+        max_views=max_views,  # also in the config; here for older xrq reading xrq.json
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        transformers_version=transformers.__version__,
+    )
     model.eval()
     return Bundle(model, _processor_for(enc.config.image_size, encoder), tok, meta)
 
@@ -187,9 +199,9 @@ def _load_tokenizer(source: str | Path | None) -> PreTrainedTokenizerFast:
     if source is None:
         return default_tokenizer()
     try:
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(source)))
+        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(source), trust_remote_code=False))
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"No tokenizer at {source}: {exc}") from exc
+        raise ModelNotFoundError(f"No tokenizer at {source}: {_why(exc)}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -204,7 +216,7 @@ def _decoder_tokenizer_source(decoder: str | None) -> str | None:
     if folder.is_dir():
         return decoder if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
     try:
-        AutoTokenizer.from_pretrained(decoder)
+        AutoTokenizer.from_pretrained(decoder, trust_remote_code=False)
     except (OSError, ValueError):
         return None
     return decoder
@@ -264,19 +276,30 @@ def _build_decoder(
 
 def _pretrained_config(source: str, part: str) -> Any:
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"No pretrained {part} at {source!r} (a local directory or hub id): {exc}"
+            f"No pretrained {part} at {source!r} (a local directory or hub id): {_why(exc)}"
         ) from exc
 
 
 def _pretrained(auto: Any, source: str, config: Any) -> PreTrainedModel:
     try:
-        model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch.float32)
+        model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch.float32,
+                                     trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"Could not load safetensors weights from {source!r}: {exc}") from exc
+        raise ModelFormatError(f"Could not load safetensors weights from {source!r}: {_why(exc)}") from exc
     return cast(PreTrainedModel, model)
+
+
+def _why(exc: BaseException) -> str:
+    """transformers' reason in one line; its advice to pass `trust_remote_code=True` replaced by ours."""
+    text = " ".join(str(exc).split())
+    if "trust_remote_code" in text:
+        return ("it names Python code of its own to build it (an `auto_map` or a type transformers does not "
+                "know), and xrq never runs code from a model directory; use a part of a type transformers "
+                "knows (ViT, GPT-2, their tokenizers), saved with safetensors")
+    return text
 
 
 def _processor_for(image_size: int, source: str | None) -> ViTImageProcessorPil:
@@ -284,7 +307,7 @@ def _processor_for(image_size: int, source: str | None) -> ViTImageProcessorPil:
     processor = None
     if source is not None:
         try:
-            processor = ViTImageProcessorPil.from_pretrained(source)
+            processor = ViTImageProcessorPil.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError):
             processor = None
     if processor is None:

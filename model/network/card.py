@@ -47,13 +47,13 @@ def architecture_text(config: Any) -> str:
 def summary(bundle: Bundle) -> dict[str, Any]:
     """Everything the card and `xrq model info` say about a model, as plain data."""
     meta, proc, tok = bundle.meta, bundle.processor, bundle.tokenizer
-    training = meta.get("training") or None
-    sources = meta.get("sources") or {}
+    training = meta.training or None
+    sources = meta.sources
     return {
         "name": bundle.name,
         "fingerprint": bundle.fingerprint,
-        "recorded_fingerprint": meta.get("fingerprint"),
-        "preset": meta.get("preset"),
+        "recorded_fingerprint": meta.fingerprint,
+        "preset": meta.preset,
         "parameters": sum(p.numel() for p in bundle.model.parameters()),
         "architecture": architecture(bundle.model.config),
         "architecture_text": architecture_text(bundle.model.config),
@@ -66,12 +66,12 @@ def summary(bundle: Bundle) -> dict[str, Any]:
                           "image_mean": list(getattr(proc, "image_mean", []) or []),
                           "image_std": list(getattr(proc, "image_std", []) or [])},
         "sources": {"encoder": sources.get("encoder"), "decoder": sources.get("decoder")},
-        "seed": meta.get("seed"),
+        "seed": meta.seed,
         "training": training,
-        "scores": meta.get("scores") or {},
-        "generation": meta.get("generation") or {},
-        "created_at": meta.get("created_at"),
-        "transformers_version": meta.get("transformers_version"),
+        "scores": meta.scores,
+        "generation": meta.generation,
+        "created_at": meta.created_at,
+        "transformers_version": meta.transformers_version,
     }
 
 

@@ -72,9 +72,11 @@ def _did_you_mean(path: Path) -> str:
 
 def _download(repo_id: str, asked: str) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"]))
+        with disable_progress_bars():  # for this download only; xrq shows its own progress
+            return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"]))
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
             f"{asked!r} is neither a directory nor a reachable hub model ({type(exc).__name__}). {NOT_FOUND_HINT}"

@@ -18,7 +18,8 @@ import torch
 
 # Config keys that change on save/load or with the runtime, not with the model.
 _VOLATILE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
-             "_attn_implementation", "_attn_implementation_autoset", "_commit_hash", "use_cache", "auto_map"}
+             "_attn_implementation", "_attn_implementation_autoset", "_commit_hash", "use_cache", "auto_map",
+             "max_views"}  # max_views: hashed on its own (`combine`), also for models saved before the config had it
 # Parts of a tokenizers JSON that are runtime state (set by a call with padding=...), not the tokenizer.
 _TOKENIZER_STATE = {"padding", "truncation", "version"}
 # Processor keys that name the class rather than what it does to an image.

@@ -13,7 +13,9 @@ This file is also the modelling code saved beside every model's weights (`regist
 at the end makes `save_pretrained` copy it and write `auto_map`), so that plain transformers loads a
 saved model with `AutoModelForImageTextToText.from_pretrained(dir, trust_remote_code=True)` and
 `generate(pixel_values=(B, V, 3, H, W), attention_mask=(B, V) view mask)` writes xrq's reports. Hence it
-stays self-contained: it imports torch and transformers only, never the rest of xrq.
+stays self-contained: it imports torch and transformers only, never the rest of xrq. Its config,
+`XrqEncoderDecoderConfig`, is VisionEncoderDecoder's plus `max_views`, so plain transformers sees how
+many views of a study the model takes too.
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
-from transformers import VisionEncoderDecoderModel
+from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
+
+
+class XrqEncoderDecoderConfig(VisionEncoderDecoderConfig):
+    """VisionEncoderDecoder's config plus `max_views`: the views of a study the model looks at (the first
+    `max_views` of a study are kept, the rest dropped). The same `model_type`, so configs saved without it
+    load (as 4 views) and plain VisionEncoderDecoder reads ours."""
+
+    max_views: int = 4
 
 
 class XrqEncoderDecoder(VisionEncoderDecoderModel):
@@ -35,6 +45,8 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
     A 4-D `pixel_values` (B, 3, H, W) is read as one view per study. Same weight names as
     `VisionEncoderDecoderModel`, so its checkpoints load here and ours load there (without the mask).
     """
+
+    config_class = XrqEncoderDecoderConfig
 
     def encode_views(
         self, pixel_values: torch.Tensor, view_mask: torch.Tensor | None = None
@@ -201,4 +213,5 @@ def _token_mask(view_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.T
 
 
 # Saved models carry this file and `auto_map` (see the module docstring); loading ignores both.
+XrqEncoderDecoderConfig.register_for_auto_class()  # "AutoConfig"
 XrqEncoderDecoder.register_for_auto_class("AutoModelForImageTextToText")

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,18 +19,21 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, ViTImageProcessorPil
 
 from model.errors import ModelError, ModelFormatError
-from model.network import card
-from model.network.bundle import FORMAT_VERSION, Bundle, resolve_device, set_token_ids
-from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_meta
+from model.network import card, code
+from model.network.bundle import Bundle, resolve_device, set_token_ids, without_progress_bars
+from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locate, read_json, read_meta
+from model.network.meta import BundleMeta
 from model.network.multiview import XrqEncoderDecoder
 
 
+@without_progress_bars()
 def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the bundle as one directory: safetensors, configs, tokenizer, preprocessing, xrq.json, the
     modelling code that plain transformers loads with `trust_remote_code` (multiview.py, `auto_map`),
     and a model card (README.md).
 
-    The bundle then points at it (`path`), and its meta records the fingerprint of what was saved.
+    The bundle then points at it (`path`), and its meta records the fingerprint of what was saved and the
+    sha256 of the modelling code (`load` refuses the directory once that code is edited).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -42,34 +46,41 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
         shutil.copymode(out / "config.json", weights)
     bundle.tokenizer.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    meta = {**bundle.meta, "fingerprint": bundle.fingerprint}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views,
+                   extra={**bundle.meta.extra, code.CODE_KEY: code.record(out)})
+    (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     bundle.meta = meta
     bundle.path = out
     card.write_card(bundle, out)
     return out
 
 
+@without_progress_bars()
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Bundle:
     """Load a saved bundle from a directory, or a hub id (`org/name`, or plainly `hf-hub:org/name`).
 
     Weights are read from safetensors only: pickled checkpoints are refused, never opened. A damaged
     directory (unreadable JSON, a cut-short weights file, a config that does not fit the weights) is
-    refused with what to do, before or instead of a half-loaded model.
+    refused with what to do, before or instead of a half-loaded model. No code of the directory ever runs
+    (xrq's own modelling code builds the model), and a directory whose code is not what it was saved with
+    is refused, naming the file (`model.network.code`).
     The model comes back in eval mode on `device` (default: cuda if available, else cpu).
     """
     dev = resolve_device(device)
     path = locate(name_or_path)
     check_complete(path)
-    meta = read_meta(path) or {"format": FORMAT_VERSION}
+    stored = read_meta(path)
+    code.check(path, stored)
+    meta = BundleMeta.from_dict(stored, where=str(path / META_FILE)) if stored is not None else BundleMeta()
     try:
         with _quiet_transformers():  # its load report goes to the log; ours is the error below
             loaded = XrqEncoderDecoder.from_pretrained(
                 path, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
-                ignore_mismatched_sizes=True)  # reported as ours, below, instead of a RuntimeError
+                ignore_mismatched_sizes=True,  # reported as ours, below, instead of a RuntimeError
+                trust_remote_code=False)  # nor custom_generate/: xrq's own multiview.py is what runs
         model, info = cast(tuple[XrqEncoderDecoder, dict[str, Any]], loaded)
-        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path))
-        processor = ViTImageProcessorPil.from_pretrained(path)
+        tok = cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+        processor = ViTImageProcessorPil.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path} could not be loaded as an xrq model: {exc}") from exc
     _check_fits_weights(path, info)
@@ -77,7 +88,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
         tok.pad_token = tok.eos_token
     local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
     if not local:
-        meta["source"] = str(name_or_path)  # a hub id: its name, not the cache folder's
+        meta.source = str(name_or_path)  # a hub id: its name, not the cache folder's
+    if "max_views" not in read_json(path / "config.json"):  # saved before the config carried it
+        model.config.max_views = meta.max_views
     set_token_ids(model, tok)
     cast(torch.nn.Module, model).to(dev).eval()
     return Bundle(model, processor, tok, meta, path if local else None)
@@ -91,7 +104,10 @@ def info(name_or_path: str | Path) -> dict[str, Any]:
     folder = bundle.path or Path(str(name_or_path))
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()} if folder.is_dir() else {}
     auto_map = getattr(bundle.model.config, "auto_map", None) or {}
-    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()),
+    ours = code.packaged_digest()
+    shipped = {name: {"sha256": digest, "xrq": digest == ours}
+               for name, digest in code.check(folder, read_meta(folder)).items()} if folder.is_dir() else {}
+    return {**facts, "path": str(folder), "files": files, "bytes": sum(files.values()), "code": shipped,
             "remote_code": card.REMOTE_CODE_FILE in files and "AutoModelForImageTextToText" in auto_map}
 
 

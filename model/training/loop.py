@@ -199,7 +199,7 @@ def _initial_bundle(config: TrainConfig, train: Sequence[Example]) -> Bundle:
             save_trained_tokenizer([e.text for e in train], folder, config.vocab_size)
             bundle = build(config.preset, encoder=config.encoder, tokenizer=folder, seed=config.seed,
                            max_views=config.max_views)
-        bundle.meta["sources"]["tokenizer"] = (
+        bundle.meta.sources["tokenizer"] = (
             f"byte-level BPE ({len(bundle.tokenizer)} tokens) trained on the {len(train)} training reports")
     _reinitialise(bundle, config)
     positions = int(getattr(bundle.model.config.decoder, "n_positions", PRESETS["tiny"]["decoder"]["n_positions"]))
@@ -432,14 +432,14 @@ def _save_last(run: _Run, step: int, scores: dict[str, Any]) -> None:
 def _describe(run: _Run, step: int, scores: dict[str, Any]) -> None:
     """The model's metadata: how it was trained (configuration, command, data) and its val scores."""
     config = run.config
-    run.bundle.meta["training"] = {
+    run.bundle.meta.training = {
         "config": asdict(config), "command": run.command, "data": run.data.summary.as_dict(),
         "step": step, "total_steps": run.total_steps, "device": str(run.device),
         "bf16": run.device.type == "cuda" and config.bf16, "torch_version": torch.__version__,
     }
-    run.bundle.meta["scores"] = {"split": "val" if config.split != "all" else "all (= train)", "step": step,
+    run.bundle.meta.scores = {"split": "val" if config.split != "all" else "all (= train)", "step": step,
                                  **scores}
     # What inference should use unless told otherwise: reports as long as the ones it learned.
-    run.bundle.meta["generation"] = {"max_new_tokens": config.max_tokens}
+    run.bundle.meta.generation = {"max_new_tokens": config.max_tokens}
 
 

@@ -1,8 +1,8 @@
 """The resumable part of a checkpoint: optimiser, scheduler, step, random state. No pickle.
 
 `torch.save` of an optimiser is a pickle, and loading a pickle can run code, which xrq never does
-(DESIGN.md, Security). So every tensor (AdamW's moments and step counts, the RNG states) goes into
-`training_state.safetensors`, and everything else (parameter groups, scheduler counters, Python's
+(docs/architecture.md, "Rules the tests hold"). So every tensor (AdamW's moments and step counts, the RNG
+states) goes into `training_state.safetensors`, and everything else (parameter groups, scheduler counters, Python's
 RNG, the training configuration) into `training_state.json`. Both load without executing anything.
 """
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.badfiles import make_bad_files
+from testing.badfiles import make_bad_files
 from tests.conftest import EXAMPLES
 
 
@@ -69,7 +69,8 @@ def test_submit_status_reports_round_trip(db_url: str, tiny_model: Path, iu_fold
     assert all(r["settings"]["num_beams"] == 1 for r in rows)
 
     csv_text = run("reports", "--format", "csv", env=env).output
-    assert csv_text.splitlines()[0] == "study_id,uid,job_id,model,created_at,images,report"
+    assert csv_text.splitlines()[0] == ("study_id,uid,job_id,model,created_at,images,report,"
+                                        "review_state,final_text,signed_by,signed_at")
     table = run("status", env=env).output
     assert str(iu_folder) in table
 

@@ -89,6 +89,7 @@ def test_the_demo_card_has_the_metadata_block() -> None:
     assert values == {"bleu": 0.914336, "cider": 7.767174, "rouge": 0.973324}
 
 
+@pytest.mark.slow  # trains
 def test_train_writes_a_card_with_its_provenance(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run("train", "--reports", str(IU_CSV / "indiana_reports.csv"), "--projections",

@@ -23,8 +23,8 @@ from click.testing import CliRunner, Result
 
 from cli.context import settings_from, settings_options
 from cli.main import cli
+from testing.services import free_port, wait_for, workers
 from tests.conftest import REPO, service_missing
-from tests.services import free_port, wait_for, workers
 from worker.settings import SETTINGS
 
 REDIS = "redis://127.0.0.1:6379/0"

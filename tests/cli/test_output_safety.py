@@ -106,12 +106,12 @@ def test_show_writes_a_png_only_where_asked(job: tuple[dict[str, str], str], tmp
 
 
 def test_a_figure_creates_no_folders(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from model.figures.plots import save_figure
 
     with pytest.raises(FileNotFoundError):
-        save_figure(plt.figure(), tmp_path / "nonexistent" / "f.png")
+        save_figure(Figure(), tmp_path / "nonexistent" / "f.png")
     assert not (tmp_path / "nonexistent").exists()
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageStat
 
 from cli.main import cli
-from tests.badfiles import make_bad_files
+from testing.badfiles import make_bad_files
 from tests.conftest import EXAMPLES, IU_CSV
 
 

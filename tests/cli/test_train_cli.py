@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -21,6 +22,7 @@ FAST = ["--tokenizer", "train", "--split", "all", "--max-steps", "2", "--batch-s
         "--max-tokens", "12"]
 
 
+@pytest.mark.slow  # trains
 def test_train_stop_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     runner = CliRunner()
@@ -62,7 +64,7 @@ def test_train_errors_are_short(tmp_path: Path) -> None:
 def test_the_shipped_demo_model_reproduces_its_training_studies() -> None:
     demo = REPO / "models" / "demo"
     bundle = load(demo, device="cpu")
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["training"]["command"].startswith("xrq train ")
     assert meta["training"]["data"]["train"] == 9 and meta["training"]["config"]["split"] == "all"
     assert "not clinically meaningful" in (demo / "README.md").read_text()

@@ -12,7 +12,7 @@ from db.engine import normalise_url, open_database
 from db.errors import DatabaseUnavailableError, DatabaseURLError
 
 TABLES = {"models", "jobs", "studies", "images", "job_studies", "reports", "truth", "truth_images", "evaluations",
-          "evaluation_scores", "locks", "alembic_version"}
+          "evaluation_scores", "locks", "deliveries", "alembic_version"}
 
 
 def test_migrations_create_the_documented_tables(db_url: str) -> None:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.inference.generate import GenerationSettings, generate
 from model.network.bundle import Bundle, build, resolve_device
 from model.network.store import load, save
-from model.training.tokenizer import save_trained_tokenizer
+from testing.parts import tiny_parts as _parts
 from tests.conftest import EXAMPLES, REPO
 
 
@@ -96,7 +96,7 @@ def test_save_load_round_trip(tmp_path: Path, studies: list[list[Image.Image]]) 
     assert loaded.name == "xrq-tiny" and loaded.path == out and loaded.max_views == 3
     meta = json.loads((out / "xrq.json").read_text())
     assert meta["fingerprint"] == bundle.fingerprint and meta["preset"] == "tiny" and meta["seed"] == 3
-    assert loaded.meta == meta
+    assert loaded.meta.to_dict() == meta and loaded.model.config.max_views == 3
     text = "Heart size normal. No pleural effusion, <|endoftext|>"
     assert loaded.tokenizer(text)["input_ids"] == bundle.tokenizer(text)["input_ids"]
     assert loaded.tokenizer.pad_token_id == 50256
@@ -139,7 +139,7 @@ def test_build_from_pretrained_parts(tmp_path: Path, studies: list[list[Image.Im
     assert torch.equal(model.encoder.embeddings.patch_embeddings.projection.weight,
                        vit.embeddings.patch_embeddings.projection.weight)
     assert torch.equal(model.decoder.transformer.wte.weight, gpt.transformer.wte.weight)
-    assert bundle.meta["sources"]["encoder"] == str(tmp_path / "vit")
+    assert bundle.meta.sources["encoder"] == str(tmp_path / "vit")
     again = build(encoder=str(tmp_path / "vit"), decoder=str(tmp_path / "gpt2"), seed=0)
     assert again.fingerprint == bundle.fingerprint  # the new cross-attention is seeded too
     reports = generate(bundle, studies, GenerationSettings(max_new_tokens=5))
@@ -228,11 +228,22 @@ def test_fingerprint_covers_tokenizer_preprocessing_and_views(tmp_path: Path, ti
     (other_mean / "preprocessor_config.json").write_text(json.dumps(proc))
     assert load(other_mean, device="cpu").fingerprint != original
 
-    fewer_views = _copy(tiny_model, tmp_path / "views")
-    meta = json.loads((fewer_views / "xrq.json").read_text())
-    meta["max_views"] = 1
-    (fewer_views / "xrq.json").write_text(json.dumps(meta))
+    fewer_views = _copy(tiny_model, tmp_path / "views")  # the config says how many views
+    config = json.loads((fewer_views / "config.json").read_text())
+    config["max_views"] = 1
+    (fewer_views / "config.json").write_text(json.dumps(config))
+    assert load(fewer_views, device="cpu").max_views == 1
     assert load(fewer_views, device="cpu").fingerprint != original
+
+    older = _copy(tiny_model, tmp_path / "older")  # saved before the config carried it: xrq.json says
+    del config["max_views"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert load(older, device="cpu").fingerprint == original
+    meta = json.loads((older / "xrq.json").read_text())
+    meta["max_views"] = 1
+    (older / "xrq.json").write_text(json.dumps(meta))
+    assert load(older, device="cpu").max_views == 1
+    assert load(older, device="cpu").fingerprint != original
 
 
 def test_fingerprint_ignores_runtime_state() -> None:
@@ -247,40 +258,26 @@ def test_fingerprint_ignores_runtime_state() -> None:
 
 def test_shipped_demo_records_its_fingerprint() -> None:
     demo = load(REPO / "models" / "demo", device="cpu")
-    assert demo.meta["fingerprint"] == demo.fingerprint
+    assert demo.meta.fingerprint == demo.fingerprint
 
 
 # --- pretrained parts: sizes and tokenizer come from the parts ------------------------------------------
-
-
-def _parts(tmp_path: Path, *, with_tokenizer: bool) -> tuple[str, str]:
-    torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=224, patch_size=32))
-    vit.save_pretrained(tmp_path / "vit")
-    vocab = 50257
-    if with_tokenizer:
-        tok = save_trained_tokenizer(["Heart size normal.", "No pleural effusion."], tmp_path / "gpt2", 300)
-        vocab = len(AutoTokenizer.from_pretrained(tok))
-    GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=1, n_head=2, n_positions=64, vocab_size=vocab)).save_pretrained(
-        tmp_path / "gpt2")
-    return str(tmp_path / "vit"), str(tmp_path / "gpt2")
 
 
 def test_build_uses_the_decoders_own_tokenizer(tmp_path: Path) -> None:
     encoder, decoder = _parts(tmp_path, with_tokenizer=True)
     bundle = build(encoder=encoder, decoder=decoder)
     assert len(bundle.tokenizer) == bundle.model.config.decoder.vocab_size < 1000
-    assert bundle.meta["sources"]["tokenizer"] == decoder
-    assert bundle.meta["preset"] is None  # the sizes came from the parts, not from a preset
+    assert bundle.meta.sources["tokenizer"] == decoder
+    assert bundle.meta.preset is None  # the sizes came from the parts, not from a preset
     assert bundle.tokenizer.decode(bundle.tokenizer("Heart size normal.")["input_ids"]) == "Heart size normal."
 
 
 def test_build_without_a_decoder_tokenizer_uses_gpt2s(tmp_path: Path) -> None:
     encoder, decoder = _parts(tmp_path, with_tokenizer=False)
     bundle = build(encoder=encoder, decoder=decoder)
-    assert len(bundle.tokenizer) == 50257 and bundle.meta["sources"]["tokenizer"] is None
-    assert build(encoder=encoder).meta["preset"] == "tiny"  # the decoder still comes from the preset
+    assert len(bundle.tokenizer) == 50257 and bundle.meta.sources["tokenizer"] is None
+    assert build(encoder=encoder).meta.preset == "tiny"  # the decoder still comes from the preset
 
 
 # --- damaged model directories: each one error that says what to do ---------------------------------------

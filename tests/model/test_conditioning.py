@@ -26,8 +26,8 @@ MARGIN = 0.2  # clinical F1-macro, model minus image-blind
 
 
 def conditioning(size: str, seed: int = 0) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "conditioning.py"), "--size", size, "--seed",
-                           str(seed), "--json"], capture_output=True, text=True, timeout=3000, check=False)
+    done = subprocess.run([sys.executable, "-m", "bench.conditioning", "--size", size, "--seed", str(seed), "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=3000, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return cast(dict[str, Any], json.loads(done.stdout))
 

@@ -23,7 +23,7 @@ from PIL import Image
 from model.errors import ImageError
 from model.imaging.files import DEFAULT_MAX_FILE_BYTES
 from model.imaging.images import DEFAULT_MAX_PIXELS, decode, decode_bytes, dicom_study_uid, read_submitted, sniff
-from tests.badfiles import huge_png
+from testing.badfiles import huge_png
 
 REPO = Path(__file__).resolve().parents[2]
 DICOM = REPO / "tests" / "data" / "dicom"

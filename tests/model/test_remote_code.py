@@ -122,7 +122,9 @@ def test_the_shipped_demo_runs_in_plain_transformers(tmp_path: Path) -> None:
 
 def test_saved_model_carries_the_modelling_code(tiny_model: Path) -> None:
     config = json.loads((tiny_model / "config.json").read_text())
-    assert config["auto_map"] == {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder"}
+    assert config["auto_map"] == {"AutoModelForImageTextToText": "multiview.XrqEncoderDecoder",
+                                  "AutoConfig": "multiview.XrqEncoderDecoderConfig"}
+    assert config["max_views"] == load(tiny_model, device="cpu").max_views  # plain transformers sees it too
     assert (tiny_model / "multiview.py").read_text() == (REPO / "model" / "network" / "multiview.py").read_text()
 
 
@@ -139,10 +141,14 @@ def test_modelling_code_stands_alone(source: str) -> None:
 def test_the_demo_ships_the_modelling_code_byte_for_byte() -> None:
     """models/demo/multiview.py is what plain transformers runs for the demo model: the tree's own code, unchanged.
 
-    After a change to model/network/multiview.py, copy it there (the weights do not change with the code).
+    After a change to model/network/multiview.py, copy it there (the weights do not change with the code) and
+    record its sha256 in models/demo/xrq.json ("code"), which every load checks (tests/model/test_model_code.py).
     """
     demo = json.loads((REPO / "models" / "demo" / "config.json").read_text())
-    module, _, name = demo["auto_map"]["AutoModelForImageTextToText"].partition(".")
-    shipped = (REPO / "models" / "demo" / f"{module}.py").read_bytes()
-    assert shipped == (REPO / "model" / "network" / "multiview.py").read_bytes()
-    assert name == "XrqEncoderDecoder"
+    names = {auto: ref.partition(".") for auto, ref in demo["auto_map"].items()}
+    assert {auto: name for auto, (_, _, name) in names.items()} == {
+        "AutoModelForImageTextToText": "XrqEncoderDecoder", "AutoConfig": "XrqEncoderDecoderConfig"}
+    for module, _, name in names.values():  # each name the auto_map gives is defined in the file it names
+        shipped = (REPO / "models" / "demo" / f"{module}.py").read_bytes()
+        assert shipped == (REPO / "model" / "network" / "multiview.py").read_bytes()
+        assert f"class {name}(".encode() in shipped

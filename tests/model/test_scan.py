@@ -13,7 +13,7 @@ import pytest
 from model.errors import ImageError, ScanError
 from model.imaging.images import read_submitted
 from model.imaging.scan import GROUP_BY, ScannedStudy, scan_folder
-from tests.badfiles import huge_png
+from testing.badfiles import huge_png
 
 REPO = Path(__file__).resolve().parents[2]
 IU = REPO / "examples" / "iu"

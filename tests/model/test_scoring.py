@@ -41,7 +41,7 @@ def need_iu() -> Path:
 
 
 def load_bench() -> Any:
-    """bench/reproduce_baseline.py as a module (bench/ is scripts, not a package)."""
+    """bench/reproduce_baseline.py as a module, loaded from its file."""
     spec = importlib.util.spec_from_file_location(
         "reproduce_baseline", REPO / "bench" / "reproduce_baseline.py"
     )

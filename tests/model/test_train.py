@@ -69,7 +69,7 @@ def test_overfits_the_bundled_studies_until_reports_reproduce_them(tmp_path: Pat
     assert normalise(hypotheses["7"]) == normalise(truth["7"])
 
     # The run describes itself: metadata, rows, figure.
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["training"]["config"]["tokenizer"] == "train" and meta["training"]["data"]["train"] == 9
     assert meta["scores"]["val_bleu_4"] == result.best_score > 0.85  # the protocol cuts references at 59 tokens
     assert len(bundle.tokenizer) < 1000 and bundle.model.config.decoder.vocab_size == len(bundle.tokenizer)
@@ -81,6 +81,7 @@ def test_overfits_the_bundled_studies_until_reports_reproduce_them(tmp_path: Pat
     assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # trains
 def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train(SHORT, tmp_path / "a")
     monkeypatch.setattr(train_module, "CACHE_MAX_BYTES", 0)  # b decodes every batch in 2 loader processes
@@ -91,6 +92,7 @@ def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path: Path, monk
     assert not same_weights(tmp_path / "a" / "last", tmp_path / "c" / "last")
 
 
+@pytest.mark.slow  # trains
 def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
     whole = train(SHORT, tmp_path / "whole")
     first = train(SHORT, tmp_path / "split", stop_after=3)
@@ -113,6 +115,7 @@ def _stable(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "images_per_s"}  # wall-clock throughput varies
 
 
+@pytest.mark.slow  # trains
 def test_missing_and_unreadable_images_are_counted_not_fatal(tmp_path: Path) -> None:
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)

@@ -134,6 +134,7 @@ def test_docker_compose_has_the_services_and_shared_volumes() -> None:
 
 
 COMPOSE_ENV = {"POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r", "FLOWER_BASIC_AUTH": "ops:secret",
+               "XRQ_SECRET_KEY": "k",
                "XRQ_DATABASE_URL": "postgresql://xrq:p@postgres:5432/xrq", "XRQ_BROKER_URL": "redis://:r@redis:6379/0"}
 
 
@@ -143,7 +144,7 @@ def test_docker_compose_is_fit_for_a_real_site() -> None:
     services = yaml.safe_load(text)["services"]
     assert "--requirepass" in services["redis"]["command"]
     assert ":-xrq}" not in text and "${POSTGRES_PASSWORD:?" in text  # no default password anywhere
-    for name in ("redis", "postgres", "flower"):
+    for name in ("redis", "postgres", "flower", "review"):
         assert all(p.startswith("${XRQ_BIND:-127.0.0.1}:") for p in services[name]["ports"]), name
     for name, queue in (("worker", "gpu"), ("cpu-worker", "cpu")):
         assert f"{queue}@%h" in services[name]["command"]
@@ -152,6 +153,11 @@ def test_docker_compose_is_fit_for_a_real_site() -> None:
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert any(v.startswith("beat-data:") for v in services["beat"]["volumes"])
     assert "/var/lib/xrq/celerybeat-schedule" in services["beat"]["command"]
+    listener = services["listener"]  # the DICOM listener shares the inbox with the workers
+    assert listener["command"][:2] == ["xrq", "listen"] and listener["profiles"] == ["dicom"]
+    assert all(p.startswith("${XRQ_BIND:-127.0.0.1}:") for p in listener["ports"])
+    for name in ("worker", "cpu-worker", "listener"):
+        assert "inbox:/data/inbox" in services[name]["volumes"], name
 
 
 def _compose() -> list[str] | None:

@@ -21,12 +21,12 @@ from sqlalchemy import func, select
 
 from cli.main import cli
 from db.schema import JobStudy, Report
+from testing.services import PrivatePostgres, PrivateRedis, distinct_copies, wait_for, workers
 from tests.conftest import EXAMPLES, service_missing
-from tests.services import PrivatePostgres, PrivateRedis, distinct_copies, wait_for, workers
 from worker import runtime
 from worker.settings import Settings
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]  # every test spawns workers
 
 SLOW = 120  # generous deadlines on a loaded 2-core machine; a pass takes a fraction of them
 
@@ -112,7 +112,6 @@ def test_several_workers_report_every_study_exactly_once(
         assert status.output.count("queues: gpu") == 2
 
 
-@pytest.mark.slow
 def test_a_pool_process_killed_mid_batch_is_replaced_and_the_batch_redone_once(
     broker_env: dict[str, str], tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -132,7 +131,6 @@ def test_a_pool_process_killed_mid_batch_is_replaced_and_the_batch_redone_once(
     assert attempts(url, job) == [2] * 8
 
 
-@pytest.mark.slow
 def test_a_worker_killed_mid_batch_is_taken_over_by_another_after_the_visibility_timeout(
     broker_env: dict[str, str], tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -183,7 +181,6 @@ def _set_connections(admin_url: str, database: str, *, allowed: bool) -> None:
                          [database])
 
 
-@pytest.mark.slow
 def test_a_batch_retried_after_a_database_error_leaves_one_report(
     broker_env: dict[str, str], tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -208,7 +205,6 @@ def test_a_batch_retried_after_a_database_error_leaves_one_report(
     assert min(attempts(url, job)) >= 2
 
 
-@pytest.mark.slow
 def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
     postgres_url: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,7 +257,6 @@ def test_redis_stopped_during_submit_gives_a_clear_error_and_a_recoverable_job(
     assert_exactly_once(postgres_url, 1, 12)
 
 
-@pytest.mark.slow
 def test_postgres_restarted_during_a_run_the_worker_retries_and_finishes(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_env: dict[str, str]
 ) -> None:

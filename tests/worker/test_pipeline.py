@@ -170,8 +170,16 @@ def test_batches_are_grouped_by_view_count() -> None:
     assert plan_batches(dict.fromkeys(range(11), 1), 8, max_views=4) == [list(range(8)), [8, 9, 10]]
 
 
-def test_a_message_holds_several_batches() -> None:
-    assert message_size(8) == 32 and message_size(None) == 256
+@pytest.mark.parametrize("batch_size", [1, 8, 64, None], ids=lambda b: f"batch {b or 'auto'}")
+def test_a_message_holds_several_batches(batch_size: int | None) -> None:
+    """A worker decodes one batch of a message while it generates another: so each message the planner fills
+    holds two full batches or more, whatever the batch size (auto: as a CPU worker sizes them)."""
+    from model.inference.engine import CPU_BATCH_SIZE
+
+    size = batch_size or CPU_BATCH_SIZE
+    studies = dict.fromkeys(range(message_size(batch_size)), 2)  # one message's worth of 2-view studies
+    batches = plan_batches(studies, size, max_views=4)
+    assert len(batches) >= 2 and all(len(batch) == size for batch in batches)
 
 
 def test_a_stored_reason_is_one_line_without_the_statement() -> None:

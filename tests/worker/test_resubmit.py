@@ -22,8 +22,8 @@ from db import jobs
 from db.schema import JobStudy, Report, utcnow
 from model.errors import ModelError
 from model.inference.engine import Engine
+from testing.services import distinct_copies
 from tests.conftest import EXAMPLES
-from tests.services import distinct_copies
 from worker import runtime
 from worker.settings import Settings
 from worker.submit import submit_folder

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from db.schema import Image, Job, JobStudy, Report, Study
-from tests.badfiles import make_bad_files
+from model.errors import ModelError
+from testing.badfiles import make_bad_files
 from tests.conftest import EXAMPLES
 from worker import runtime
 from worker.settings import Settings
@@ -90,7 +92,7 @@ def test_the_model_recommends_the_report_length_unless_the_user_sets_it(sqlite_u
     from worker.runtime import generation
 
     bundle = load(tiny_model)
-    bundle.meta["generation"] = {"max_new_tokens": 17}
+    bundle.meta.generation = {"max_new_tokens": 17}
     recommending = save(bundle, tmp_path / "recommending")
     loaded = runtime.bundle(str(recommending))
     assert generation(Settings(), loaded).max_new_tokens == 17
@@ -149,3 +151,57 @@ def test_a_file_swapped_after_submission_is_not_read(sqlite_url: str, tiny_model
         "54": "CXR54_IM-2145-1002.png: the file changed after it was submitted: submit the folder again",
     }
     assert result.summary.counts == {"done": 2, "failed": 2}
+
+
+class _Queued:
+    """A runner that queues (as a broker would) and does nothing: what a job looks like once sent."""
+
+    local = False
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def run(self, job_id: int, study_ids: object, progress: object = None) -> None:
+        self.sent += list(study_ids)  # type: ignore[call-overload]
+
+
+def test_with_a_broker_the_submitter_records_the_saved_fingerprint_without_loading_weights(
+        sqlite_url: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from db.schema import Model
+    from model.network.store import load
+
+    expected = load(tiny_model, device="cpu").fingerprint
+    runtime.clear()
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the submitter loaded the weights")
+
+    monkeypatch.setattr(runtime, "bundle", no_loading)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "CXR25_IM-1024-2001.png", folder)
+    queued = _Queued()
+    submission = submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model)), folder,
+                               runner=queued)  # type: ignore[arg-type]
+    assert len(queued.sent) == 1 and submission.summary.counts == {"pending": 1}
+    with runtime.database(sqlite_url).session() as s:
+        model = s.scalars(select(Model)).one()
+    assert (model.fingerprint, model.name, model.path) == (expected, tiny_model.name, str(tiny_model.resolve()))
+    with pytest.raises(ModelError, match="writes at most 255 tokens"):  # the decoder's limit, from config.json
+        submit_folder(Settings(database_url=sqlite_url, model=str(tiny_model), max_new_tokens=999), folder,
+                      runner=queued)  # type: ignore[arg-type]
+
+
+def test_with_a_broker_a_model_that_records_no_fingerprint_is_loaded_to_fingerprint_it(
+        sqlite_url: str, tiny_model: Path, tmp_path: Path) -> None:
+    from db.schema import Model
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_model, foreign)
+    (foreign / "xrq.json").unlink()  # saved by something else
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "CXR25_IM-1024-2001.png", folder)
+    submit_folder(Settings(database_url=sqlite_url, model=str(foreign)), folder, runner=_Queued())  # type: ignore[arg-type]
+    with runtime.database(sqlite_url).session() as s:
+        assert s.scalars(select(Model.fingerprint)).one() == runtime.bundle(str(foreign)).fingerprint

@@ -1,4 +1,4 @@
-"""Real services and real worker processes for the distributed tests (and bench/load.py).
+"""Real services and real worker processes for the distributed tests (and `python -m bench.load`).
 
 - `PrivateRedis`, `PrivatePostgres`: servers of our own on free ports, to stop and restart at will
   without disturbing the machine's shared Redis and PostgreSQL (other tests run against those).

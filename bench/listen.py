@@ -1,0 +1,189 @@
+"""Instances per second received into xrq's inbox from DCMTK's storescu, beside DCMTK's own storescp
+(the bound) on the same files in the same run; prints JSON.
+
+    python bench/listen.py [--instances 300] [--rounds 3] [--associations 1]
+                           [--source tests/data/dicom/rsna_pneumonia_cr.dcm]
+
+The files: `--instances` copies of a real CR (`--source`), each with UIDs of its own (one study), sent
+by one storescu association each round (`--associations N`: N storescu processes at once, each
+with its share, as a PACS routing over several associations does). The receivers, alternating round
+by round so a noisy shared machine slows both alike:
+
+- `xrq listen` (the real command, in its own process, a study timeout long enough that nothing is
+  reported): each instance is written to a temporary file, fsync'd, renamed into the inbox and its
+  folder fsync'd before the success status goes back;
+- `storescp +xa +B --fork -od DIR` (DCMTK): writes each file as read and answers, without fsync (a
+  process per association).
+
+storescu and storescp run with TCP_NODELAY=1 (see NODELAY).
+
+Reported: the median rate of each over the rounds and xrq's as a fraction of storescp's (the issue's
+target: at least 0.5). Also the durable floor: the rate at which the inbox alone (no network) makes
+the same files durable on this disk. storescp acknowledges before its data is on disk; xrq cannot,
+so on a disk where an fsync takes milliseconds the floor, not storescp, is xrq's real bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Debian's DCMTK leaves Nagle's algorithm on unless told (its TCP_NODELAY variable): each small C-STORE
+# response then waits for a delayed ACK (about 45 ms an instance, storescp's rate capped near 21/s).
+# Both DCMTK tools get it off, so storescp is the real bound.
+NODELAY = {"TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_files(source: Path, folder: Path, n: int) -> list[Path]:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    template = pydicom.dcmread(source)
+    paths = []
+    for i in range(n):
+        template.StudyInstanceUID, template.SeriesInstanceUID = study, series
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        template.InstanceNumber = i + 1
+        path = folder / f"{i:05d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the receiver exited with {proc.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def send(port: int, files: list[Path], called: str, syntax: str, associations: int = 1) -> float:
+    """Seconds that `associations` storescu processes at once take to send every file (split evenly
+    between them; each file must succeed)."""
+    parts = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", syntax, "-R", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+                               *map(str, part)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, **NODELAY}) for part in parts]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - started
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
+    if kind == "storescp":
+        out = work / "storescp"
+        out.mkdir()
+        # every syntax; as read; a process per association (as xrq has a thread per association)
+        cmd = ["storescp", "+xa", "+B", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)]
+        env = {**os.environ, **NODELAY}
+    else:
+        cmd = [sys.executable, "-c", "from cli.main import main; main()", "listen",
+               "--model", str(REPO / "models" / "demo"), "--port", str(port), "--allow", "BENCH@127.0.0.1",
+               "--study-timeout", "86400",
+               "--listen-inbox", str(work / "inbox"), "--min-free-bytes", "0"]
+        env = {**os.environ, "XRQ_DATABASE_URL": f"sqlite:///{work / 'xrq.db'}", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def received(kind: str, work: Path) -> int:
+    folder = work / ("storescp" if kind == "storescp" else "inbox")
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def one_round(kind: str, files: list[Path], syntax: str, associations: int) -> float:
+    work = Path(tempfile.mkdtemp(prefix=f"xrq-bench-{kind}-"))
+    port = free_port()
+    proc = receiver(kind, work, port)
+    try:
+        wait_port(port, proc)
+        elapsed = send(port, files, "STORESCP" if kind == "storescp" else "XRQ", syntax, associations)
+        if received(kind, work) != len(files):
+            raise RuntimeError(f"{kind} kept {received(kind, work)} of {len(files)} files")
+        return len(files) / elapsed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def durable_floor(files: list[Path]) -> float:
+    """Instances per second that the inbox alone can make durable on this disk (no network): each file's
+    bytes through `Inbox.store` (temporary file, fsync, rename, folder fsync), what every acknowledgement
+    waits for."""
+    from interop.inbox import Inbox
+
+    blobs = [(f.name.removesuffix(".dcm"), f.read_bytes()) for f in files]
+    with tempfile.TemporaryDirectory(prefix="xrq-bench-floor-") as tmp:
+        inbox = Inbox(Path(tmp)).open()
+        started = time.perf_counter()
+        for i, (_, blob) in enumerate(blobs):
+            inbox.store("1.2.3", f"1.2.3.{i + 1}", [blob])
+        return len(blobs) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--associations", type=int, default=1, help="storescu processes sending at once")
+    parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "dicom" / "rsna_pneumonia_cr.dcm")
+    parser.add_argument("--syntax", default="-xy", help="storescu's proposal option (-xy: JPEG baseline, the "
+                                                         "source's; -x=: uncompressed)")
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (apt-get install dcmtk)")
+    with tempfile.TemporaryDirectory(prefix="xrq-bench-files-") as tmp:
+        files = make_files(args.source, Path(tmp) / "files", args.instances)
+        rates: dict[str, list[float]] = {"xrq": [], "storescp": [], "durable_floor": []}
+        for r in range(args.rounds):
+            order = ("xrq", "storescp") if r % 2 == 0 else ("storescp", "xrq")
+            for kind in order:
+                rates[kind].append(one_round(kind, files, args.syntax, args.associations))
+            rates["durable_floor"].append(durable_floor(files))
+        size = files[0].stat().st_size
+    xrq, bound = statistics.median(rates["xrq"]), statistics.median(rates["storescp"])
+    floor = statistics.median(rates["durable_floor"])
+    print(json.dumps({
+        "instances": args.instances, "rounds": args.rounds, "associations": args.associations,
+        "bytes_per_instance": size,
+        "xrq_per_s": round(xrq, 1), "storescp_per_s": round(bound, 1), "ratio": round(xrq / bound, 3),
+        "durable_floor_per_s": round(floor, 1), "ratio_to_durable_floor": round(xrq / floor, 3),
+        "rounds_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

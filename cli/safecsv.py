@@ -1,0 +1,55 @@
+"""CSV that a spreadsheet opens safely, and text that reaches standard output exactly as written.
+
+File names and DICOM UIDs reach `xrq reports` and `xrq export` CSV unchanged, and anyone can name a file
+`=HYPERLINK(...)`: a spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` (or a tab or carriage
+return before one) as a formula. Such a cell is written with a single quote in front, as OWASP's "CSV
+Injection" page says, which spreadsheets show as text; every other cell is written as stored.
+
+On a terminal, CSV cells have their control characters escaped as the table does (`printable`), so a
+name cannot retitle the terminal or split a row; to a pipe or a file, the bytes are written as they are
+(`click.echo` would strip escape sequences and change a uid from what the database holds).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+from model.printable import printable
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: characters a spreadsheet reads a formula after
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as a CSV cell a spreadsheet shows as text: a string that starts like a formula gets `'` in front."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+class CsvWriter:
+    """`csv.writer` whose cells pass through `csv_cell`, and through `printable` when `terminal`."""
+
+    def __init__(self, stream: IO[str], *, terminal: bool = False) -> None:
+        self._writer = csv.writer(stream)
+        self.terminal = terminal
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        cells = [csv_cell(v) for v in row]
+        if self.terminal:
+            cells = [printable(c) if isinstance(c, str) else c for c in cells]
+        self._writer.writerow(cells)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def emit(text: str) -> None:
+    """Write `text` to standard output byte for byte (UTF-8), escape sequences and all (see the module)."""
+    sys.stdout.flush()  # what was echoed before comes first
+    stream = sys.stdout.buffer
+    stream.write(text.encode("utf-8", "surrogateescape"))
+    stream.flush()
