@@ -39,7 +39,7 @@ def test_train_stop_and_resume(tmp_path: Path) -> None:
 
     second = runner.invoke(cli, ["train", "--out", str(out), "--resume", "--json"])
     assert second.exit_code == 0, second.output
-    result = json.loads(second.output)
+    result = json.loads(second.stdout)  # stderr: the --warmup warning
     assert (result["step"], result["finished"], result["data"]["train"]) == (2, True, 9)
     assert {"val_loss", "val_bleu_4", "val_cider"} <= result["scores"].keys()
     meta = json.loads((out / "best" / "xrq.json").read_text())
