@@ -21,6 +21,8 @@ without the image can expect on this test set (every finding for most studies, "
     python -m bench.conditioning --seed 0            # a table
     python -m bench.conditioning --seed 1 --json     # the same as JSON
     python -m bench.conditioning --size small        # the slow margin test's version (3.5 minutes)
+    python -m bench.conditioning --seeds 100-109 --preset small-v2 --train-arg=--augment --json \
+        --record bench/results/small-v2.jsonl          # fresh seeds in turn, each appended as it ends
 
 Training is budgeted in steps, not seconds, so a seed gives the same numbers on any CPU.
 """
@@ -30,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,8 +72,12 @@ SIZES = {
 }
 
 
-def run(seed: int, size: Size, work: Path, device: str | None = None) -> dict[str, Any]:
-    """Generate, train twice, report and score in `work`; the benchmark's whole result as a dict."""
+def run(seed: int, size: Size, work: Path, device: str | None = None, train_args: tuple[str, ...] = (),
+        blind: bool = True) -> dict[str, Any]:
+    """Generate, train twice, report and score in `work`; the benchmark's whole result as a dict.
+
+    `train_args` go to both trainings as they are (e.g. --augment); without `blind` there is no
+    image-blind run (ablations: half the CPU), and the targets that need it are left out."""
     timings: dict[str, float] = {}
     tic = time.perf_counter()
     data = generate(work / "data", seed=seed, n_train=size.n_train, n_val=size.n_val, n_test=size.n_test,
@@ -80,6 +88,7 @@ def run(seed: int, size: Size, work: Path, device: str | None = None) -> dict[st
     xrq("truth", "import", data.reports_csv, data.projections_csv, "--split-file", data.split_csv,
         "--collection", "synthetic", "--json")
     systems: dict[str, dict[str, Any]] = {}
+    trainings = (("model", False), ("image_blind", True)) if blind else (("model", False),)
     # The two trainings run side by side (one thread each): same numbers as one after the other, half the wait.
     tic = time.perf_counter()
     running = {name: xrq.start(
@@ -88,10 +97,10 @@ def run(seed: int, size: Size, work: Path, device: str | None = None) -> dict[st
         "--tokenizer", "train",
         "--seed", seed, "--max-steps", size.steps, "--batch-size", size.batch_size, "--lr", size.lr,
         "--warmup", size.warmup, "--init-std", size.init_std, "--dropout", 0, "--max-tokens", size.max_tokens,
-        "--eval-every", size.steps, *on, "--json") for name, blank in (("model", False), ("image_blind", True))}
+        "--eval-every", size.steps, *on, *train_args, "--json") for name, blank in trainings}
     trained = {name: xrq.finish(process) for name, process in running.items()}
     timings["train_s"] = time.perf_counter() - tic
-    for name, blank in (("model", False), ("image_blind", True)):
+    for name, blank in trainings:
         tic = time.perf_counter()
         job = xrq("submit", data.split_images("test", blank), "--model", work / name / "best", *on, "--json")
         timings[f"submit_{name}_s"] = time.perf_counter() - tic
@@ -101,7 +110,8 @@ def run(seed: int, size: Size, work: Path, device: str | None = None) -> dict[st
     studies = {s: sum(x.split == s for x in data.studies) for s in ("train", "val", "test")}
     constant = systems["constant"]
     blind_max = image_blind_f1_max(constant["support"], constant["n_studies"])
-    return {"seed": seed, "size": asdict(size), "device": device or "default", "studies": studies,
+    return {"seed": seed, "size": asdict(size), "train_args": list(train_args), "device": device or "default",
+            "studies": studies,
             "phrasing": asdict(data.phrasing), "systems": systems, "image_blind_f1_max": blind_max,
             "targets": _targets(systems), "checks": _checks(systems, blind_max, studies["test"]),
             "timings": {k: round(v, 1) for k, v in timings.items()}}
@@ -131,7 +141,8 @@ def _evaluate(xrq: _Xrq, out: Path, *source: Any) -> dict[str, Any]:
 
 def _targets(systems: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """The issue's targets, each True when met."""
-    model, blind, constant = systems["model"], systems["image_blind"], systems["constant"]
+    model, constant = systems["model"], systems["constant"]
+    blind = systems.get("image_blind", constant)
     lat = model["laterality"]["accuracy"]
     return {
         "model_f1_macro>=0.8": model["f1_macro"] >= TARGETS["f1_macro"],
@@ -150,7 +161,8 @@ def _checks(systems: dict[str, dict[str, Any]], blind_max: float, n_test: int) -
     return {
         "model_f1_macro>image_blind_f1_max": model["f1_macro"] > blind_max,
         "truths_written>=0.8": model["distinct"]["written_ratio"] >= 0.8,
-        "every_test_study_reported": all(systems[k]["n_studies"] == n_test for k in ("model", "image_blind")),
+        "every_test_study_reported": all(systems[k]["n_studies"] == n_test for k in ("model", "image_blind")
+                                         if k in systems),
     }
 
 
@@ -188,7 +200,7 @@ class _Xrq:
 
 def table(result: dict[str, Any]) -> str:
     """The three systems side by side, one metric a row."""
-    names = ("model", "image_blind", "constant")
+    names = tuple(n for n in ("model", "image_blind", "constant") if n in result["systems"])
     systems = [result["systems"][n] for n in names]
     rows: list[tuple[str, list[Any]]] = [
         *((k.upper().replace("_", "-"), [s[k] for s in systems]) for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4")),
@@ -217,26 +229,77 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model's figures over seeds: each one's mean, population standard deviation, min and max."""
+    figures = {"f1_macro": [r["systems"]["model"]["f1_macro"] for r in results],
+               "laterality": [r["systems"]["model"]["laterality"]["accuracy"] or 0.0 for r in results],
+               "opacity_zone": [r["systems"]["model"]["laterality"]["zone_accuracy"] or 0.0 for r in results],
+               "cpu_min": [r["timings"]["cpu_s"] / 60 for r in results]}
+    return {"seeds": [r["seed"] for r in results],
+            **{k: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v), "max": max(v)}
+               for k, v in figures.items()}}
+
+
+def seeds(text: str) -> list[int]:
+    """"100-109" → 100..109; "3,5,8" → those; "4" → [4]."""
+    found: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        found += list(range(int(low), int(high or low) + 1))
+    if not found:
+        raise argparse.ArgumentTypeError(f"no seed in {text!r}")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="one seed, one data set, one result")
+    parser.add_argument("--seeds", type=seeds, help="several seeds in turn: 100-109 or 3,5,8 (wins over --seed)")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: under 15 min on 2 CPU cores")
     parser.add_argument("--steps", type=int, help="override the size's training steps")
+    parser.add_argument("--preset", help="the model preset to train  [default: the size's, small]")
+    parser.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                        help="passed to both `xrq train` runs as is, e.g. --train-arg=--augment (repeatable)")
+    parser.add_argument("--no-blind", action="store_true", help="skip the image-blind training (ablations)")
+    parser.add_argument("--record", type=Path, metavar="FILE.jsonl",
+                        help="append each seed's result to this file as one JSON line, as soon as it ends")
     parser.add_argument("--device", help="cuda, cpu ... for training and reporting  [default: cuda if available]")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it, instead of a temporary one")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    size = SIZES[args.size] if args.steps is None else Size(**{**asdict(SIZES[args.size]), "steps": args.steps})
-    tic = time.perf_counter()
-    if args.keep:
-        args.keep.mkdir(parents=True)
-        result = run(args.seed, size, args.keep.resolve(), args.device)
-    else:
-        with tempfile.TemporaryDirectory(prefix="xrq-conditioning-") as folder:
-            result = run(args.seed, size, Path(folder), args.device)
-    result["timings"]["total_s"] = round(time.perf_counter() - tic, 1)
-    print(json.dumps(result, indent=2) if args.json else table(result))
+    changes = {k: v for k, v in (("steps", args.steps), ("preset", args.preset)) if v is not None}
+    size = Size(**{**asdict(SIZES[args.size]), **changes})
+    results = []
+    for seed in args.seeds or [args.seed]:
+        tic, cpu = time.perf_counter(), _children_cpu()
+        if args.keep:
+            (args.keep / str(seed)).mkdir(parents=True)
+            result = run(seed, size, (args.keep / str(seed)).resolve(), args.device, tuple(args.train_arg),
+                         not args.no_blind)
+        else:
+            with tempfile.TemporaryDirectory(prefix="xrq-conditioning-") as folder:
+                result = run(seed, size, Path(folder), args.device, tuple(args.train_arg), not args.no_blind)
+        result["timings"]["total_s"] = round(time.perf_counter() - tic, 1)
+        result["timings"]["cpu_s"] = round(_children_cpu() - cpu, 1)  # every xrq command's CPU time, all cores
+        if args.record:
+            args.record.parent.mkdir(parents=True, exist_ok=True)
+            with args.record.open("a") as out:
+                out.write(json.dumps(result) + "\n")
+        results.append(result)
+        if not args.json:
+            print(table(result), flush=True)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else {"runs": results, "summary": summary(results)},
+                         indent=2))
+    elif len(results) > 1:
+        print(json.dumps(summary(results), indent=2))
     return 0
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (the xrq commands)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ GROUP = "xrq"  # the commands of a setting that is an option of `xrq` itself
 _KEY = "xrq.settings"  # ctx.meta (shared by a command and its group): name -> (value, from the command line)
 _FLAGS = {("worker", "log_level"): ("-l", "--loglevel", "--log-level"),  # older spellings kept
           ("listen", "listen_aet"): ("--aet", "--listen-aet"), ("listen", "listen_port"): ("--port", "--listen-port"),
-          ("listen", "listen_bind"): ("--bind", "--listen-bind")}
+          ("listen", "listen_bind"): ("--bind", "--listen-bind"),
+          ("serve", "serve_https"): ("--https", "--serve-https")}
 _OWN = {("listen", "listen_allow")}  # options the command declares itself (--allow, given several times)
 
 
@@ -92,7 +93,7 @@ def setting_option(command: str, setting: Setting, *, expose: bool = False) -> C
     flag = "--" + setting.name.replace("_", "-")
     names = _FLAGS.get((command, setting.name), (flag,))
     if setting.kind == "bool":
-        names = (f"{flag}/--no-{flag[2:]}",)
+        names = tuple(f"{name}/--no-{name[2:]}" for name in names)
     envvar: list[str] = [setting.var, *setting.old_names]
     return click.option(
         *names, setting.name, cls=SettingOption, setting=setting, type=_type(setting), default=None,
@@ -108,7 +109,7 @@ def settings_options(command: str, *, expose: Iterable[str] = ()) -> Callable[[F
 
     def decorate(f: F) -> F:
         for setting in reversed(SETTINGS):
-            if command in setting.commands and (command, setting.name) not in _OWN:
+            if command in setting.commands and (command, setting.name) not in _OWN and not setting.secret:
                 f = setting_option(command, setting, expose=setting.name in exposed)(f)
         return f
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cli import safecsv
 from cli.safecsv import CsvWriter
 from model.printable import printable
 
@@ -37,17 +38,16 @@ class _Flusher:
             self.last = now
 
 
-def write_reports(rows: Iterable[ReportRow], fmt: str, stream: IO[str], *, failed: bool,
-                  terminal: bool = False) -> int:
-    """Write rows as JSON lines, CSV (both as stored) or a table for people (one escaped line a row).
+def write_reports(rows: Iterable[ReportRow], fmt: str, stream: IO[str], *, failed: bool) -> int:
+    """Write rows as JSON lines, CSV (both as stored; CSV with formula-like cells neutralised, and control
+    characters escaped on a terminal: cli/safecsv.py) or a table for people (one escaped line a row).
 
-    `failed`: the rows are failed studies (CSV has an `error` column instead of `report`); `terminal`: the
-    stream is a terminal (CSV cells then have their control characters escaped: cli/safecsv.py). CSV
-    cells that a spreadsheet would run as formulas are neutralised. Returns the number of rows written.
+    `failed`: the rows are failed studies (CSV has an `error` column instead of `report`). Returns the
+    number of rows written.
     """
     flush = _Flusher(stream)
     n = 0
-    line = _line_writer(fmt, stream, failed=failed, terminal=terminal)
+    line = _line_writer(fmt, stream, failed=failed)
     for row in rows:
         line(row)
         n += 1
@@ -56,7 +56,7 @@ def write_reports(rows: Iterable[ReportRow], fmt: str, stream: IO[str], *, faile
     return n
 
 
-def _line_writer(fmt: str, stream: IO[str], *, failed: bool, terminal: bool) -> Callable[[ReportRow], None]:
+def _line_writer(fmt: str, stream: IO[str], *, failed: bool) -> Callable[[ReportRow], None]:
     if fmt == "jsonl":
         def json_line(r: ReportRow) -> None:
             stream.write(json.dumps(r.as_dict()) + "\n")
@@ -65,7 +65,7 @@ def _line_writer(fmt: str, stream: IO[str], *, failed: bool, terminal: bool) -> 
     if fmt == "csv":
         from db.review import REVIEW_COLUMNS
 
-        writer = CsvWriter(stream, terminal=terminal)
+        writer = CsvWriter(stream, terminal=safecsv.is_terminal(stream))  # formulas neutralised (cli/safecsv.py)
         review = () if failed else REVIEW_COLUMNS
         writer.writerow(["study_id", "uid", "job_id", "model", "created_at", "images", "error" if failed else "report",
                          *review])
@@ -131,7 +131,7 @@ def export_file(fmt: str, out: Path) -> Iterator[Callable[[list[dict[str, Any]]]
 
             yield write_jsonl
             return
-        writer = CsvWriter(f)
+        writer = CsvWriter(f)  # formulas neutralised, bytes as stored (cli/safecsv.py)
         writer.writerow(_export_columns())
 
         def write_csv(rows: list[dict[str, Any]]) -> None:

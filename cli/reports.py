@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli import listing, output, safecsv
+from cli import listing, output
 from cli.context import COUNT, settings_from
 from cli.documents import DOCUMENT_FORMATS, export_documents
 from model.printable import printable
@@ -77,8 +77,8 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     Rows come in study order and leave as they are read, in constant memory whatever their number.
     The table is for people (names and reports with control characters escaped, one line a row); on a
     terminal it shows a page and says how many more rows there are and how to get them. CSV and JSON
-    lines hold the text as stored. A CSV cell that a spreadsheet would run as a formula starts with '; to a
-    terminal, CSV escapes control characters too.
+    lines hold the text as stored (to a terminal, CSV escapes control characters too; a CSV cell that a
+    spreadsheet would run as a formula starts with ': cli/safecsv.py).
 
     \b
     Examples:
@@ -103,7 +103,7 @@ def reports(ctx: click.Context, job: int | None, model: str | None, since: datet
     if status == "done":
         rows = with_reviews(db, rows)
     if out is None:
-        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed", terminal=safecsv.stdout_is_terminal())
+        listing.write_reports(rows, fmt, sys.stdout, failed=status == "failed")
         return
     try:
         with out.open("w", encoding="utf-8", newline="") as f:

@@ -1,4 +1,4 @@
-"""CSV that a spreadsheet opens safely, and text that reaches standard output exactly as written.
+"""CSV that a spreadsheet opens safely, and that a terminal shows without obeying its escape sequences.
 
 File names and DICOM UIDs reach `xrq reports` and `xrq export` CSV unchanged, and anyone can name a file
 `=HYPERLINK(...)`: a spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` (or a tab or carriage
@@ -7,13 +7,13 @@ Injection" page says, which spreadsheets show as text; every other cell is writt
 
 On a terminal, CSV cells have their control characters escaped as the table does (`printable`), so a
 name cannot retitle the terminal or split a row; to a pipe or a file, the bytes are written as they are
-(`click.echo` would strip escape sequences and change a uid from what the database holds).
+(never through `click.echo`, which strips escape sequences and would change a uid from what the database
+holds). cli/listing.py writes `xrq reports` and `xrq export` CSV with `CsvWriter`.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -43,13 +43,7 @@ class CsvWriter:
         self._writer.writerow(cells)
 
 
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
-def emit(text: str) -> None:
-    """Write `text` to standard output byte for byte (UTF-8), escape sequences and all (see the module)."""
-    sys.stdout.flush()  # what was echoed before comes first
-    stream = sys.stdout.buffer
-    stream.write(text.encode("utf-8", "surrogateescape"))
-    stream.flush()
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether `stream` is a terminal (standard output on one), where CSV cells are escaped."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.context import settings_from
+from cli.context import settings_from, settings_options
 from model.printable import printable
 
 ROLES = ("reviewer", "admin")  # db.review_schema.ROLES (not imported: `xrq --help` stays free of SQLAlchemy)
@@ -17,13 +17,11 @@ ROLES = ("reviewer", "admin")  # db.review_schema.ROLES (not imported: `xrq --he
 @click.option("--host", default="127.0.0.1", help="Address to listen on (put a TLS proxy in front; README).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, help="Server processes (more than 1: PostgreSQL).")
-@click.option("--https/--no-https", default=False, envvar="XRQ_SERVE_HTTPS", show_envvar=True,
-              help="Mark session cookies Secure: set when users reach the server through HTTPS (a TLS proxy).")
+@settings_options("serve")
 @click.option("--forwarded-allow-ips", metavar="IPS",
               help="Trust X-Forwarded-For/-Proto from these proxy addresses (e.g. 127.0.0.1).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, workers: int, https: bool,
-          forwarded_allow_ips: str | None) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int, forwarded_allow_ips: str | None) -> None:
     """Run the review web application: radiologists correct, sign or reject drafts.
 
     Sessions are signed with XRQ_SECRET_KEY (set it, the same for every process, so that sessions
@@ -38,7 +36,9 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, https: bool,
     from web.app import WebConfig, secret_key
     from web.server import Listen, ServeError, run
 
-    config = WebConfig(database_url=settings_from(ctx).database_url, secret_key=secret_key(), https=https)
+    settings = settings_from(ctx)
+    config = WebConfig(database_url=settings.database_url, secret_key=secret_key(settings),
+                       https=settings.serve_https)
     try:
         run(config, Listen(host, port, workers, forwarded_allow_ips))
     except ServeError as exc:

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 # The light module: `xrq --help` must not import torch (model.training.loop does): docs/architecture.md, cheap commands.
-from model.defaults import PRESET_NAMES
+from model.defaults import PRESET_NAMES, VIEW_JOINS
 from model.training.config import BEST_METRICS, TrainConfig
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
 @click.option("--decoder", metavar="ID_OR_PATH", help="Pretrained GPT-2 to start from (hub id or directory).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=_DEFAULTS["preset"],
               help="Model sizes when not starting from --init. tiny: for tests and demos; small: trains from "
-                   "scratch on a CPU in minutes; base: ViT-B/16 + GPT-2 small.")
+                   "scratch on a CPU in minutes; small-v2: small that knows which view and where (train it "
+                   "with --augment); base: ViT-B/16 + GPT-2 small.")
 @click.option("--tokenizer", type=click.Choice(["gpt2", "train"]), default=_DEFAULTS["tokenizer"],
               help="gpt2: the real GPT-2 vocabulary (needed with --decoder); train: a byte-level BPE fitted to "
                    "the training reports (far smaller; for decoders trained from scratch).")
@@ -73,6 +74,12 @@ _SESSION_ONLY = {"resume", "stop_after", "workers", "as_json"}
               help="Validate and checkpoint every N steps (and at the end).")
 @click.option("--best-metric", type=click.Choice(BEST_METRICS), default=_DEFAULTS["best_metric"],
               help="Validation number that picks OUT/best (val_loss: lowest; the others: highest).")
+@click.option("--augment", is_flag=True,
+              help="Shift, zoom and re-expose each training view a little at random (never flipped: that "
+                   "would swap the sides a report names).")
+@click.option("--view-join", type=click.Choice(VIEW_JOINS),
+              help="What marks each view's tokens before they are joined (ablations): none, the view-slot "
+                   "embedding, 2-D positions, both  [default: the preset's; small-v2: both]")
 @click.option("--bf16/--no-bf16", default=True, help="bf16 autocast on CUDA (ignored on CPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from OUT/last, exactly, with its settings.")
 @click.option("--stop-after", type=int, metavar="N",

@@ -35,7 +35,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
     destination: Mapped[str] = mapped_column(Text)  # as the user gave it, without credentials
-    kind: Mapped[str] = mapped_column(String(16))  # sr | fhir
+    kind: Mapped[str] = mapped_column(String(16))  # sr (the draft's SR) | sr-signed (a signed version's)
     sop_instance_uid: Mapped[str] = mapped_column(String(64))  # the document's UID (derived, stable)
     state: Mapped[str] = mapped_column(String(16), index=True)  # delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -144,17 +144,28 @@ class Pending:
     count: int
 
 
-def failed(db: Database, *, max_attempts: int) -> list[Pending]:
-    """Failed deliveries with attempts left, by destination (what the backlog retries)."""
+def failed(db: Database, *, max_attempts: int, kind: str = "sr") -> list[Pending]:
+    """Failed deliveries of `kind` with attempts left, by destination (what the backlog retries)."""
     by_dest: dict[str, tuple[set[int], int]] = {}
     with db.session() as s:
         for dest, job_id in s.execute(
                 select(Delivery.destination, Report.job_id).join(Report, Report.id == Delivery.report_id)
-                .where(Delivery.state == "failed", Delivery.attempts < max_attempts)).all():
+                .where(Delivery.state == "failed", Delivery.attempts < max_attempts, Delivery.kind == kind)).all():
             jobs, n = by_dest.get(dest, (set(), 0))
             jobs.add(job_id)
             by_dest[dest] = (jobs, n + 1)
     return [Pending(d, tuple(sorted(j)), n) for d, (j, n) in sorted(by_dest.items())]
+
+
+def failed_documents(db: Database, *, max_attempts: int, kind: str) -> dict[str, dict[int, set[str]]]:
+    """Failed deliveries of `kind` with attempts left: destination -> report id -> the documents' UIDs."""
+    found: dict[str, dict[int, set[str]]] = {}
+    with db.session() as s:
+        for dest, report_id, uid in s.execute(
+                select(Delivery.destination, Delivery.report_id, Delivery.sop_instance_uid)
+                .where(Delivery.state == "failed", Delivery.attempts < max_attempts, Delivery.kind == kind)).all():
+            found.setdefault(dest, {}).setdefault(report_id, set()).add(uid)
+    return found
 
 
 def deliveries_of(db: Database, report_id: int) -> list[dict[str, object]]:

@@ -269,3 +269,32 @@ def with_reviews(db: Database, rows: Iterable[ReportRow], *, chunk: int = 500) -
             yield from flush()
     if batch:
         yield from flush()
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signed version of a report (a sign-off or an addendum): what its signed documents are built from."""
+
+    report_id: int
+    version: int
+    action: str  # sign | addendum
+    text: str
+    author: str
+    at: datetime
+
+
+def signatures(db: Database, report_ids: Iterable[int]) -> dict[int, list[Signature]]:
+    """report id -> its signed versions, oldest first (reports never signed are absent)."""
+    from db.bulk import chunks
+
+    found: dict[int, list[Signature]] = {}
+    for chunk in chunks(sorted(set(report_ids))):
+        with db.session() as s:
+            rows = s.execute(
+                select(ReviewVersion.report_id, ReviewVersion.version, ReviewVersion.action, ReviewVersion.text,
+                       User.name, ReviewVersion.created_at).join(User, User.id == ReviewVersion.author_id)
+                .where(ReviewVersion.report_id.in_(list(chunk)), ReviewVersion.action.in_(("sign", "addendum")))
+                .order_by(ReviewVersion.report_id, ReviewVersion.version)).all()
+        for rid, version, action, text, author, at in rows:
+            found.setdefault(rid, []).append(Signature(rid, version, action, text, author, as_utc(at)))
+    return found

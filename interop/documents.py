@@ -11,6 +11,7 @@ written, so names and ids live only in the documents. The two entry points a cal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -39,11 +40,12 @@ def draft_documents(doc: ReportDoc) -> tuple[Dataset | None, Any]:
     return sr.draft_sr(doc, sources), fhir.diagnostic_report(doc, sources)
 
 
-def signed_sr(doc: ReportDoc, signed: Signed) -> Dataset:
+def signed_sr(doc: ReportDoc, signed: Signed, earlier: Sequence[Signed] = ()) -> Dataset:
     """The SR of a signed report: a new instance, VERIFIED and COMPLETE, the reviewer as verifying
-    observer, the draft SR in its predecessor documents. Called by the review application on signing."""
+    observer, the draft SR (and, for an addendum, the `earlier` signed versions' SRs) in its
+    predecessor documents."""
     sources = read_sources(doc.files, doc.study_uid if doc.grouping == "dicom" else None)
-    return sr.signed_sr(doc, sources, signed)
+    return sr.signed_sr(doc, sources, signed, earlier)
 
 
 def signed_fhir(doc: ReportDoc, signed: Signed) -> Any:

@@ -94,6 +94,7 @@ class Sender:
             return self._assoc
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout  # a host that drops packets: not the OS's minutes-long TCP wait
         ae.add_requested_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.aet)
         if not assoc.is_established:

@@ -101,7 +101,7 @@ def _evidence(sources: Sequence[Dataset]) -> list[Dataset]:
 
 
 def _build(doc: ReportDoc, sources: Sequence[Dataset], text: str, *, version: str, instance_number: int,
-           signed: Signed | None, predecessor: Dataset | None) -> Dataset:
+           signed: Signed | None, predecessor: Sequence[Dataset] | None) -> Dataset:
     evidence = _evidence(sources)
     when = signed.signed_at if signed is not None else doc.created_at
     charset = None if text.isascii() else "ISO_IR 192"
@@ -118,7 +118,8 @@ def _build(doc: ReportDoc, sources: Sequence[Dataset], text: str, *, version: st
 
 
 def _comprehensive(doc: ReportDoc, evidence: list[Dataset], text: str, version: str, instance_number: int,
-                   signed: Signed | None, predecessor: Dataset | None, when: datetime, charset: str | None) -> Dataset:
+                   signed: Signed | None, predecessor: Sequence[Dataset] | None, when: datetime,
+                   charset: str | None) -> Dataset:
     study_uid = evidence[0].StudyInstanceUID
     extra: dict[str, Any] = {"specific_character_set": charset} if charset else {}
     return hd.sr.ComprehensiveSR(
@@ -134,7 +135,7 @@ def _comprehensive(doc: ReportDoc, evidence: list[Dataset], text: str, version: 
         is_verified=signed is not None,
         verifying_observer_name=signed.reviewer if signed is not None else None,
         verifying_organization=signed.organization if signed is not None else None,
-        previous_versions=[predecessor] if predecessor is not None else None,
+        previous_versions=list(predecessor) if predecessor else None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=SERIES_DESCRIPTION,
         content_date=when.date(),
@@ -170,8 +171,9 @@ def _repair_copied(sr: Dataset) -> None:
 
 def draft_sr(doc: ReportDoc, sources: Sequence[Dataset]) -> Dataset:
     """The machine draft's SR: PARTIAL, UNVERIFIED, PRELIMINARY, with the machine-draft notice."""
+    earlier = _earlier_draft(doc, sources[0].StudyInstanceUID)
     return _build(doc, sources, doc.text, version="draft", instance_number=1, signed=None,
-                  predecessor=_earlier_draft(doc, sources[0].StudyInstanceUID))
+                  predecessor=[earlier] if earlier is not None else None)
 
 
 def _earlier_draft(doc: ReportDoc, study_uid: str) -> Dataset | None:
@@ -187,12 +189,15 @@ def _earlier_draft(doc: ReportDoc, study_uid: str) -> Dataset | None:
     return ref
 
 
-def signed_sr(doc: ReportDoc, sources: Sequence[Dataset], signed: Signed) -> Dataset:
+def signed_sr(doc: ReportDoc, sources: Sequence[Dataset], signed: Signed, earlier: Sequence[Signed] = ()) -> Dataset:
     """A signed version's SR: a new instance (its UID from `signed.version`), COMPLETE, VERIFIED, FINAL,
-    the reviewer as verifying observer and the draft SR as its predecessor document."""
+    the reviewer as verifying observer, and as predecessor documents the draft SR and, for an addendum,
+    the SRs of the `earlier` signed versions it supersedes (Instance Numbers 2, 3, ... in signing order)."""
     draft = draft_sr(doc, sources)
-    return _build(doc, sources, signed.text, version=f"signed:{signed.version}", instance_number=2,
-                  signed=signed, predecessor=draft)
+    previous = [draft] + [_build(doc, sources, e.text, version=f"signed:{e.version}", instance_number=2 + i,
+                                 signed=e, predecessor=[draft]) for i, e in enumerate(earlier)]
+    return _build(doc, sources, signed.text, version=f"signed:{signed.version}", instance_number=2 + len(earlier),
+                  signed=signed, predecessor=previous)
 
 
 def report_text(sr: Dataset) -> str:

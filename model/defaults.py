@@ -38,9 +38,26 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# small + a `ViewJoin` (model/network/multiview.py): view-slot embedding and 2-D positions after the encoder,
+# so cross-attention knows which view and where (README: the conditioning benchmark). Train with --augment.
+PRESETS["small-v2"] = {**PRESETS["small"], "view_join": "both"}
+
 PRESET_NAMES = tuple(PRESETS)  # what `xrq model init --preset` and `xrq train --preset` offer
 
 DEFAULT_MAX_VIEWS = 4  # views of a study a model looks at, unless its config says otherwise
+
+VIEW_JOINS = ("none", "embedding", "positions", "both")
+"""What the multi-view join adds to each view's tokens (model/network/multiview.py's `ViewJoin`): nothing,
+the view-slot embedding, the 2-D sin-cos positions, or both."""
+
+
+def view_join_settings(name: str, max_views: int) -> dict[str, Any] | None:
+    """`config.view_join` for a `VIEW_JOINS` name; None for "none" (the plain join, no such key)."""
+    if name == "none":
+        return None
+    return {"views": max_views, "embedding": name in ("embedding", "both"),
+            "positions": "sincos" if name in ("positions", "both") else None}
+
 DEFAULT_MAX_NEW_TOKENS = 60  # the field's report length (R2Gen: 60 tokens)
 
 # Bounds on what scales memory, checked before any work: a beam is a whole extra sequence, with its own

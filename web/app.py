@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from db.engine import Database
 from db.errors import NotFoundError
 from web.auth import Forbidden, LoginRequired, Throttle
 from web.pages import render, templates
+from worker.settings import Settings
 
 HERE = Path(__file__).parent
 SECRET_VAR = "XRQ_SECRET_KEY"
@@ -104,13 +104,16 @@ def create_app(config: WebConfig, db: Database | None = None) -> Starlette:
     return app
 
 
-def secret_key() -> str:
+def secret_key(settings: Settings | None = None) -> str:
     """XRQ_SECRET_KEY, or a new random key (sessions then end when the server restarts)."""
-    return os.environ.get(SECRET_VAR) or secrets.token_urlsafe(48)
+    return (settings or Settings.from_env()).secret_key or secrets.token_urlsafe(48)
 
 
 def app_from_env() -> Starlette:
     """The factory uvicorn's worker processes call (`xrq serve --workers N`): `xrq serve` puts the
     settings, and the one secret key all processes share, in their environment."""
-    return create_app(WebConfig(database_url=os.environ["XRQ_DATABASE_URL"], secret_key=os.environ[SECRET_VAR],
-                                https=os.environ.get("XRQ_SERVE_HTTPS") == "1"))
+    settings = Settings.from_env()
+    if not settings.secret_key:
+        raise KeyError(SECRET_VAR)  # `xrq serve` always sets it for its processes
+    return create_app(WebConfig(database_url=settings.database_url, secret_key=settings.secret_key,
+                                https=settings.serve_https))

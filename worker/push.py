@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from db import deliveries
 from db.deliveries import ReportSource
-from interop.errors import DeliveryError, UnreachableError
+from db.engine import Database
+from db.review import signatures
+from interop.errors import DeliveryError, NoDicomIdentityError, UnreachableError
 from interop.send import Destination, Sender, parse_destination
 from worker import runtime
-from worker.documents import reports_of, sr_documents
+from worker.documents import DRAFT_KIND, SIGNED_KIND, report_source, reports_of, signed_srs, sr_documents
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 TOKEN_VAR = "XRQ_PUSH_TOKEN"
+SEND_TIMEOUT = 30.0  # seconds to connect, and for each answer, before a destination counts as down
 
 
 @dataclass
@@ -56,44 +63,96 @@ def push_sources(settings: Settings, sources: Sequence[ReportSource], dest: Dest
         elif (src.report_id, sr.SOPInstanceUID) in done:
             result.already += 1
         else:
-            todo.append((src, sr))
+            todo.append((src.report_id, sr))
+    send_documents(settings, db, dest, todo, result, kind=DRAFT_KIND)
+    return result
+
+
+def send_documents(settings: Settings, db: Database, dest: Destination, todo: Sequence[tuple[int, Dataset]],
+                   result: PushResult, *, kind: str, timeout: float = SEND_TIMEOUT) -> None:
+    """Send (report id, SR) pairs in one association, recording each delivery as `kind`: the one policy of
+    every push. A refused SR is a failed row and the rest goes on; a destination that cannot be reached
+    records every SR left as failed and raises UnreachableError."""
     if not todo:
-        return result
-    with Sender(dest, calling_aet=settings.listen_aet, token=os.environ.get(TOKEN_VAR) or None) as sender:
-        for i, (src, sr) in enumerate(todo):
+        return
+    what = "SR(s)" if kind == DRAFT_KIND else "signed SR(s)"
+    token = os.environ.get(TOKEN_VAR) or None
+    with Sender(dest, calling_aet=settings.listen_aet, token=token, timeout=timeout) as sender:
+        for i, (report_id, sr) in enumerate(todo):
             try:
                 sender.send(sr)
             except UnreachableError as exc:
-                for left, left_sr in todo[i:]:  # kept, for `xrq push` again or the backlog
-                    deliveries.record(db, report_id=left.report_id, destination=dest.text, kind="sr",
+                for left_id, left_sr in todo[i:]:  # kept, for `xrq push` again or the backlog
+                    deliveries.record(db, report_id=left_id, destination=dest.text, kind=kind,
                                       uid=left_sr.SOPInstanceUID, error=str(exc))
                 result.failed += len(todo) - i
                 result.errors.append(str(exc))
-                log.warning("push to %s stopped: %s (%d SR(s) kept for retry)", dest.text, exc, len(todo) - i)
-                raise UnreachableError(f"{exc}; {len(todo) - i} SR(s) not delivered, recorded for retry "
+                log.warning("push to %s stopped: %s (%d %s kept for retry)", dest.text, exc, len(todo) - i, what)
+                raise UnreachableError(f"{exc}; {len(todo) - i} {what} not delivered, recorded for retry "
                                        "(`xrq push` again, or the nightly backlog)") from exc
             except DeliveryError as exc:
-                deliveries.record(db, report_id=src.report_id, destination=dest.text, kind="sr",
+                deliveries.record(db, report_id=report_id, destination=dest.text, kind=kind,
                                   uid=sr.SOPInstanceUID, error=str(exc))
                 result.failed += 1
-                result.errors.append(f"report {src.report_id}: {exc}")
+                result.errors.append(f"report {report_id}: {exc}")
                 continue
-            deliveries.record(db, report_id=src.report_id, destination=dest.text, kind="sr",
+            deliveries.record(db, report_id=report_id, destination=dest.text, kind=kind,
                               uid=sr.SOPInstanceUID, error=None)
             result.sent += 1
+
+
+def push_signed(settings: Settings, db: Database, dest: Destination, *,
+                versions: Mapping[int, Collection[int]] | None = None,
+                uids: Mapping[int, Collection[str]] | None = None, timeout: float = SEND_TIMEOUT) -> PushResult:
+    """Send signed versions' SRs (VERIFIED, the draft SR as predecessor) to `dest`, recorded as SIGNED_KIND.
+
+    Which: `versions` (report id -> signed version numbers: a sign-off) and/or `uids` (report id -> the
+    SOP Instance UIDs of signed SRs to send again: the backlog's failed rows, rebuilt from their signed
+    versions). What is already delivered is not sent again; a study without DICOM identity has no SR
+    (skipped, logged once). Raises UnreachableError (after recording) when the destination is down."""
+    versions, uids = versions or {}, uids or {}
+    result = PushResult(dest.text)
+    report_ids = sorted(set(versions) | set(uids))
+    sigs = signatures(db, report_ids)
+    done = deliveries.delivered(db, dest.text, report_ids)
+    todo: list[tuple[int, Dataset]] = []
+    for report_id in report_ids:
+        mine = sigs.get(report_id, [])
+        try:
+            srs = signed_srs(report_source(db, report_id), mine)
+        except NoDicomIdentityError as exc:
+            log.info("report %d is signed; no SR sent to %s: %s", report_id, dest.text, exc)
+            result.skipped += 1
+            continue
+        for sig, sr in zip(mine, srs, strict=True):
+            if sig.version not in versions.get(report_id, ()) and sr.SOPInstanceUID not in uids.get(report_id, ()):
+                continue
+            if (report_id, sr.SOPInstanceUID) in done:
+                result.already += 1
+            else:
+                todo.append((report_id, sr))
+    send_documents(settings, db, dest, todo, result, kind=SIGNED_KIND, timeout=timeout)
     return result
 
 
 def retry_failed(settings: Settings) -> list[PushResult]:
-    """The backlog's step: push again, per destination, the jobs of deliveries that failed."""
+    """The backlog's step: push again, per destination, the jobs of draft SRs that failed, and the very
+    signed SRs that failed (rebuilt from their signed versions, never the draft in their place)."""
     db = runtime.database(settings.database_url)
+    limit = max(settings.max_attempts, 1) * 8
     results = []
-    for pending in deliveries.failed(db, max_attempts=max(settings.max_attempts, 1) * 8):
+    for pending in deliveries.failed(db, max_attempts=limit, kind=DRAFT_KIND):
         try:
             results.append(push_jobs(settings, pending.job_ids, pending.destination))
         except DeliveryError as exc:
             log.warning("retrying deliveries to %s: %s", pending.destination, exc)
             results.append(PushResult(pending.destination, failed=pending.count, errors=[str(exc)]))
+    for destination, by_report in deliveries.failed_documents(db, max_attempts=limit, kind=SIGNED_KIND).items():
+        try:
+            results.append(push_signed(settings, db, parse_destination(destination), uids=by_report))
+        except DeliveryError as exc:
+            log.warning("retrying signed SRs to %s: %s", destination, exc)
+            results.append(PushResult(destination, failed=sum(map(len, by_report.values())), errors=[str(exc)]))
     return results
 
 

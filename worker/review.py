@@ -1,9 +1,12 @@
 """Review actions as a service: the web application calls `submit`, and a sign-off calls `on_signed`.
 
-`on_signed` is the one place where a signed report leaves xrq: with DICOM output configured it is
-where the verified Structured Report (VerificationFlag VERIFIED, the reviewer as verifying observer,
-the draft SR as predecessor) and the final FHIR DiagnosticReport are produced and queued (the
-"DICOM in and out" issue provides the producers; they are wired in here).
+`on_signed` is the one place where a signed report leaves xrq. With DICOM output configured
+(XRQ_PUSH_TO, the setting the batch path pushes drafts with) it builds the signed version's SR (a new
+instance, VerificationFlag VERIFIED, the reviewer as verifying observer, the draft SR in its
+predecessor documents) and sends it, recording the delivery as `sr-signed`. The sign-off is committed
+before anything is sent and never waits on, or fails with, a delivery: a PACS that is down leaves a
+failed delivery row, which the backlog (`xrq backlog`, nightly) sends again. The final FHIR
+DiagnosticReport of a signed report is what `xrq export --format fhir` writes for it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from db.engine import Database
 from db.review import Submitted
 
 log = logging.getLogger("xrq.review")
+# The sign-off's request waits for its SR at most this long per step (connect, each answer): a PACS that
+# does not answer makes a failed delivery row after seconds, not a reviewer waiting on a spinner.
+SEND_TIMEOUT = 10.0
 
 
 def submit(db: Database, report_id: int, *, base_version: int, action: str, text: str, author_id: int,
@@ -31,8 +37,29 @@ def submit(db: Database, report_id: int, *, base_version: int, action: str, text
 def on_signed(db: Database, signed: Submitted) -> None:
     """Called once per signed version (a sign-off or an addendum), after it is committed.
 
-    `signed` carries the report id, the study uid, the signed text, the draft, the signer and the time.
-    The DICOM SR and FHIR producers of the interop package hook in here; without DICOM output
-    configured there is nothing to send.
+    With XRQ_PUSH_TO set, sends that version's SR there, in the request's own thread (the web
+    application runs it off its event loop), waiting at most SEND_TIMEOUT per step. Never raises:
+    whatever goes wrong is a delivery row (failed, retried by the backlog) or a log line, and the
+    sign-off stands.
     """
-    log.debug("report %d signed as version %d", signed.report_id, signed.version)
+    from worker.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        destination = settings.push_to
+        if not destination:
+            log.debug("report %d signed as version %d; no DICOM output configured", signed.report_id,
+                      signed.version)
+            return
+        from interop.send import parse_destination
+        from worker.push import push_signed
+
+        result = push_signed(settings, db, parse_destination(destination),
+                             versions={signed.report_id: {signed.version}}, timeout=SEND_TIMEOUT)
+        if result.sent:
+            log.info("report %d: signed SR (version %d) sent to %s", signed.report_id, signed.version,
+                     destination)
+    except Exception as exc:  # the sign-off is stored; a delivery problem must not undo or fail it
+        log.warning("report %d: the signed SR (version %d) was not delivered: %s (a failed delivery is retried "
+                    "by the backlog)",
+                    signed.report_id, signed.version, exc)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +49,7 @@ class Setting:
     old_names: tuple[str, ...] = ()
     broker: bool = False  # read by BrokerOptions, not Settings
     schemes: tuple[str, ...] = ()  # a url's schemes xrq can use (a "+driver" after one is allowed)
+    secret: bool = False  # a variable only, never an option (`ps` shows a command line); never logged
 
     @property
     def var(self) -> str:
@@ -224,6 +225,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("push_to", "text", None,
             "Send each report as its batch is written: dicom://AET@HOST:PORT or https://HOST/DICOMWEB-ROOT.",
             ("submit", "worker", "backlog", "listen")),
+    # The review application (`xrq serve`, web/).
+    Setting("secret_key", "text", None,
+            "Signs the session cookies; the same for every server process, kept secret. Unset, sessions end "
+            "when the server restarts.", ("serve",), shown="a random key at each start", secret=True),
+    Setting("serve_https", "bool", False,
+            "Mark session cookies Secure: set when users reach the server through HTTPS (a TLS proxy).",
+            ("serve",)),
     # Broker-only: how the Celery app talks to Redis (worker/app.py).
     Setting("visibility_timeout", "int", 3600,
             "Seconds before Redis redelivers an unacknowledged batch: keep it above the slowest batch.",
@@ -288,6 +296,8 @@ class Settings:
     max_associations: int = _D["max_associations"]
     min_free_bytes: int = _D["min_free_bytes"]
     push_to: str | None = _D["push_to"]
+    secret_key: str | None = field(default=_D["secret_key"], repr=False)
+    serve_https: bool = _D["serve_https"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

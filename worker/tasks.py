@@ -140,17 +140,17 @@ def _leave_if_foreign(task: Task, deployment: str | None) -> None:
     from db.deployment import record_foreign
 
     worker = str(task.request.hostname or "?")
+    try:
+        record_foreign(runtime.database(settings.database_url), deployment=deployment, task=task.name,
+                       worker=worker)
+    except transient_errors():
+        log.warning("could not record the other deployment's message in the database")
     now = time.monotonic()
     if now - _foreign_logged.get(deployment, -LOG_FOREIGN_EVERY) >= LOG_FOREIGN_EVERY:
         _foreign_logged[deployment] = now
         log.error("left message %s of %s for its owner: it belongs to deployment %s, this worker's database is "
                   "deployment %s. Two deployments share this broker: give each its own Redis database "
                   "(XRQ_BROKER_URL) or XRQ_BROKER_PREFIX", task.request.id, task.name, deployment, own)
-    try:
-        record_foreign(runtime.database(settings.database_url), deployment=deployment, task=task.name,
-                       worker=worker)
-    except transient_errors():
-        log.warning("could not record the other deployment's message in the database")
     time.sleep(LEAVE_PAUSE)
     raise Reject(REJECTED, requeue=True)
 

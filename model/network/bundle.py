@@ -36,7 +36,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from model.defaults import DEFAULT_MAX_VIEWS, PRESETS
+from model.defaults import DEFAULT_MAX_VIEWS, PRESETS, VIEW_JOINS, view_join_settings
 from model.errors import ModelError, ModelFormatError, ModelNotFoundError
 from model.network import identity
 from model.network.meta import FORMAT_VERSION, BundleMeta
@@ -119,6 +119,7 @@ def build(
     tokenizer: str | Path | None = None,
     seed: int = 0,
     max_views: int = DEFAULT_MAX_VIEWS,
+    view_join: str | None = None,
 ) -> Bundle:
     """Build a fresh bundle: from the preset's configs, or from pretrained parts (hub ids or directories).
 
@@ -126,11 +127,16 @@ def build(
     The tokenizer is `tokenizer`, else the decoder's own when it has one, else GPT-2's vocabulary.
     Random weights (all of them, or the new cross-attention on top of pretrained parts) come from
     `seed`, so the same arguments give identical weights. The global RNG is left untouched.
+    `view_join` (one of `VIEW_JOINS`) overrides the preset's multi-view join; None keeps the preset's.
     """
     if preset not in PRESETS:
         raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     if max_views < 1:
         raise ModelError(f"max_views must be at least 1, got {max_views}.")
+    join_name = view_join if view_join is not None else PRESETS[preset].get("view_join", "none")
+    if join_name not in VIEW_JOINS:
+        raise ModelError(f"Unknown view join {join_name!r}; choose one of: {', '.join(VIEW_JOINS)}.")
+    join = view_join_settings(join_name, max_views)
     tok_source = str(tokenizer) if tokenizer else _decoder_tokenizer_source(decoder)
     tok = _load_tokenizer(tok_source)
     with torch.random.fork_rng(devices=[]):
@@ -140,6 +146,8 @@ def build(
             sincos_positions(enc)
         dec = _build_decoder(PRESETS[preset]["decoder"], decoder, tok)
         config = XrqEncoderDecoderConfig.from_encoder_decoder_configs(enc.config, dec.config, max_views=max_views)
+        if join:
+            config.view_join = join  # absent otherwise: older models' configs stay as they were
         model = XrqEncoderDecoder(config=config, encoder=enc, decoder=dec)
     set_token_ids(model, tok)
     meta = BundleMeta(

@@ -16,7 +16,7 @@ from model.network.directory import HUB_PREFIX, META_FILE, check_complete, locat
 
 FORMAT_VERSION = 1
 _SOURCE_PARTS = ("encoder", "decoder", "tokenizer")
-_OPTIONAL = ("generation", "fingerprint", "source")  # written only when set, as before
+_OPTIONAL = ("generation", "fingerprint", "source", "code")  # written only when set, as before
 
 
 @dataclass
@@ -24,7 +24,8 @@ class BundleMeta:
     """What xrq.json holds. `sources`: the encoder, decoder and tokenizer a model was built from (None: the
     preset's random parts, GPT-2's vocabulary). `training` and `scores`: how `xrq train` made it and how it
     scored on validation. `generation`: what inference should use unless told otherwise (max_new_tokens).
-    `fingerprint`: the fingerprint of what was saved. `source`: the hub id it was loaded from."""
+    `fingerprint`: the fingerprint of what was saved. `source`: the hub id it was loaded from. `code`: the sha256
+    of each file of modelling code saved beside the weights (checked before every load: model/network/code.py)."""
 
     format: int = FORMAT_VERSION
     preset: str | None = None
@@ -38,6 +39,7 @@ class BundleMeta:
     generation: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
     source: str | None = None
+    code: dict[str, str] = field(default_factory=dict)  # file -> sha256 of the modelling code saved (network/code.py)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this xrq does not know, kept on save
 
     @classmethod
@@ -87,9 +89,12 @@ class SavedModel:
 
 def describe(name_or_path: str | Path) -> SavedModel:
     """A model directory (or hub id) checked whole, and its recorded facts; the weights' header only is read."""
+    from model.network import code
+
     path = locate(name_or_path)
     check_complete(path)
     stored = read_meta(path)
+    code.check(path, stored)  # a directory whose code was edited is refused here too, before any job is recorded
     meta = BundleMeta.from_dict(stored, where=str(path / META_FILE)) if stored is not None else BundleMeta()
     local = not str(name_or_path).startswith(HUB_PREFIX) and Path(name_or_path).expanduser().exists()
     if not local:

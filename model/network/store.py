@@ -46,8 +46,7 @@ def save(bundle: Bundle, out: str | Path, *, overwrite: bool = False) -> Path:
         shutil.copymode(out / "config.json", weights)
     bundle.tokenizer.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views,
-                   extra={**bundle.meta.extra, code.CODE_KEY: code.record(out)})
+    meta = replace(bundle.meta, fingerprint=bundle.fingerprint, max_views=bundle.max_views, code=code.record(out))
     (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     bundle.meta = meta
     bundle.path = out

@@ -22,6 +22,8 @@ class TrainConfig:
     start from, instead of their preset's: the tiny preset's 0.3 makes an untrained model's words depend
     on the image (tests want that) but saturates attention, so training memorises studies instead of
     learning where to look; the small preset (0.02) is the one to train from scratch. 0 keeps the preset's own.
+    `augment` shifts, zooms and re-exposes each training view at random (model/training/augment.py; never a flip).
+    `view_join` overrides the preset's multi-view join (`model.defaults.VIEW_JOINS`; None: the preset's).
     """
 
     reports: str
@@ -54,6 +56,8 @@ class TrainConfig:
     eval_every: int = 200
     best_metric: str = "bleu_4"
     bf16: bool = True
+    augment: bool = False
+    view_join: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

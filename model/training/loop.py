@@ -36,6 +36,7 @@ from model.inference.generate import GenerationSettings, device_view_mask, gener
 from model.metrics.evaluation import evaluate
 from model.network.bundle import Bundle, build, resolve_device, sincos_positions
 from model.network.store import load, save
+from model.training.augment import augment, generator
 from model.training.config import BEST_METRICS, TrainConfig
 from model.training.data import (
     DataSummary,
@@ -193,12 +194,12 @@ def _initial_bundle(config: TrainConfig, train: Sequence[Example]) -> Bundle:
         return load(config.init, device="cpu")
     if config.tokenizer == "gpt2":
         bundle = build(config.preset, encoder=config.encoder, decoder=config.decoder, seed=config.seed,
-                       max_views=config.max_views)
+                       max_views=config.max_views, view_join=config.view_join)
     else:
         with tempfile.TemporaryDirectory() as folder:  # build() reads a tokenizer directory
             save_trained_tokenizer([e.text for e in train], folder, config.vocab_size)
             bundle = build(config.preset, encoder=config.encoder, tokenizer=folder, seed=config.seed,
-                           max_views=config.max_views)
+                           max_views=config.max_views, view_join=config.view_join)
         bundle.meta.sources["tokenizer"] = (
             f"byte-level BPE ({len(bundle.tokenizer)} tokens) trained on the {len(train)} training reports")
     _reinitialise(bundle, config)
@@ -287,7 +288,7 @@ def _loop(run: _Run, step: int, workers: int | None, stop_after: int | None, pro
     batches = iter(loader(run.train_set, plan, run.workers))
     scores: dict[str, Any] = {}
     while step < stop:
-        row = _step(run, batches)
+        row = _step(run, batches, step)
         step += 1
         row = {"step": step, "epoch": round(step * config.grad_accum / plan.per_epoch, 4), **row}
         if step % config.eval_every == 0 or step == run.total_steps:
@@ -312,17 +313,20 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _step(run: _Run, batches: Any) -> dict[str, Any]:
-    """One optimiser step over `grad_accum` micro-batches; returns its row for metrics.jsonl."""
+def _step(run: _Run, batches: Any, step: int) -> dict[str, Any]:
+    """One optimiser step (number `step`, from 0) over `grad_accum` micro-batches; its metrics.jsonl row."""
     model, config = run.bundle.model, run.config
     model.train()
     tic = time.perf_counter()
     total_loss, parts, images = torch.zeros((), device=run.device), 0, 0
+    draws = generator(config.seed, step) if config.augment else None
     for _ in range(config.grad_accum):
         batch = next(batches)
         if batch is None:  # every study of this micro-batch was unreadable
             continue
         pixels, mask, texts, _ = batch
+        if draws is not None:
+            pixels = augment(pixels, draws)  # shift, zoom, exposure; never a flip
         loss = _loss(run, pixels, mask, texts)
         (loss / config.grad_accum).backward()
         total_loss += loss.detach()

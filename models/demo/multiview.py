@@ -16,6 +16,10 @@ saved model with `AutoModelForImageTextToText.from_pretrained(dir, trust_remote_
 stays self-contained: it imports torch and transformers only, never the rest of xrq. Its config,
 `XrqEncoderDecoderConfig`, is VisionEncoderDecoder's plus `max_views`, so plain transformers sees how
 many views of a study the model takes too.
+
+A config with `view_join` (the small-v2 preset) also marks each view's tokens after the encoder, before
+the join (`ViewJoin`): which view slot they came from, and where in the view each patch lies. Without
+it (every older model, models/demo) the views are joined exactly as before.
 """
 
 from __future__ import annotations
@@ -44,9 +48,16 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
     returns a `Seq2SeqLMOutput` whose `.loss` is token cross-entropy (labels -100 are ignored).
     A 4-D `pixel_values` (B, 3, H, W) is read as one view per study. Same weight names as
     `VisionEncoderDecoderModel`, so its checkpoints load here and ours load there (without the mask).
+    With `config.view_join` the encoder's outputs go through a `ViewJoin` (its `view_join.*` weights).
     """
 
     config_class = XrqEncoderDecoderConfig
+
+    def __init__(self, config: Any = None, encoder: Any = None, decoder: Any = None) -> None:
+        super().__init__(config=config, encoder=encoder, decoder=decoder)
+        settings = getattr(self.config, "view_join", None)
+        if settings:
+            self.view_join = ViewJoin(int(cast(Any, self.config).encoder.hidden_size), **settings)
 
     def encode_views(
         self, pixel_values: torch.Tensor, view_mask: torch.Tensor | None = None
@@ -63,6 +74,8 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
         if view_mask is None:
             flat = pixel_values.reshape(b * v, *pixel_values.shape[2:])  # (B*V, 3, H, W)
             tokens = self.encoder(pixel_values=flat, return_dict=True).last_hidden_state  # (B*V, T, C)
+            if hasattr(self, "view_join"):
+                tokens = self.view_join(tokens.reshape(b, v, *tokens.shape[1:]))  # (B, V, T, C)
             return BaseModelOutput(last_hidden_state=tokens.reshape(b, -1, tokens.shape[-1]))  # (B, V*T, C)
         view_mask = view_mask.bool()
         real = pixel_values[view_mask]  # (N, 3, H, W), N = real views in the batch
@@ -70,6 +83,8 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
         t, c = tokens.shape[1:]
         joined = tokens.new_zeros(b, v, t, c)  # (B, V, T, C)
         joined[view_mask] = tokens
+        if hasattr(self, "view_join"):
+            joined = self.view_join(joined)  # padded slots get marks too, but stay masked out
         return BaseModelOutput(last_hidden_state=joined.reshape(b, v * t, c))  # (B, V*T, C)
 
     def cross_attention_mask(self, view_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -172,6 +187,49 @@ class XrqEncoderDecoder(VisionEncoderDecoderModel):
             cache=out.cache,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
         )
+
+
+class ViewJoin(torch.nn.Module):
+    """Marks each view's encoder tokens with which view slot they are from and where each patch lies.
+
+    (B, V, T, C) → (B, V, T, C): adds a learned embedding of the view's slot (its place in the study's
+    order: frontal and lateral views are otherwise concatenated with nothing saying which is which), and
+    fixed 2-D sin-cos encodings of each patch's row and column (the class token, first, gets none), so
+    cross-attention keys say *where* directly rather than through whatever the encoder kept of its
+    input positions. Either part can be off (`embedding`, `positions`), for ablations.
+    """
+
+    def __init__(self, channels: int, views: int = 4, embedding: bool = True, positions: str | None = "sincos") -> None:
+        super().__init__()
+        if positions not in (None, "sincos"):
+            raise ValueError(f"view_join positions must be 'sincos' or None, not {positions!r}")
+        self.views, self.positions = views, positions
+        self.slots = torch.nn.Parameter(torch.randn(views, channels) * 0.02) if embedding else None  # (V, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        v, t, c = tokens.shape[1:]
+        if self.slots is not None:
+            if v > self.views:
+                raise ValueError(f"a study of {v} views, but this model has {self.views} view slots")
+            tokens = tokens + self.slots[:v, None, :].to(tokens.dtype)  # (V, 1, C) over every token
+        if self.positions == "sincos":
+            tokens = tokens + _sincos_2d(t, c, tokens.device).to(tokens.dtype)  # (T, C)
+        return tokens
+
+
+def _sincos_2d(tokens: int, channels: int, device: torch.device) -> torch.Tensor:
+    """(T, C): zeros for the class token, then each patch's row (first half) and column (second half),
+    as sines and cosines of geometric frequencies, on a square grid of T - 1 patches (MAE's layout)."""
+    grid = round((tokens - 1) ** 0.5)  # standard library only: this file stands alone
+    if grid * grid != tokens - 1 or channels % 4:
+        raise ValueError(f"sin-cos positions need a square patch grid and channels divisible by 4, got "
+                         f"{tokens - 1} patches of {channels}")
+    frequencies = 1.0 / 10000 ** (torch.arange(channels // 4, dtype=torch.float64) / (channels // 4))  # (C/4,)
+    steps = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+    angles_y, angles_x = rows.reshape(-1, 1) * frequencies, cols.reshape(-1, 1) * frequencies  # (G*G, C/4) each
+    values = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)  # (G*G, C)
+    return torch.cat([values.new_zeros(1, channels), values]).to(device=device, dtype=torch.float32)  # (T, C)
 
 
 class _ViewEncoder:

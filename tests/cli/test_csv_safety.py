@@ -75,7 +75,7 @@ def test_reports_csv_to_a_file_is_byte_exact_and_neutralised(reported: str, tmp_
 def test_reports_csv_to_a_terminal_escapes_control_characters(
     reported: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cli.safecsv.stdout_is_terminal", lambda: True)
+    monkeypatch.setattr("cli.safecsv.is_terminal", lambda stream: True)
     result = CliRunner().invoke(cli, ["--database-url", reported, "reports", "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert b"\x1b" not in result.stdout_bytes and b"\x07" not in result.stdout_bytes

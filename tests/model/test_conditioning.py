@@ -65,3 +65,19 @@ def test_the_benchmark_meets_the_issue_targets() -> None:
     full = conditioning("full")
     assert all(full["targets"].values()), f"{full['targets']}\n{figures(full)}"
     assert all(full["checks"].values()), figures(full)
+
+
+def test_seed_ranges_and_the_summary_over_seeds() -> None:
+    """`--seeds 100-109` is ten seeds; the summary gives each figure's mean, spread, min and max."""
+    from bench import conditioning as bench
+
+    assert bench.seeds("100-109") == list(range(100, 110)) and bench.seeds("3,5-6") == [3, 5, 6]
+
+    def result(seed: int, f1: float, side: float, zone: float) -> dict[str, Any]:
+        return {"seed": seed, "timings": {"cpu_s": 600.0},
+                "systems": {"model": {"f1_macro": f1, "laterality": {"accuracy": side, "zone_accuracy": zone}}}}
+
+    summary = bench.summary([result(100, 0.9, 1.0, 0.8), result(101, 1.0, 0.9, 1.0)])
+    assert summary["seeds"] == [100, 101] and summary["cpu_min"]["mean"] == 10.0
+    assert summary["f1_macro"]["mean"] == pytest.approx(0.95) and summary["f1_macro"]["std"] == pytest.approx(0.05)
+    assert (summary["opacity_zone"]["min"], summary["laterality"]["max"]) == (0.8, 1.0)

@@ -80,7 +80,7 @@ def test_an_edited_record_is_refused(model_dir: Path) -> None:
 
 def test_a_model_saved_before_the_hash_is_held_to_xrqs_own_code(model_dir: Path) -> None:
     drop_recorded_code(model_dir)
-    assert load(model_dir, device="cpu").meta.extra.get("code") is None  # this xrq's multiview.py: loads
+    assert load(model_dir, device="cpu").meta.code == {}  # this xrq's multiview.py: loads
     with (model_dir / "multiview.py").open("a") as f:
         f.write("# edited\n")
     with pytest.raises(ModelFormatError, match="differs from xrq's modelling code, and this model was saved before "
@@ -95,7 +95,7 @@ def test_a_model_saved_before_the_hash_is_held_to_xrqs_own_code(model_dir: Path)
 def test_a_copy_without_its_code_loads(model_dir: Path) -> None:
     """A hub download leaves the .py files out (json and safetensors only): nothing could run them."""
     (model_dir / "multiview.py").unlink()
-    assert load(model_dir, device="cpu").meta.extra["code"]["multiview.py"]
+    assert load(model_dir, device="cpu").meta.code["multiview.py"]
     assert info(model_dir)["remote_code"] is False
 
 

@@ -53,6 +53,9 @@ WORK_DEFAULTS = {
     "decode_workers": None, "cache_dir": None, "cache_max_bytes": 10_000_000_000, "compile": False,
     "backlog_cron": "0 2 * * *", "stuck_after": 2 * 3600, "max_attempts": 3, "inbox": None, "auto_migrate": True,
     "log_level": None, "log_format": "text",
+    "listen_aet": "XRQ", "listen_port": 11112, "listen_bind": "127.0.0.1", "listen_allow": None, "allow_any": False,
+    "listen_inbox": "xrq-inbox", "study_timeout": 30, "max_associations": 10, "min_free_bytes": 1_000_000_000,
+    "push_to": None, "secret_key": None, "serve_https": False,
 }
 BROKER_DEFAULTS = {"visibility_timeout": 3600, "task_max_retries": 10, "retry_backoff_max": 120, "broker_prefix": ""}
 
