@@ -1,6 +1,6 @@
 """The hardening campaign in one run: bad inputs, CLI misuse, tampered models, distributed faults; prints JSON.
 
-    python -m bench.faults [--skip-distributed] [--out DIR]
+    python -m bench.faults [--skip-distributed] [--keep] [--postgres URL] [--redis URL]
 
 1. Bad inputs: one folder holding every kind of bad (and oddly shaped but valid) file we know of,
    submitted with `xrq submit --json` in a subprocess. Counted: kinds tried, tracebacks, files not
@@ -10,7 +10,10 @@
    must end in `Error: ...` and a non-zero exit, never a traceback.
 3. Security (bench/faults_security.py): remote code planted in model directories, edited modelling code,
    forged task messages to a real worker, CSV that a spreadsheet would run; kinds tried, mishandled.
-4. Distributed faults: the fault tests (killed workers and pool processes, duplicate deliveries, the
+4. Reliability (issue 19, bench/faults_reliability.py): a real full disk (tmpfs) at several fill
+   levels, names that are not UTF-8, 1,100 nested folders, bad XRQ_* URLs and schedules in every
+   command, `submit --wait` with no worker, notes.txt, `--strict`; `kinds` tried, `mishandled` 0.
+5. Distributed faults: the fault tests (killed workers and pool processes, duplicate deliveries, the
    database and the broker going away, each pipeline stage failing in each path, concurrent
    resubmissions), which each assert that every study is reported exactly once.
 """
@@ -235,6 +238,8 @@ def distributed(tmp: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-distributed", action="store_true")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="a Redis for `submit --wait` with no worker ('' to skip)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL database for the cases that need one ('' to skip)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
@@ -245,10 +250,12 @@ def main() -> None:
         model = tmp / "model"
         code, _, err, _ = xrq(["model", "init", "--out", str(model)], {})
         assert code == 0, err
+        from bench.faults_reliability import reliability
         from bench.faults_security import security
 
         result = {"bench": "faults", "bad_inputs": bad_inputs(tmp, model),
-                  "cli": cli_cases(tmp, model, args.postgres or None), "security": security(tmp, model)}
+                  "cli": cli_cases(tmp, model, args.postgres or None), "security": security(tmp, model),
+                  "reliability": reliability(tmp, model, EXAMPLES, xrq, args.redis or None)}
         if not args.skip_distributed:
             result["distributed"] = distributed(tmp)
         print(json.dumps(result, indent=2, ensure_ascii=True))

@@ -46,5 +46,9 @@ def backlog(ctx: click.Context, dry_run: bool, no_score: bool, as_json: bool) ->
         click.echo(f"  inbox: job {run.inbox_job} with {run.inbox_studies} studies")
     if run.scored:
         click.echo(f"  scored: evaluation(s) {', '.join(map(str, run.scored))}")
+    if run.inbox:
+        click.echo(f"  would submit new files from the inbox {run.inbox}")
+    if run.to_score:
+        click.echo(f"  would score job(s) {', '.join(map(str, run.to_score))} (new reports with ground truth)")
     for error in run.errors:
         click.echo(f"  problem: {error}", err=True)

@@ -75,7 +75,7 @@ def import_(ctx: click.Context, reports_csv: Path, projections_csv: Path | None,
                                    "[default: uid if the file has it (xrq's own files), else study_id]")
 @click.option("--report-column", default="report", help="With --predictions: the report column/key.")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and takes seconds).")
-@click.option("-o", "--output", "out_dir", type=OutputPath("folder"),
+@click.option("-o", "--output", "out_dir", type=OutputPath("folder", parents=True),
               help="Also write evaluation.json and evaluation.png to this folder (made if absent, in a folder "
                    "that exists).")
 @click.option("--json", "as_json", is_flag=True, help="Print the corpus scores as JSON.")

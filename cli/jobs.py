@@ -26,13 +26,17 @@ if TYPE_CHECKING:
                    "image each), image, folder (one subfolder per study), pattern (--pattern).")
 @click.option("--pattern", metavar="REGEX",
               help="With --group-by pattern: a regex on the relative path; group `study` (or 1) is the id.")
-@click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes.")
+@click.option("--wait", is_flag=True, help="With a broker: follow the job until it finishes, saying so when "
+                                           "no worker moves it.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With --wait: stop waiting after this long (exit status 1; the job goes on).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any study failed (for cron).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (docs/cli.md).")
 @settings_options("submit", expose=("model", "batch_size", "num_beams", "max_new_tokens", "device"))
 @click.pass_context
 def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int | str | None, group_by: str,
            pattern: str | None, num_beams: int | None, max_new_tokens: int | None, device: str | None, wait: bool,
-           as_json: bool) -> None:
+           as_json: bool, timeout: float | None, strict: bool) -> None:
     """Draft a report for every study in FOLDER (PNG, JPEG, DICOM; recursive).
 
     Studies already reported by the same model are skipped; bad files become failed studies
@@ -42,10 +46,14 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
     Example:
       xrq submit examples/iu --model models/tiny
     """
+    settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
+    if settings.model:  # a mistyped --model is named now, not after torch's seconds of importing
+        from model.network.directory import precheck
+
+        precheck(settings.model)
     from worker.dispatch import runner_for
     from worker.submit import SubmitHooks, submit_folder
 
-    settings = settings_from(ctx, model=model, num_beams=num_beams, max_new_tokens=max_new_tokens, device=device)
     if batch_size is not None:
         settings = settings.replace(batch_size=None if batch_size == "auto" else batch_size)
     shown = not as_json and sys.stderr.isatty()
@@ -73,20 +81,33 @@ def submit(ctx: click.Context, folder: Path, model: str | None, batch_size: int 
         for shown_bar in (steps, scanning, bar):
             shown_bar.close()
     if wait and settings.broker_url and not result.summary.finished:
-        result = _follow(settings, result, show_bar=not as_json and sys.stderr.isatty())
+        result = _follow(settings, result, show_bar=not as_json and sys.stderr.isatty(), timeout=timeout)
     elapsed = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps(output.submission_json(result, elapsed)))
     else:
         click.echo(output.submission_text(result, elapsed))
+    if result.unfinished:
+        from worker.errors import UnfinishedError
+
+        raise UnfinishedError(result.unfinished)
+    failed = result.summary.counts.get("failed", 0)
+    if strict and failed:
+        raise click.ClickException(f"--strict: {failed} of job {result.job_id}'s {result.summary.total} studies "
+                                   f"failed (`xrq status {result.job_id}` lists why)")
 
 
-def _follow(settings: Settings, result: Submission, *, show_bar: bool) -> Submission:
-    """`submit --wait` with a broker: a progress bar fed from the database until the job is finished."""
+STALLED_AFTER = 3.0  # seconds without progress before `submit --wait` says why it waits
+SAY_AGAIN_AFTER = 30.0  # and how often it says so again while nothing moves
+
+
+def _follow(settings: Settings, result: Submission, *, show_bar: bool, timeout: float | None) -> Submission:
+    """`submit --wait` with a broker: a progress bar fed from the database until the job is finished;
+    a line on standard error when nothing moves (and whether any worker answers)."""
     from dataclasses import replace
 
     from worker import runtime
-    from worker.follow import finished_count, follow_job
+    from worker.follow import finished_count, follow_job, waiting_note
 
     bar = output.Progress(enabled=show_bar)
     seen = [finished_count(result.summary)]
@@ -96,8 +117,18 @@ def _follow(settings: Settings, result: Submission, *, show_bar: bool) -> Submis
         bar.update(finished_count(summary) - seen[0])
         seen[0] = finished_count(summary)
 
-    final = follow_job(runtime.database(settings.database_url), result.job_id, on_change=advance)
-    bar.close()
+    said = [float("-inf")]
+
+    def tick(summary: JobSummary, idle: float) -> None:
+        if idle >= STALLED_AFTER and time.monotonic() - said[0] >= SAY_AGAIN_AFTER:
+            said[0] = time.monotonic()
+            click.echo(output.printable(waiting_note(settings, summary, idle)), err=True)
+
+    try:
+        final = follow_job(runtime.database(settings.database_url), result.job_id, on_change=advance, on_tick=tick,
+                           timeout=timeout)
+    finally:
+        bar.close()
     return replace(result, summary=final)
 
 

@@ -88,8 +88,10 @@ def output_file(path: Path, *, suffixes: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def output_folder(path: Path) -> Path:
-    """`path` if it is a writable folder, or can be made as one inside a folder that exists."""
+def output_folder(path: Path, *, parents: bool = False) -> Path:
+    """`path` if it is a writable folder, or can be made as one inside a folder that exists; with
+    `parents`, missing parents are made too (as `mkdir -p` and `xrq train --out` do): then the nearest
+    existing ancestor must be a writable folder."""
     shown = printable(str(path))
     if path.exists():
         if not path.is_dir():
@@ -97,7 +99,17 @@ def output_folder(path: Path) -> Path:
         if not os.access(path, os.W_OK | os.X_OK):
             raise click.BadParameter(f"{shown} cannot be written (no permission)", param_hint=OUTPUT_HINT)
         return path
-    _check_parent(path, shown)
+    if not parents:
+        _check_parent(path, shown)
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise click.BadParameter(f"{shown}: {printable(str(ancestor))} is a file, not a folder", param_hint=OUTPUT_HINT)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{shown}: the folder {printable(str(ancestor))} cannot be written "
+                                 "(no permission)", param_hint=OUTPUT_HINT)
     return path
 
 
@@ -114,15 +126,18 @@ def _check_parent(path: Path, shown: str) -> None:
 class OutputPath(click.Path):
     """An `-o` option checked by `output_file` or `output_folder` as the command line is read."""
 
-    def __init__(self, kind: str = "file", suffixes: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str = "file", suffixes: tuple[str, ...] = (), *, parents: bool = False) -> None:
         super().__init__(path_type=Path, dir_okay=kind == "folder", file_okay=kind == "file")
         self.kind = kind
         self.suffixes = suffixes
+        self.parents = parents  # a folder: made with its missing parents
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = Path(value)
         try:
-            return output_folder(path) if self.kind == "folder" else output_file(path, suffixes=self.suffixes)
+            if self.kind == "folder":
+                return output_folder(path, parents=self.parents)
+            return output_file(path, suffixes=self.suffixes)
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
 
@@ -149,9 +164,12 @@ def submission_json(result: Submission, elapsed: float) -> dict[str, Any]:
         "changed": {name: {"before": before, "now": now} for name, (before, now) in result.changed.items()},
         "retried": result.retried,
         "processed": result.ran,
+        "queued": result.result.queued if result.result is not None else 0,
+        "ignored": list(result.ignored),
         "files": result.scanned,
         "elapsed_s": round(elapsed, 3),
         "timings": result.timings.as_dict(),
+        "unfinished": result.unfinished,
     }
 
 
@@ -159,10 +177,13 @@ def submission_text(result: Submission, elapsed: float) -> str:
     s = result.summary
     c = s.counts
     lines = []
-    if not result.created and not result.ran and not result.retried and not s.waiting:
+    sent = result.result.queued if result.result is not None else 0  # handed to workers by this call
+    if not result.created and not result.ran and not result.retried and not sent and not s.waiting:
         lines.append(f"Already submitted as job {s.job_id}: nothing new to do.")
     elif not result.created:
         lines.append(f"Submitted again as job {s.job_id}: what is left is done with this submission's settings.")
+        if sent:
+            lines.append(f"  queued {sent} studies that were still to do (never sent, or their message lost)")
     for name, (before, now) in result.changed.items():
         if name != "search":  # follows num_beams
             lines.append(f"  {name}: {_setting(name, before)} -> {_setting(name, now)}")
@@ -174,7 +195,13 @@ def submission_text(result: Submission, elapsed: float) -> str:
         f"  failed    {c.get('failed', 0)}",
         f"  skipped   {c.get('skipped', 0)} (already reported by this model)",
     ]
-    if s.waiting:
+    if result.ignored:
+        shown = ", ".join(printable(name) for name in result.ignored[:5])
+        more = f" and {len(result.ignored) - 5} more" if len(result.ignored) > 5 else ""
+        lines.append(f"  ignored   {len(result.ignored)} files that are not pictures ({shown}{more})")
+    if s.waiting and result.local:
+        lines.append(f"  unfinished {s.waiting} (this run could not finish them; they stay open)")
+    elif s.waiting:
         lines.append(f"  waiting   {s.waiting} (queued for workers; `xrq status {s.job_id}` follows them)")
     lines += _failure_lines(s)
     if result.ran:

@@ -269,4 +269,6 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
         click.echo(f"Wrote {printable(str(shown.picture))} ({shown.sentences} sentence(s) x views)")
     else:
         output.output_file(out, suffixes=(".png",))
-        click.echo(f"Wrote {printable(str(show_study(settings, out, uid=uid, study_id=study_id, job_id=job)))}")
+        picked = show_study(settings, out, uid=uid, study_id=study_id, job_id=job,
+                            on_pick=lambda line: click.echo(printable(line), err=True))
+        click.echo(f"Wrote {printable(str(picked))}")

@@ -111,16 +111,36 @@ def train(ctx: click.Context, out: Path, resume: bool, stop_after: int | None, d
     progress = _Bar(enabled=not as_json)
     if resume:
         _check_resume_options(ctx, resume_config(out))
+        progress.warmup = resume_config(out).warmup
         result = resume_run(out, device=device, workers=workers, stop_after=stop_after, progress=progress)
     else:
         missing = [f"--{k}" for k in ("reports", "projections", "images") if not options[k]]
         if missing:
             raise click.UsageError(f"Missing {', '.join(missing)} (needed unless --resume).")
         config = TrainConfig(**{k: v for k, v in options.items() if k in _DEFAULTS})
+        progress.warmup = config.warmup
         result = train_run(config, out, device=device, workers=workers, stop_after=stop_after, progress=progress,
                            command=_command(ctx))
     progress.close()
     click.echo(json.dumps(_as_json(result)) if as_json else _text(result))
+    stuck = _metric_never_moved(result)
+    if stuck:
+        click.echo(f"Warning: {stuck}", err=True)
+
+
+def _metric_never_moved(r: TrainResult) -> str | None:
+    """A warning when the number that picks OUT/best was 0 at every validation: best is then simply the
+    first checkpoint (nothing was chosen), which a user would otherwise take for the best model."""
+    metric = r.best_metric
+    if not metric or metric == "val_loss" or not r.finished:
+        return None
+    metrics = r.out / "metrics.jsonl"
+    values = [row[metric] for row in map(json.loads, metrics.read_text().splitlines())
+              if row.get(metric) is not None] if metrics.is_file() else []
+    if not values or any(v != 0 for v in values):
+        return None
+    return (f"the best-checkpoint metric {metric} stayed 0 at all {len(values)} validations, so {r.out / 'best'} "
+            "is only the first checkpoint: train longer, or pick it by --best-metric val_loss")
 
 
 def _command(ctx: click.Context) -> str:
@@ -162,7 +182,13 @@ class _Bar:
         self.tty = enabled and sys.stderr.isatty()
         self._bar: Any = None
 
+    warmup = 0  # the run's warm-up steps, to say when they outlast it
+
     def start(self, data: Any, first_step: int, total_steps: int) -> None:
+        if self.warmup > total_steps:
+            click.echo(f"Warning: --warmup {self.warmup} is longer than the run ({total_steps} steps): the "
+                       f"learning rate never reaches --lr (it peaks at {total_steps / self.warmup:.0%} of it); "
+                       f"lower --warmup or train longer", err=True)
         if not self.enabled:
             return
         click.echo(_data_line(data.as_dict()), err=True)

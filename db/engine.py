@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.errors import (
     DatabaseBehindError,
     DatabaseError,
+    DatabaseFullError,
     DatabaseReadOnlyError,
     DatabaseUnavailableError,
     DatabaseURLError,
@@ -98,8 +99,13 @@ def create(url: str) -> Engine:
     except SADatabaseError as exc:  # server down, bad credentials, a file that is not a database
         shown = engine.url.render_as_string(hide_password=True)
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        full = driver_error(exc, engine)
+        if isinstance(full, DatabaseFullError):
+            raise full from exc
+        hint = " (is its disk full? SQLite needs room for its -wal and -shm files)" \
+            if "disk I/O error" in reason else ""
         raise DatabaseUnavailableError(
-            f"cannot open the database {shown}: {reason}. Check XRQ_DATABASE_URL and that the server runs."
+            f"cannot open the database {shown}: {reason}{hint}. Check XRQ_DATABASE_URL and that the server runs."
         ) from exc
     return engine
 
@@ -219,11 +225,22 @@ def driver_error(exc: BaseException, engine: Engine | None = None) -> DatabaseEr
         return DatabaseReadOnlyError(
             f"the database{shown} is read-only ({reason}): make the SQLite file and its folder writable by "
             "this user, or set XRQ_DATABASE_URL to a database it may write")
+    if _is_full(reason, sqlstate):
+        return DatabaseFullError(
+            f"the database{shown} is full ({reason}): free space on its disk, or set XRQ_DATABASE_URL to a "
+            "database with room, then run the command again (work not recorded stays to be done)")
     if isinstance(exc, OverflowError) or (isinstance(exc, DataError) and sqlstate == "22003"):
         return NumberOutOfRangeError(
             f"a number given is too large for the database ({reason}): ids and counts go up to 2147483647; "
             "check the numbers in the command")
     return None
+
+
+def _is_full(reason: str, sqlstate: str | None) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full"), PostgreSQL's disk_full (53100), ENOSPC."""
+    lowered = reason.lower()
+    return (sqlstate == "53100" or "database or disk is full" in lowered or "no space left on device" in lowered
+            or "could not extend file" in lowered)
 
 
 def open_database(url: str, *, upgrade: bool | None = None) -> Database:

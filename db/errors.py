@@ -34,5 +34,9 @@ class NumberOutOfRangeError(DatabaseError):
     """Raised when a number given (an id, a limit) is too large for the database's integer columns."""
 
 
+class DatabaseFullError(DatabaseError):
+    """Raised when the database cannot grow: SQLite's disk (or its page limit) full, PostgreSQL's disk full."""
+
+
 class JobBusyError(DatabaseError):
     """Raised when a job to delete has studies queued or running: a worker may hold them."""

@@ -368,9 +368,15 @@ def record_results(
                  "settings": settings, "created_at": now, **_details(outcome, sid)}
                 for sid, text in outcome.reports.items()
             ], ["study_id", "model_id"])
-            s.execute(update(JobStudy).where(JobStudy.job_id == job_id,
-                                             JobStudy.study_id.in_(list(outcome.reports)))
-                      .values(status="done", error=None, retryable=False, updated_at=now))
+            # Another job may have written a study's report since this batch claimed it (three
+            # submissions of one folder at once): that study is skipped here, not done twice.
+            by = dict(s.execute(select(Report.study_id, Report.job_id).where(
+                Report.model_id == model_id, Report.study_id.in_(list(outcome.reports)))).all())
+            for status, ids in (("done", [i for i in outcome.reports if by.get(i) == job_id]),
+                                ("skipped", [i for i in outcome.reports if by.get(i) != job_id])):
+                if ids:
+                    s.execute(update(JobStudy).where(JobStudy.job_id == job_id, JobStudy.study_id.in_(ids))
+                              .values(status=status, error=None, retryable=False, updated_at=now))
         for sid, reason in outcome.failures.items():
             # Only an open study fails: a duplicate delivery must not undo another's finished work.
             s.execute(update(JobStudy).where(and_(JobStudy.job_id == job_id, JobStudy.study_id == sid,

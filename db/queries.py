@@ -129,6 +129,8 @@ class StudyDetail:
     truth_impression: str | None
     scores: dict[str, float | None] | None  # per-study scores from the newest evaluation of this report
     report_id: int | None = None  # the report shown (`db.evidence.report_evidence` has its tokens)
+    report_job: int | None = None  # the job that wrote the report shown
+    models: int = 0  # how many models have reported this study (more than 1: the newest report is shown)
 
 
 def study_detail(db: Database, uid: str | None = None, *, study_id: int | None = None,
@@ -148,6 +150,7 @@ def study_detail(db: Database, uid: str | None = None, *, study_id: int | None =
         if model_id is not None:
             reports = reports.where(Report.model_id == model_id)
         found = s.execute(reports.order_by(Report.created_at.desc(), Report.id.desc())).first()
+        models = s.scalar(select(func.count(func.distinct(Report.model_id))).where(Report.study_id == row.id)) or 0
         report, model = (found[0], found[1]) if found else (None, None)
         failed = select(JobStudy.error).where(JobStudy.study_id == row.id, JobStudy.status == "failed")
         if job_id is not None:
@@ -169,7 +172,8 @@ def study_detail(db: Database, uid: str | None = None, *, study_id: int | None =
         root = s.scalar(select(Job.source).where(Job.id == source_job)) or ""
         return StudyDetail(row.id, row.uid, images, root, model, report.text if report else None, error,
                            truth.findings if truth else None, truth.impression if truth else None, scores,
-                           report.id if report else None)
+                           report.id if report else None,
+                           report.job_id if report is not None else None, models)
 
 
 def _find_study(s: Session, uid: str | None, study_id: int | None, job_id: int | None) -> Study:

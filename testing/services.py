@@ -64,7 +64,7 @@ class PrivateRedis:
             raise FileNotFoundError("redis-server is not installed")
         self._proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        wait_for(lambda: port_open(self.port), timeout=10, what=f"redis-server on port {self.port}")
+        wait_for(lambda: port_open(self.port), timeout=60, what=f"redis-server on port {self.port}")
         return self
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from worker import tasks
 from worker.enqueue import BACKLOG_TASK, CPU_QUEUE, EVALUATE_TASK, GENERATE_TASK, GPU_QUEUE, QUEUES
 from worker.errors import SettingsError
-from worker.settings import BrokerOptions, Settings
+from worker.settings import BrokerOptions, Settings, check_cron
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,13 @@ def _app(settings: Settings, options: BrokerOptions) -> XrqCelery:
 
 def backlog_schedule(cron: str) -> crontab:
     """`XRQ_BACKLOG_CRON` ("minute hour day month weekday") as Celery's crontab."""
+    check_cron("XRQ_BACKLOG_CRON", cron)
     minute, hour, day_of_month, month_of_year, day_of_week = cron.split()
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-                   day_of_week=day_of_week)
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                       day_of_week=day_of_week)
+    except ValueError as exc:  # what check_cron lets through and Celery still refuses
+        raise SettingsError(f"XRQ_BACKLOG_CRON {cron!r} is not a schedule Celery takes: {exc}") from None
 
 
 @setup_logging.connect

@@ -39,6 +39,8 @@ class BacklogRun:
     inbox_job: int | None = None
     inbox_studies: int = 0
     scored: list[int] = field(default_factory=list)  # evaluation ids
+    to_score: list[int] = field(default_factory=list)  # dry run: jobs whose new reports would be scored
+    inbox: str | None = None  # dry run: the inbox folder that would be scanned
     redelivered: int = 0  # failed deliveries (SRs to a PACS) sent this time
     errors: list[str] = field(default_factory=list)
 
@@ -77,8 +79,11 @@ def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bo
             _deliveries(settings, run)
             if score:
                 _score(settings, run)
-        else:
+        else:  # what the real run would do, each step named (the inbox is only scanned by a real run)
             run.requeued = {job: len(ids) for job, ids in found.by_job().items()}
+            run.inbox = settings.inbox if settings.inbox and settings.model else None
+            if score:
+                run.to_score = list(db_backlog.jobs_to_score(db))
     finally:
         if not dry_run:
             db_backlog.release(db, LOCK)

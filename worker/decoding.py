@@ -52,6 +52,7 @@ def load_view(ref: jobs.ImageRef, root: str, processor: object, limits: Limits) 
     Read inside the submitted folder and only with the submitted content. With a view cache, an image
     whose content was preprocessed the same way before is not read or decoded again.
     """
+    from model.imaging.files import text_to_name
     from model.imaging.images import decode_bytes, read_submitted
     from model.imaging.preprocess import view_tensor
 
@@ -62,7 +63,8 @@ def load_view(ref: jobs.ImageRef, root: str, processor: object, limits: Limits) 
         if hit is not None:
             return hit.image_size, hit.tensor
     try:
-        data = read_submitted(ref.path, root=root, sha256=ref.sha256, max_file_bytes=limits.max_file_bytes)
+        data = read_submitted(text_to_name(ref.path), root=text_to_name(root), sha256=ref.sha256,
+                              max_file_bytes=limits.max_file_bytes)
         image = decode_bytes(data, max_pixels=limits.max_pixels, name=os.path.basename(ref.path),
                              max_file_bytes=limits.max_file_bytes)
     except ImageError as exc:

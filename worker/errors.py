@@ -36,3 +36,8 @@ class WaitTimeoutError(WorkerError):
 
 class NoEvidenceError(WorkerError):
     """Raised when a report's attention is asked for but it has no stored tokens, or its views cannot be read."""
+
+
+class UnfinishedError(WorkerError):
+    """Raised when an in-process run ends with studies it could not finish (the database full or away,
+    a stage failing): they stay open or failed retryably, and the command must not exit 0."""

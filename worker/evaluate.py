@@ -148,8 +148,14 @@ def run_evaluation(
     matched = _match(db, coll, hyps, len(scored))
     if not scored:
         where = f"split {split!r} of " if split else ""
+        splits: dict[str, int] = {}
+        for row in db_truth.truth_rows(db, coll, uids=list(hyps.reports)).values():
+            name = f"split {row.split!r}" if row.split else "no split"
+            splits[name] = splits.get(name, 0) + 1
+        found = (f"; they are in {', '.join(f'{k} ({n})' for k, n in sorted(splits.items()))}"
+                 if split and splits else "")
         raise EvaluationInputError(f"none of the {given} reports has ground truth in {where}collection "
-                                   f"{coll!r} ({text}); check --split/--text or import the ground truth")
+                                   f"{coll!r} ({text}){found}; check --split/--text or import the ground truth")
     result = evaluate(references, scored, train_texts=train, mesh={u: truth[u].mesh for u in scored},
                       with_meteor=with_meteor, on_stage=stage, confidence=hyps.confidence)
     result.sections = _other_section(truth, written, text)
@@ -192,10 +198,12 @@ def check_out_dir(out_dir: Path) -> None:
         if not out_dir.is_dir():
             raise EvaluationInputError(f"{out_dir} is a file; name a folder for the evaluation's files")
         target = out_dir
-    else:
+    else:  # made with its missing parents: the nearest existing one must be a writable folder
         target = out_dir.absolute().parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
         if not target.is_dir():
-            raise EvaluationInputError(f"cannot make {out_dir}: the folder {out_dir.parent} does not exist")
+            raise EvaluationInputError(f"cannot make {out_dir}: {target} is a file, not a folder")
     if not os.access(target, os.W_OK | os.X_OK):
         raise EvaluationInputError(f"cannot write to {target} (no permission)")
 
@@ -293,7 +301,7 @@ def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
     """
     from model.figures.plots import plot_evaluation
 
-    out_dir.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = {**run.summary(), "per_study": {
         uid: {"reference": run.result.scores.references[uid], "hypothesis": run.result.scores.hypotheses[uid],
               **scores} for uid, scores in run.result.scores.per_study.items()}}

@@ -19,26 +19,49 @@ from worker.settings import Settings
 
 
 def follow_job(db: Database, job_id: int, *, interval: float = 0.5, timeout: float | None = None,
-               on_change: Callable[[JobSummary], None] | None = None) -> JobSummary:
+               on_change: Callable[[JobSummary], None] | None = None,
+               on_tick: Callable[[JobSummary, float], None] | None = None) -> JobSummary:
     """Poll the job's counts until no study is pending, queued or running; return the final summary.
 
-    `on_change(summary)` is called whenever the counts change (a progress bar). Polling is one
-    small GROUP BY per interval, cheap enough for any number of followers.
+    `on_change(summary)` is called whenever the counts change (a progress bar), `on_tick(summary,
+    idle)` at every poll with the seconds since they last changed (to say that nothing moves).
+    Polling is one small GROUP BY per interval, cheap enough for any number of followers.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     last: dict[str, int] | None = None
+    changed = time.monotonic()
     while True:
         summary = job_summary(db, job_id, with_failures=False)
         if summary.counts != last:
-            last = summary.counts
+            last, changed = summary.counts, time.monotonic()
             if on_change is not None:
                 on_change(summary)
+        if on_tick is not None and not summary.finished:
+            on_tick(summary, time.monotonic() - changed)
         if summary.finished:
             return job_summary(db, job_id)
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeoutError(f"job {job_id} still has {summary.waiting} studies to do after {timeout:.0f} s; "
                                    f"it goes on: `xrq status {job_id}` follows it")
         time.sleep(interval)
+
+
+def waiting_note(settings: Settings, summary: JobSummary, idle: float) -> str:
+    """One line on a job that does not move: where its studies are and whether any worker answers."""
+    c = summary.counts
+    where = (f"job {summary.job_id}: {c.get('pending', 0)} pending, {c.get('queued', 0)} queued, "
+             f"{c.get('running', 0)} running; no progress for {idle:.0f} s")
+    try:
+        found = alive_workers(settings)
+    except BrokerUnavailableError as exc:
+        return f"{where}; workers: unknown ({exc})"
+    if not found:
+        return (f"{where}; no worker answers (none within 1 s): start one with `xrq worker` "
+                "(still waiting; Ctrl-C stops waiting, the job stays queued)")
+    gpu = [w for w in found if "gpu" in w.queues]
+    if not gpu:
+        return f"{where}; {len(found)} workers answer but none consumes the gpu queue (`xrq worker -Q gpu`)"
+    return f"{where}; {len(gpu)} workers on the gpu queue (busy with other work, or loading the model)"
 
 
 def finished_count(summary: JobSummary) -> int:

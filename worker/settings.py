@@ -16,9 +16,11 @@ generation defaults and limits come from model/defaults.py, which imports no tor
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from model.defaults import DEFAULT_MAX_NEW_TOKENS, MAX_BEAMS, GenerationSettings
 from worker.errors import SettingsError
@@ -32,7 +34,8 @@ MAX_BATCH_SIZE = 65536
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the table. `kind`: text, int, count (a whole number or auto: None), bool, cron, choice."""
+    """One row of the table. `kind`: text, int, count (a whole number or auto: None), bool, cron, choice,
+    url (checked for its scheme and port here, so a typo is named before anything connects)."""
 
     name: str
     kind: str
@@ -45,6 +48,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     old_names: tuple[str, ...] = ()
     broker: bool = False  # read by BrokerOptions, not Settings
+    schemes: tuple[str, ...] = ()  # a url's schemes xrq can use (a "+driver" after one is allowed)
     secret: bool = False  # a variable only, never an option (`ps` shows a command line); never logged
 
     @property
@@ -93,19 +97,79 @@ class Setting:
                 raise SettingsError(f"{self.var} must be at most {self.maximum}, not {value}")
         if self.kind == "choice" and value not in self.choices:
             raise SettingsError(f"{self.var} must be one of {', '.join(self.choices)}, not {value!r}")
-        if self.kind == "cron" and len(str(value).split()) != 5:
-            raise SettingsError(f"{self.var} must have five fields (minute hour day month weekday), not {value!r}")
+        if self.kind == "cron":
+            check_cron(self.var, str(value))
+        if self.kind == "url" and value:
+            check_url(self.var, str(value), self.schemes)
         return value
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+# Cron fields: (name, lowest, highest, names accepted in place of numbers)
+_CRON = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+         ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+         ("weekday", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+_CRON_ITEM = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(\d+))?$")
+
+
+def check_cron(var: str, value: str) -> None:
+    """SettingsError naming `var` unless `value` is five cron fields within their ranges (what
+    Celery's crontab takes: numbers, ranges, lists, steps, month and weekday names)."""
+    parts = value.split()
+    if len(parts) != 5:
+        raise SettingsError(f"{var} must have five fields (minute hour day month weekday), not {value!r}")
+    for text, (name, low, high, names) in zip(parts, _CRON, strict=True):
+        for item in text.lower().split(","):
+            found = _CRON_ITEM.match(item)
+            stepped = found is not None and found.group(2) is not None
+            if found is None or (stepped and (int(found.group(2)) == 0 or not (
+                    found.group(1) == "*" or "-" in found.group(1)))):
+                raise SettingsError(f"{var}: the {name} field {text!r} is not cron (e.g. 5, 1-5, */15, 1,3)")
+            if found.group(1) == "*":
+                continue
+            for bound in found.group(1).split("-"):
+                number = names.index(bound) + (low if name == "month" else 0) if bound in names else (
+                    int(bound) if bound.isdigit() else None)
+                if number is None or not low <= number <= high:
+                    raise SettingsError(f"{var}: the {name} field {text!r} must be within {low}-{high} "
+                                        f"(minute hour day month weekday), in {value!r}")
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password (if any) shown as ***."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':')[0]}:***@{host}{slash}{path}"
+
+
+def check_url(var: str, value: str, schemes: tuple[str, ...]) -> None:
+    """SettingsError naming `var` (never the password) unless `value` has a scheme in `schemes` and,
+    if it names a port, a number from 1 to 65535."""
+    shown = hide_password(value)
+    scheme = value.partition("://")[0].lower() if "://" in value else ""
+    if not scheme or scheme.split("+")[0] not in schemes:
+        raise SettingsError(f"{var} is {shown!r}: {'no' if not scheme else 'an unknown'} scheme; it must start "
+                            f"with one of {', '.join(s + ('+...://' if s == 'sqla' else '://') for s in schemes)}")
+    try:
+        urlsplit(value).port  # noqa: B018  (reading it checks it: ValueError for a bad one)
+    except ValueError as exc:
+        raise SettingsError(f"{var} is {shown!r}: a bad port ({exc}); a port is a number from 1 to 65535") from None
+    if urlsplit(value).port == 0:
+        raise SettingsError(f"{var} is {shown!r}: a bad port (0); a port is a number from 1 to 65535")
+
+
 _WORK = ("submit", "worker", "backlog", "listen")  # the commands that run the pipeline (in-process or as a worker)
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("database_url", "text", "sqlite:///xrq.db",
-            "Where jobs and reports live: a SQLite file, or postgresql://user@host:5432/xrq.", ("xrq",)),
-    Setting("broker_url", "text", None,
-            "Celery broker, e.g. redis://:password@redis:6379/0; unset: work runs in-process.", ("xrq", "worker")),
+    Setting("database_url", "url", "sqlite:///xrq.db",
+            "Where jobs and reports live: a SQLite file, or postgresql://user@host:5432/xrq.", ("xrq",),
+            schemes=("sqlite", "postgresql", "postgres")),
+    Setting("broker_url", "url", None,
+            "Celery broker, e.g. redis://:password@redis:6379/0; unset: work runs in-process.", ("xrq", "worker"),
+            schemes=("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory", "sqla", "filesystem")),
     Setting("model", "text", None,
             "Model directory (or hub id) to report with; a worker without one uses each job's recorded path.",
             _WORK),
@@ -183,11 +247,12 @@ SETTING = {s.name: s for s in SETTINGS}
 _D = {s.name: s.default for s in SETTINGS}
 
 
-def read_env(env: Mapping[str, str], *, broker: bool) -> dict[str, Any]:
-    """The table's variables found in `env` (empty ones are unset), typed and checked."""
+def read_env(env: Mapping[str, str], *, broker: bool, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The table's variables found in `env` (empty ones are unset), typed and checked; those in `skip`
+    (set by an option, which wins) are not read, so a bad variable an option replaces is no error."""
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        if setting.broker != broker:
+        if setting.broker != broker or setting.name in skip:
             continue
         for var in (setting.var, *setting.old_names):
             raw = env.get(var)
@@ -237,8 +302,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then `XRQ_*` variables, then explicit overrides (CLI options) that are not None."""
-        values = read_env(os.environ if env is None else env, broker=False)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values = read_env(os.environ if env is None else env, broker=False, skip=frozenset(given))
+        values.update(given)
         return cls(**values).checked()
 
     def replace(self, **changes: Any) -> Settings:

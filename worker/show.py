@@ -31,9 +31,15 @@ THUMBS = "thumbs"
 
 
 def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, study_id: int | None = None,
-               job_id: int | None = None) -> Path:
-    """Draw one study, named by uid or database id (and optionally its job), to `out` (PNG)."""
+               job_id: int | None = None, on_pick: Callable[[str], None] | None = None) -> Path:
+    """Draw one study, named by uid or database id (and optionally its job), to `out` (PNG).
+
+    Without a job, when several models reported the study, `on_pick(line)` hears which report was
+    chosen (the newest) and how to choose another.
+    """
     detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
+    if job_id is None and on_pick is not None and detail.models > 1:  # one model's report: nothing to choose
+        on_pick(picked_text(detail))
     return _render(detail, _views(detail, settings.max_pixels), Path(out))
 
 
@@ -89,6 +95,12 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
     return index
 
 
+def picked_text(detail: StudyDetail) -> str:
+    """Which report `show` drew for a study asked for without --job, and how to choose another."""
+    return (f"Study {detail.uid}: the report by model {detail.model} (job {detail.report_job}), the newest of "
+            f"{detail.models} models' reports; `--job N` shows another's")
+
+
 def picture_names(uids: dict[int, str]) -> dict[int, str]:
     """study id -> a file name stem from its uid: letters, digits, `._-` only, unique in one folder.
 
@@ -115,12 +127,13 @@ def _picture_name(study_id: int, uid: str, taken: set[str]) -> str:
 
 def _views(detail: StudyDetail, max_pixels: int) -> Views:
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
+    from model.imaging.files import text_to_name
     from model.imaging.images import decode_bytes, read_submitted
 
     views: Views = []
     for path, relpath, sha256 in detail.images:
         try:  # the same rules as a worker: inside the submitted folder, the submitted content
-            data = read_submitted(path, root=detail.root, sha256=sha256)
+            data = read_submitted(text_to_name(path), root=text_to_name(detail.root), sha256=sha256)
             views.append(decode_bytes(data, max_pixels=max_pixels, name=relpath))
         except ImageError as exc:
             views.append(f"{relpath}: {exc}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from db import jobs
 from db.queries import JobSummary, job_summary
 from model.defaults import decoder_positions
+from model.imaging.files import name_to_text
 from model.imaging.scan import ScannedStudy, scan_folder
 from model.network.meta import SavedModel, describe
 from worker import runtime
@@ -48,13 +49,37 @@ class Submission:
     result: RunResult | None = None  # what the run did, batch by batch (None: nothing to do)
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # a resubmit's new settings: (before, now)
     retried: int = 0  # transient failures opened again by this submission
+    local: bool = True  # the work ran in this process (False: handed to the broker's workers)
+    ignored: tuple[str, ...] = ()  # files left out as plainly not pictures (notes.txt), escaped relpaths
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why an in-process run left work undone (studies still open, or batches that broke), else None.
+
+        A broker's job is unfinished by design (its workers do the rest); a local one must not look done.
+        """
+        if not self.local:
+            return None
+        errors = self.result.errors if self.result is not None else []
+        if not errors and not self.summary.waiting:
+            return None
+        reasons = sorted({f"{e.stage}: {e.reason}" for e in errors}) or ["they were not processed"]
+        open_now = self.summary.waiting
+        counted = f"{open_now} studies are still open" if open_now else \
+            f"{sum(len(e.study_ids) for e in errors)} studies failed for a reason that may pass"
+        return (f"job {self.job_id} is not finished: {counted} ({'; '.join(reasons)}). Fix that, then run "
+                "the same `xrq submit` again (or `xrq backlog`) to finish them")
 
 
 def to_study_in(study: ScannedStudy) -> jobs.StudyIn:
+    """A scanned study as the database takes it: names that are not UTF-8 stored escaped, losslessly
+    (model.imaging.files.name_to_text; workers turn them back into the file's name to open it)."""
+    text = name_to_text
     return jobs.StudyIn(
-        fingerprint=study.fingerprint, uid=study.uid, grouping=study.grouping, error=study.error,
-        images=[jobs.ImageIn(str(im.path), im.relpath, im.sha256, im.size_bytes, im.error)
-                for im in study.images],
+        fingerprint=study.fingerprint, uid=text(study.uid), grouping=study.grouping,
+        error=text(study.error) if study.error else None,
+        images=[jobs.ImageIn(text(str(im.path)), text(im.relpath), im.sha256, im.size_bytes,
+                             text(im.error) if im.error else None) for im in study.images],
     )
 
 
@@ -81,12 +106,13 @@ def submit_folder(
     positions = model.positions if isinstance(model, SavedModel) else decoder_positions(model.model.config.decoder)
     generation.check_fits(positions, settings.batch_size)  # what the model cannot honour fails now, before any work
     stage("scanning and hashing")
+    ignored: list[str] = []
     studies = scan_folder(folder, group_by=group_by, pattern=pattern, max_file_bytes=settings.max_file_bytes,
-                          progress=hooks.scanned)
+                          progress=hooks.scanned, ignored=lambda rel: ignored.append(name_to_text(rel)))
     stage("recording the job")
     model_id = runtime.model_id(db, model)
     record = jobs.record_job(
-        db, source=str(Path(folder).resolve()), model_id=model_id, group_by=group_by,
+        db, source=name_to_text(str(Path(folder).resolve())), model_id=model_id, group_by=group_by,
         batch_size=settings.batch_size or 0, settings=generation.as_dict(),  # 0: auto, chosen where it runs
         studies=[to_study_in(s) for s in studies],
     )
@@ -97,7 +123,7 @@ def submit_folder(
     ran = len(record.to_run) if runner.local else 0
     return Submission(record.job_id, record.created, ran, job_summary(db, record.job_id),
                       result.timings if result else Timings(), sum(len(s.images) for s in studies), result,
-                      record.changed, record.retried)
+                      record.changed, record.retried, local=runner.local, ignored=tuple(ignored))
 
 
 def _model_for(settings: Settings, *, local: bool) -> Bundle | SavedModel:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -73,3 +74,27 @@ def file_too_large(size: str, max_file_bytes: int) -> str:
         f"file too large: {size} bytes, above the limit of {max_file_bytes:,} bytes "
         "(set XRQ_MAX_FILE_BYTES to raise it)"
     )
+
+
+# ---- file names as text --------------------------------------------------------------------------------
+# A POSIX file name is bytes; Python decodes the ones that are not UTF-8 with surrogate escapes
+# ("\udcff"), which no database accepts. Such names are stored as text with backslash escapes: a byte
+# that is not UTF-8 as \xNN, a backslash itself as \\ (so the escape is lossless), and read back with
+# `text_to_name` when the file is opened. A name that is valid UTF-8 without a backslash is unchanged.
+
+_ESCAPED = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")
+
+
+def name_to_text(name: str) -> str:
+    """A file name (or path) as storable text: undecodable bytes as \\xNN, backslashes doubled."""
+    if "\\" not in name and not any("\udc80" <= ch <= "\udcff" for ch in name):
+        return name
+    return "".join("\\\\" if ch == "\\" else f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else ch
+                   for ch in name)
+
+
+def text_to_name(text: str) -> str:
+    """The file name (or path) `name_to_text` stored; text without a backslash is the name itself."""
+    if "\\" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)

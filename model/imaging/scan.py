@@ -73,9 +73,25 @@ class ScannedStudy:
         return None
 
 
+IMAGE_SUFFIXES = frozenset({
+    "png", "jpg", "jpeg", "jpe", "jfif", "dcm", "dicom", "dic", "ima", "tif", "tiff", "bmp", "webp", "gif",
+    "j2k", "jp2", "jpx", "jpf", "pgm", "ppm", "pnm"})
+"""Names that say "a picture": such a file is always a study (it fails, with its reason, if it is not one)."""
+
+
+def is_ignored(relpath: str, head: bytes) -> bool:
+    """A file that is plainly not a picture: a name ending in another suffix (notes.txt, report.pdf,
+    Thumbs.db) and content that is no picture xrq knows. It is counted as ignored, not failed. A file
+    with no suffix (DICOM files often have none) is never ignored: it fails with its reason instead."""
+    name = relpath.rpartition("/")[2]
+    suffix = name.rpartition(".")[2].lower() if "." in name.strip(".") else ""
+    return bool(suffix) and suffix not in IMAGE_SUFFIXES and sniff_bytes(head) is None
+
+
 def scan_folder(
     root: str | os.PathLike[str], *, group_by: str = "auto", pattern: str | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: Callable[[int], None] | None = None,
+    ignored: Callable[[str], None] | None = None,
 ) -> list[ScannedStudy]:
     """Every file under `root` (recursively, hidden names skipped), hashed and grouped into studies,
     sorted by (grouping, uid). `progress(1)` is called after each file (hashing thousands takes a while).
@@ -88,7 +104,8 @@ def scan_folder(
       pattern  `pattern` is a regex searched in each relpath; its group `study` (else group 1) is the
                uid; files that do not match stand alone.
     Files that failed at scan time (unreadable, outside the folder, empty, larger than max_file_bytes)
-    are always studies of one. Raises ScanError for a root that is not a folder, an unknown group_by,
+    are always studies of one. Files that are plainly not pictures (`is_ignored`: notes.txt) are left
+    out, each told to `ignored(relpath)`. Raises ScanError for a root that is not a folder, an unknown group_by,
     or a bad pattern.
     """
     regex = _check_arguments(group_by, pattern)
@@ -98,6 +115,10 @@ def scan_folder(
     real_top = os.path.realpath(top)
     groups: dict[tuple[str, str], list[ScannedImage]] = {}
     for image, head in _walk(top, real_top, max_file_bytes):
+        if is_ignored(image.relpath, head):
+            if ignored is not None:
+                ignored(image.relpath)
+            continue
         key = _study_key(image, head, group_by, regex)
         groups.setdefault(key, []).append(image)
         if progress is not None:
@@ -128,16 +149,24 @@ def _check_arguments(group_by: str, pattern: str | None) -> re.Pattern[str] | No
     return regex
 
 
-def _walk(top: Path, real_top: str, max_file_bytes: int, rel: str = "") -> Iterator[tuple[ScannedImage, bytes]]:
-    """Each non-hidden file under top/rel with the first bytes of its content, in name order."""
-    folder = top / rel if rel else top
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield _failed(top, rel or ".", f"cannot read folder: {' '.join(str(e.strerror or e).split())}"), b""
+def _walk(top: Path, real_top: str, max_file_bytes: int) -> Iterator[tuple[ScannedImage, bytes]]:
+    """Each non-hidden file under `top` with the first bytes of its content, depth first in name order.
+
+    Iterative, with a stack of folders still being listed: a tree of any depth (1,100 nested folders,
+    a symlink farm flattened by a copy) cannot exhaust Python's recursion limit.
+    """
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
+    listed = _list(top, "")
+    if isinstance(listed, ScannedImage):
+        yield listed, b""
         return
-    for entry in entries:
+    stack.append(("", listed))
+    while stack:
+        rel, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         if entry.name.startswith("."):
             continue
         relpath = f"{rel}/{entry.name}" if rel else entry.name
@@ -145,9 +174,22 @@ def _walk(top: Path, real_top: str, max_file_bytes: int, rel: str = "") -> Itera
             if _is_dir(entry.path):
                 continue  # symlinked folders are not followed
         elif entry.is_dir(follow_symlinks=False):
-            yield from _walk(top, real_top, max_file_bytes, relpath)
+            inner = _list(top, relpath)
+            if isinstance(inner, ScannedImage):
+                yield inner, b""
+            else:
+                stack.append((relpath, inner))
             continue
         yield _hash_file(top, real_top, relpath, max_file_bytes)
+
+
+def _list(top: Path, rel: str) -> Iterator[os.DirEntry[str]] | ScannedImage:
+    """The entries of top/rel in name order, or a failed entry saying why the folder cannot be read."""
+    try:
+        with os.scandir(top / rel if rel else top) as it:
+            return iter(sorted(it, key=lambda e: e.name))
+    except OSError as e:
+        return _failed(top, rel or ".", f"cannot read folder: {' '.join(str(e.strerror or e).split())}")
 
 
 def _is_dir(path: str) -> bool:

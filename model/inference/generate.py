@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 from model.defaults import GenerationSettings, decoder_positions
 from model.imaging.preprocess import pixel_values
+from model.inference.text import clean_report
 from model.network.bundle import Bundle, resolve_device
 from model.network.multiview import XrqEncoderDecoder
 
@@ -147,9 +148,10 @@ def device_view_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor |
 
 
 def decode_reports(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor) -> list[str]:
-    """(B, L) generated ids → one report each, special tokens dropped and whitespace collapsed."""
+    """(B, L) generated ids → one report each: each sequence decoded whole, special tokens dropped, then
+    cleaned (`clean_report`: no U+FFFD from partial bytes, no control characters, whitespace collapsed)."""
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [" ".join(text.split()) for text in texts]
+    return [clean_report(text) for text in texts]
 
 
 def report_labels(

@@ -42,6 +42,17 @@ def locate(name_or_path: str | Path) -> Path:
     return _download(text, text)
 
 
+def precheck(name_or_path: str) -> None:
+    """What can be checked of a model name without a download and without torch: a mistyped, missing,
+    or incomplete directory is refused here, before the seconds torch and transformers take to import.
+    A hub id passes (it is fetched, and checked, when the model is loaded)."""
+    text = str(name_or_path)
+    if text.startswith(HUB_PREFIX):
+        return
+    if Path(text).expanduser().exists() or not _HUB_ID.match(text) or _looks_local(text):
+        check_complete(locate(text))
+
+
 def _looks_local(text: str) -> bool:
     first = text.split("/", 1)[0]
     return text.startswith((".", "/", "~")) or ("/" in text and Path(first).is_dir())

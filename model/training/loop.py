@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
@@ -48,7 +49,18 @@ from model.training.data import (
     loader,
     view_bytes,
 )
-from model.training.state import append_row, last_info, load_state, replace_dir, save_state, truncate_rows
+from model.training.state import (
+    append_row,
+    clear_unstarted,
+    has_checkpoint,
+    last_info,
+    load_state,
+    read_start,
+    replace_dir,
+    save_state,
+    truncate_rows,
+    write_start,
+)
 from model.training.tokenizer import save_trained_tokenizer
 
 CACHE_MAX_BYTES = 2 << 30
@@ -56,6 +68,7 @@ CACHE_MAX_BYTES = 2 << 30
 view: about 40,000 views, the whole IU collection five times over); else loader workers decode them."""
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -106,14 +119,17 @@ def train(config: TrainConfig, out: str | Path, *, device: str | None = None, wo
     """Train a new model into `out` (which must not hold a run yet)."""
     out = Path(out)
     _check(config)
-    if (out / "last").exists() or (out / METRICS_FILE).exists():
+    if (out / "last").exists() or has_checkpoint(out):
         raise TrainingError(f"{out} already holds a training run; continue it with --resume or choose a new --out.")
+    if clear_unstarted(out, (METRICS_FILE, CURVES_FILE)):  # stopped before its first checkpoint: nothing to keep
+        log.warning("%s held a run stopped before its first checkpoint; starting it afresh", out)
     data = _load_data(config)
     bundle = _initial_bundle(config, data.train)
     torch.manual_seed(config.seed)  # dropout; weights and batch order have their own seeded generators
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
     run = _prepare(config, out, bundle, data, device, command, best={})
+    write_start(out, {"config": asdict(config), "command": command})
     return _loop(run, 0, workers, stop_after, progress)
 
 
@@ -121,6 +137,11 @@ def resume(out: str | Path, *, device: str | None = None, workers: int | None = 
            stop_after: int | None = None, progress: Progress | None = None) -> TrainResult:
     """Continue the run in `out` from OUT/last, exactly where it stopped, with its stored configuration."""
     out = Path(out)
+    start = read_start(out)
+    if start is not None and not has_checkpoint(out):  # stopped before its first checkpoint: start it again
+        log.warning("%s has no checkpoint yet: restarting its run from step 0 with its settings", out)
+        return train(TrainConfig.from_dict(start["config"]), out, device=device, workers=workers,
+                     stop_after=stop_after, progress=progress, command=start.get("command"))
     info = last_info(out)
     config = TrainConfig.from_dict(info["config"])
     data = _load_data(config)
@@ -136,6 +157,9 @@ def resume(out: str | Path, *, device: str | None = None, workers: int | None = 
 
 def resume_config(out: str | Path) -> TrainConfig:
     """The configuration the run in `out` was started with."""
+    start = read_start(Path(out))
+    if start is not None and not has_checkpoint(Path(out)):
+        return TrainConfig.from_dict(start["config"])
     return TrainConfig.from_dict(last_info(Path(out))["config"])
 
 

@@ -139,3 +139,38 @@ def truncate_rows(path: Path, step: int) -> None:
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(r + "\n" for r in rows))
+
+
+# --- a run that has not reached its first checkpoint ------------------------------------------------
+
+START_FILE = "run.json"  # the configuration a run started with, written before its first step
+
+
+def write_start(out: Path, info: dict[str, Any]) -> None:
+    """Record how the run in `out` started, so a run stopped before its first checkpoint can restart."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / START_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_start(out: Path) -> dict[str, Any] | None:
+    """What `write_start` recorded in `out`, or None."""
+    path = out / START_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path} is unreadable ({exc}); delete it to start the run in {out} again.") from exc
+
+
+def has_checkpoint(out: Path) -> bool:
+    return any((out / name / "training_state.json").is_file() for name in ("last", ".last.old"))
+
+
+def clear_unstarted(out: Path, files: tuple[str, ...]) -> bool:
+    """Remove what a run that never reached a checkpoint left in `out` (its metrics rows, its curves,
+    its start record): nothing of it can be continued. True if there was such a run."""
+    found = [out / name for name in (*files, START_FILE) if (out / name).exists()]
+    for path in found:
+        path.unlink()
+    return bool(found)

@@ -84,8 +84,8 @@ def test_submit_status_reports_round_trip(db_url: str, tiny_model: Path, iu_fold
                                        "(make one with `xrq model init --out models/tiny`)"),
         (["submit", "{examples}", "--model", "{tmp}/nomodel"], {}, "Error: "),
         (["submit", "{examples}", "--model", "{tmp}/empty"], {}, "Error: "),
-        (["status"], {"XRQ_DATABASE_URL": "nonsense"}, "Error: 'nonsense' is not a database URL; use for example "
-                                                       "sqlite:///xrq.db or postgresql://user@host:5432/dbname"),
+        (["status"], {"XRQ_DATABASE_URL": "nonsense"}, "Error: XRQ_DATABASE_URL is 'nonsense': no scheme; it must "
+                                                       "start with one of sqlite://, postgresql://, postgres://"),
         (["status", "7"], {}, "Error: no job 7; `xrq status` lists the jobs"),
         (["submit", "{examples}", "--model", "m", "--batch-size", "0"], {}, "Error: Invalid value for "
                                                                             "'--batch-size'"),

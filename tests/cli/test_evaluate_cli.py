@@ -121,3 +121,28 @@ def test_evaluate_relates_confidence_to_quality(reported: dict[str, str], tmp_pa
     from PIL import Image
 
     assert Image.open(out / "evaluation.png").height > 1300  # three rows of panels, not two (990 px)
+
+
+def test_evaluate_makes_missing_output_folders_and_says_where_the_reports_are(tmp_path: Path) -> None:
+    env = {"XRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    runner = CliRunner()
+    runner.invoke(cli, ["truth", "import", str(IU_CSV / "indiana_reports.csv"), str(IU_CSV / "indiana_projections.csv"),
+                        "--split-file", str(IU_CSV / "r2gen_split.csv")], env=env)
+    out = tmp_path / "out" / "eval3"  # neither folder exists (as in the README's example)
+    made = runner.invoke(cli, ["evaluate", "--baseline", "most-frequent", "--split", "test", "--no-meteor",
+                               "-o", str(out)], env=env)
+    assert made.exit_code == 0, made.output
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "evaluation.png"]
+    (tmp_path / "a-file").write_text("")
+    refused = runner.invoke(cli, ["evaluate", "--baseline", "most-frequent", "-o", str(tmp_path / "a-file" / "x")],
+                            env=env)
+    assert refused.exit_code == 2 and f"{tmp_path / 'a-file'} is a file, not a folder" in refused.output
+
+    predictions = tmp_path / "p.jsonl"  # studies of the bundled examples: in the train split, none in test
+    predictions.write_text("".join(json.dumps({"study_id": uid, "report": "The lungs are clear."}) + "\n"
+                                   for uid in ("7", "25", "54")))
+    wrong = runner.invoke(cli, ["evaluate", "--predictions", str(predictions), "--split", "test", "--no-meteor"],
+                          env=env)
+    assert wrong.exit_code == 1
+    assert "none of the 3 reports has ground truth in split 'test' of collection 'iu' (findings); they are in " \
+           "split 'train' (3)" in wrong.output, wrong.output

@@ -119,10 +119,10 @@ def test_evaluate_checks_its_folder_before_scoring(tmp_path: Path) -> None:
     env = {"XRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     code, output = invoke(env, "truth", "import", str(IU_CSV / "indiana_reports.csv"))
     assert code == 0, output
+    (tmp_path / "a-file").write_text("")  # missing folders are made (issue 19); a file in the way is refused
     code, output = invoke(env, "evaluate", "--baseline", "most-frequent", "--no-meteor", "--json", "-o",
-                          str(tmp_path / "missing" / "eval"))
-    assert code == 2 and output.splitlines()[-1].endswith("the folder " f"{tmp_path}/missing does not exist; "
-                                                          "create it first")
+                          str(tmp_path / "a-file" / "missing" / "eval"))
+    assert code == 2 and output.splitlines()[-1].endswith(f"{tmp_path}/a-file is a file, not a folder")
     # Nothing was scored or stored: the next run is evaluation 1.
     code, output = invoke(env, "evaluate", "--baseline", "most-frequent", "--no-meteor", "-o", str(tmp_path / "e"))
     assert code == 0 and output.startswith("Evaluation 1: ")

@@ -134,3 +134,19 @@ def test_control_characters_draw_without_missing_glyphs(env: dict[str, str], tmp
 def test_an_ambiguous_uid_is_an_error_in_the_library_too(env: dict[str, str]) -> None:
     with pytest.raises(NotFoundError, match="say which by its job or its study id"):
         study_detail(runtime.database(env["XRQ_DATABASE_URL"]), "3")
+
+
+def test_show_without_a_job_says_which_report_it_drew(tiny_model: Path, tmp_path: Path) -> None:
+    from model.network.bundle import build
+    from model.network.store import save
+
+    other = tmp_path / "other-model"
+    save(build("tiny", seed=1), other)
+    images = folder(tmp_path, "in", {"CXR25_IM-1024-2001.png": "CXR25_IM-1024-2001.png"})
+    env = {"XRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    for model in (tiny_model, other):
+        run(env, "submit", str(images), "--model", str(model), "--max-new-tokens", "3")
+    said = run(env, "show", "25", "-o", str(tmp_path / "s.png"))
+    assert said.splitlines()[0] == ("Study 25: the report by model other-model (job 2), the newest of 2 models' "
+                                    "reports; `--job N` shows another's")
+    assert "Study 25" not in run(env, "show", "25", "--job", "1", "-o", str(tmp_path / "t.png"))

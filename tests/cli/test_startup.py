@@ -95,3 +95,13 @@ def test_the_probe_catches_a_heavy_import(tmp_path: Path) -> None:
     result = run_cold(("model", "info", str(REPO / "models" / "demo")), tmp_path)
     assert result["exit"] == 0, result["output"]
     assert {"torch", "transformers"} <= set(result["modules"]), result["output"]
+
+
+@pytest.mark.parametrize("model", ["models/dmeo", "{tmp}/modles/tiny", "{tmp}/empty"])
+def test_a_mistyped_or_empty_model_is_named_before_torch_is_imported(model: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "models" / "demo").mkdir(parents=True)  # so that models/dmeo looks like a path here
+    result = run_cold(("submit", str(tmp_path / "images"), "--model", model.format(tmp=tmp_path)), tmp_path)
+    assert result["exit"] == 1 and result["output"].startswith("Error: "), result["output"]
+    assert not set(result["modules"]) & set(HEAVY), result["output"]

@@ -28,7 +28,8 @@ def test_train_stop_and_resume(tmp_path: Path) -> None:
     runner = CliRunner()
     first = runner.invoke(cli, ["train", *DATA, "--out", str(out), *FAST, "--stop-after", "1"])
     assert first.exit_code == 0, first.output
-    assert first.output.startswith("Data: 9 studies to train on, 9 to validate on; skipped 514 with an empty text")
+    shown = [line for line in first.output.splitlines() if not line.startswith("Warning: --warmup 100")]
+    assert shown[0].startswith("Data: 9 studies to train on, 9 to validate on; skipped 514 with an empty text")
     assert "Trained to step 1 of 2" in first.output and f"continue: xrq train --out {out} --resume" in first.output
 
     clash = runner.invoke(cli, ["train", "--out", str(out), "--resume", "--lr", "0.5"])
@@ -38,7 +39,7 @@ def test_train_stop_and_resume(tmp_path: Path) -> None:
 
     second = runner.invoke(cli, ["train", "--out", str(out), "--resume", "--json"])
     assert second.exit_code == 0, second.output
-    result = json.loads(second.output)
+    result = json.loads(second.stdout)  # stderr: the --warmup warning
     assert (result["step"], result["finished"], result["data"]["train"]) == (2, True, 9)
     assert {"val_loss", "val_bleu_4", "val_cider"} <= result["scores"].keys()
     meta = json.loads((out / "best" / "xrq.json").read_text())
@@ -75,3 +76,17 @@ def test_the_shipped_demo_model_reproduces_its_training_studies() -> None:
                        GenerationSettings(max_new_tokens=128))
     for uid, report in zip(studies, reports, strict=True):
         assert normalise(report) == normalise(truth[uid].findings)
+
+
+def test_train_warns_of_a_warmup_longer_than_the_run_and_a_best_metric_stuck_at_zero(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", *DATA, "--out", str(out), *FAST, "--warmup", "100", "--lr", "1e-9",
+                                      "--best-metric", "bleu_4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert ("Warning: --warmup 100 is longer than the run (2 steps): the learning rate never reaches --lr (it "
+            "peaks at 2% of it); lower --warmup or train longer") in result.output
+    assert (f"Warning: the best-checkpoint metric val_bleu_4 stayed 0 at all 1 validations, so {out / 'best'} is "
+            "only the first checkpoint: train longer, or pick it by --best-metric val_loss") in result.output
+    quiet = CliRunner().invoke(cli, ["train", *DATA, "--out", str(tmp_path / "q"), *FAST, "--warmup", "1",
+                                     "--best-metric", "val_loss", "--json"])
+    assert quiet.exit_code == 0 and "Warning" not in quiet.output

@@ -148,3 +148,24 @@ def test_a_redelivered_batch_whose_report_this_job_wrote_is_done_not_skipped(db:
         s.add(Report(study_id=sid, model_id=model, job_id=rec.job_id, text="x", settings={}))
     assert jobs.claim_batch(db, rec.job_id, [sid]) == []
     assert jobs.count_by_status(db, rec.job_id) == {"done": 1}
+
+
+def test_a_study_reported_by_another_job_meanwhile_is_skipped_not_done(db: Database) -> None:
+    """Two jobs (two submissions at once) both claim a study before either has written its report: the
+    second to write keeps the first's report and marks the study skipped, with reported_by_job the first."""
+    model = jobs.upsert_model(db, name="m", fingerprint="f" * 64, path=None, meta={})
+    first = record(db, model, [study("a", "1")])
+    second = jobs.record_job(db, source="/elsewhere", model_id=model, group_by="auto", batch_size=2, settings={},
+                             studies=[study("a", "1"), study("b", "2")])
+    shared = first.to_run[0]
+    assert shared in second.to_run
+    claimed = [jobs.claim_batch(db, job, [shared]) for job in (first.job_id, second.job_id)]
+    assert all(len(c) == 1 for c in claimed)  # both run it: neither has written yet
+    for job in (first.job_id, second.job_id):
+        jobs.record_results(db, job_id=job, model_id=model, outcome=jobs.BatchOutcome(reports={shared: f"by {job}"}),
+                            settings={})
+    rows = {r["job_id"]: r for batch in queries.export_batches(db, [first.job_id, second.job_id]) for r in batch
+            if r["study_id"] == shared}
+    assert (rows[first.job_id]["status"], rows[first.job_id]["reported_by_job"]) == ("done", first.job_id)
+    assert (rows[second.job_id]["status"], rows[second.job_id]["reported_by_job"]) == ("skipped", first.job_id)
+    assert rows[second.job_id]["report"] == f"by {first.job_id}"

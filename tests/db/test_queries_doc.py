@@ -48,3 +48,16 @@ def test_every_documented_query_runs(populated: str) -> None:
     assert len(scored) == 4 and all(r.rouge_l is not None for r in scored)
     views = next(rows for q, rows in results.items() if "HAVING" in q)
     assert [tuple(r) for r in views] == [("1000", 3), ("54", 2), ("7", 2)]
+
+
+def test_the_views_query_counts_a_study_submitted_twice_once(populated: str, tiny_model: Path, iu_folder: Path,
+                                                              tmp_path: Path) -> None:
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(iu_folder, again)  # the same studies and one more: a second job, with its own image rows
+    shutil.copy(iu_folder / "CXR25_IM-1024-2001.png", again / "CXR26_IM-0000-0001.png")
+    assert submit_folder(Settings(database_url=populated, model=str(tiny_model)), again).created
+    views = next(q for q in QUERIES if "HAVING" in q)
+    with runtime.database(populated).session() as s:
+        assert [tuple(r) for r in s.execute(text(views)).all()] == [("1000", 3), ("54", 2), ("7", 2)]

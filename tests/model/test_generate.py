@@ -202,3 +202,21 @@ def test_device_view_mask_drops_an_all_real_mask() -> None:
     padded = torch.tensor([[True, False], [True, True]])
     out = device_view_mask(padded, cpu)
     assert out is not None and torch.equal(out, padded)
+
+
+def test_reports_are_clean_text_whatever_bytes_the_decoder_emits() -> None:
+    """A byte-level decoder can stop inside a UTF-8 character or emit a control byte: the demo model's
+    reports held U+FFFD and control characters. Decoded whole, then cleaned at the tokenizer boundary."""
+    from model.inference.generate import decode_reports
+    from model.network.bundle import build
+
+    tok = build("tiny", seed=0).tokenizer
+    pieces = ["The", "Ġlungs", "Ã", "Ġare", "ć", "Ġclear", "Ġ", "âĢ"]  # "Ã": byte C3 alone; "ć": byte 07 (bell)
+    ids = tok.convert_tokens_to_ids(pieces)
+    assert tok.unk_token_id not in ids
+    raw = tok.decode(ids)
+    assert "\ufffd" in raw and "\x07" in raw  # what used to be stored
+    (report,) = decode_reports(tok, torch.tensor([ids]))
+    assert report == "The lungs are clear"
+    (whole,) = decode_reports(tok, torch.tensor([tok.convert_tokens_to_ids(["Ġcaf", "Ã©"])]))
+    assert whole == "café"  # a character split over two byte tokens survives: sequences decode whole

@@ -171,17 +171,20 @@ def test_hidden_files_and_folders_are_skipped(tmp_path: Path) -> None:
 def test_scan_time_failures_are_studies_of_one(tmp_path: Path) -> None:
     (tmp_path / "1000_IM-0003-1001.dcm.png").write_bytes(b"")  # an IU name, but empty
     copy(IU / "1000_IM-0003-2001.dcm.png", tmp_path / "1000_IM-0003-2001.dcm.png")
-    (tmp_path / "notes.txt").write_text("not an image")  # listed; fails later, at decode time
-    studies = {(s.grouping, s.uid): s for s in scan_folder(tmp_path)}
+    (tmp_path / "notes").write_text("not an image")  # no suffix: listed; fails later, at decode time
+    (tmp_path / "notes.txt").write_text("not an image")  # plainly not a picture: ignored (issue 19)
+    ignored: list[str] = []
+    studies = {(s.grouping, s.uid): s for s in scan_folder(tmp_path, ignored=ignored.append)}
     assert set(studies) == {
         ("image", "1000_IM-0003-1001.dcm.png"),
         ("iu", "1000"),
-        ("image", "notes.txt"),
+        ("image", "notes"),
     }
+    assert ignored == ["notes.txt"]
     empty = studies[("image", "1000_IM-0003-1001.dcm.png")]
     assert empty.error == "1000_IM-0003-1001.dcm.png: empty file (0 bytes)"
     assert empty.images[0].size_bytes == 0
-    assert studies[("image", "notes.txt")].error is None
+    assert studies[("image", "notes")].error is None
 
 
 def test_unreadable_study_fingerprint_uses_relpath_and_error(tmp_path: Path) -> None:

@@ -197,3 +197,27 @@ def test_init_std_redraws_the_parts_built_from_scratch_as_their_preset_would(pre
     positions = bundle.model.encoder.embeddings.position_embeddings
     same = torch.equal(positions, built.model.encoder.embeddings.position_embeddings)
     assert same == (preset == "small")  # the small preset's sin-cos positions are kept, not redrawn
+
+
+class _Interrupt:
+    """A progress listener that stops the run (as Ctrl-C would) after its first logged step."""
+
+    def start(self, data: object, first_step: int, total_steps: int) -> None:
+        pass
+
+    def row(self, row: dict) -> None:
+        raise KeyboardInterrupt
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed_or_restarted(tmp_path: Path) -> None:
+    config = replace(SHORT, max_steps=2, eval_every=2)
+    for again in ("resume", "train"):
+        out = tmp_path / again
+        with pytest.raises(KeyboardInterrupt):
+            train(config, out, progress=_Interrupt())
+        assert not (out / "last").exists() and (out / "metrics.jsonl").exists()  # stopped before step 2's save
+        result = resume(out) if again == "resume" else train(config, out)
+        assert result.finished and result.step == 2 and (out / "last").is_dir()
+        assert [r["step"] for r in rows(out) if "loss" in r] == [1, 2]  # no rows of the stopped run left
+        assert train_module.resume_config(out) == config
+    assert same_weights(tmp_path / "resume" / "last", tmp_path / "train" / "last")

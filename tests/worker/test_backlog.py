@@ -120,6 +120,8 @@ def test_inbox_files_are_submitted_and_new_reports_scored(sqlite_url: str, tiny_
 
     settings = Settings(database_url=sqlite_url, model=str(tiny_model), inbox=str(iu_folder))
     import_iu(settings, IU_CSV / "indiana_reports.csv", None)
+    dry = run_backlog(settings, dry_run=True)
+    assert (dry.inbox, dry.to_score, dry.inbox_job) == (str(iu_folder), [], None)
     run = run_backlog(settings)
     assert run.inbox_job is not None and run.inbox_studies == 4
     assert statuses(settings, run.inbox_job) == {"done": 4} and len(run.scored) == 1
@@ -128,6 +130,19 @@ def test_inbox_files_are_submitted_and_new_reports_scored(sqlite_url: str, tiny_
     shutil.copy(EXAMPLES / "CXR303_IM-1404-1001.png", iu_folder)
     third = run_backlog(settings)
     assert third.inbox_job is not None and third.inbox_job != run.inbox_job and len(third.scored) == 1
+    # A job whose reports came after the last scoring (here: a submission outside the backlog) is scored by
+    # the next run, and --dry-run says so (it used to leave the scoring out).
+    from worker.submit import submit_folder
+
+    other = iu_folder.parent / "other"
+    other.mkdir()
+    shutil.copy(EXAMPLES / "CXR54_IM-2145-1001.png", other)
+    job = submit_folder(settings.replace(inbox=None), other).job_id
+    env = {"XRQ_DATABASE_URL": sqlite_url, "XRQ_MODEL": str(tiny_model), "XRQ_INBOX": str(iu_folder)}
+    dry_cli = CliRunner().invoke(cli, ["backlog", "--dry-run"], env=env)
+    assert dry_cli.output.splitlines()[1:] == [f"  would submit new files from the inbox {iu_folder}",
+                                               f"  would score job(s) {job} (new reports with ground truth)"]
+    assert run_backlog(settings, dry_run=True).to_score == [job] and len(run_backlog(settings).scored) == 1
 
 
 def test_cli_backlog(sqlite_url: str, tiny_model: Path, iu_folder: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -159,3 +159,24 @@ def test_two_submitters_at_once_send_each_study_once(broker: Settings, tiny_mode
         t.join(timeout=120)
     assert errors == []
     assert queued_messages(settings) == 6  # 24 studies, 4 to a message, each sent once
+
+
+def test_a_resubmission_that_queued_studies_says_so_even_once_they_are_done() -> None:
+    """`submit --wait` again on a job with pending studies: they are queued, workers finish them, and the
+    final summary has nothing waiting; it used to read "nothing new to do"."""
+    from datetime import datetime
+
+    from cli.output import submission_json, submission_text
+    from db.queries import JobSummary
+    from worker.pipeline import RunResult, Timings
+    from worker.submit import Submission
+
+    final = JobSummary(3, "/data", "tiny", datetime(2026, 1, 1, tzinfo=UTC), {"done": 5})
+    again = Submission(3, False, 0, final, Timings(), 5, RunResult(queued=2), local=False)
+    text = submission_text(again, 1.0)
+    assert text.splitlines()[:2] == [
+        "Submitted again as job 3: what is left is done with this submission's settings.",
+        "  queued 2 studies that were still to do (never sent, or their message lost)"]
+    assert submission_json(again, 1.0)["queued"] == 2
+    idle = Submission(3, False, 0, final, Timings(), 5, RunResult(), local=False)
+    assert submission_text(idle, 1.0).startswith("Already submitted as job 3: nothing new to do.")
