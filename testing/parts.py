@@ -20,7 +20,7 @@ def tiny_parts(tmp_path: Path, *, with_tokenizer: bool) -> tuple[str, str]:
     vocab = 50257
     if with_tokenizer:
         tok = save_trained_tokenizer(["Heart size normal.", "No pleural effusion."], tmp_path / "gpt2", 300)
-        vocab = len(AutoTokenizer.from_pretrained(tok))
+        vocab = len(AutoTokenizer.from_pretrained(tok, trust_remote_code=False))
     GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=1, n_head=2, n_positions=64, vocab_size=vocab)).save_pretrained(
         tmp_path / "gpt2")
     return str(tmp_path / "vit"), str(tmp_path / "gpt2")
