@@ -285,7 +285,7 @@ def test_flower_sees_xrq_workers_and_tasks_behind_basic_auth(
             wait_for(lambda: name in (_get(f"{base}/api/workers?refresh=1", auth, timeout=15)[1] or {}),
                      timeout=60, what="Flower to list the worker")
             done = run("submit", str(iu_folder), "--model", str(tiny_model), "--wait", "--json", env=broker_env)
-            assert done.exit_code == 0 and json.loads(done.output)["counts"]["done"] == 4, done.output
+            assert done.exit_code == 0 and json.loads(done.stdout)["counts"]["done"] == 4, done.output
 
             def succeeded() -> list[dict[str, Any]]:
                 tasks = (_get(f"{base}/api/tasks", auth)[1] or {}).values()
