@@ -276,10 +276,12 @@ def _pool_kind_in_a_daemon(queue: Any) -> None:
 
 def test_a_daemonic_process_decodes_with_threads() -> None:
     """A prefork pool process of `xrq worker` is daemonic: starting decode processes there fails on the
-    first batch ("daemonic processes are not allowed to have children"), so it uses threads."""
+    first batch ("daemonic processes are not allowed to have children"), so it uses threads.
+    The daemon is spawned, not forked: a fork of this many-threaded test process can inherit a lock
+    that another thread held (CI once hung here for the whole minute)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     daemon = context.Process(target=_pool_kind_in_a_daemon, args=(queue,), daemon=True)
     daemon.start()
