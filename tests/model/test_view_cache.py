@@ -189,7 +189,8 @@ def _hammer(root: str, seed: int) -> int:
 
 
 def test_concurrent_processes_share_one_folder(tmp_path: Path) -> None:
-    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("fork")) as pool:
+    """Spawned, not forked: a fork of the many-threaded test process can inherit a held lock and hang."""
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
         hits = list(pool.map(_hammer, [str(tmp_path)] * 3, range(3)))
     assert sum(hits) > 0
     assert not list(tmp_path.glob("*/.tmp-*"))
