@@ -15,8 +15,11 @@ import atexit
 import logging
 import multiprocessing
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +86,9 @@ class DecodePool:
 
     def __init__(self, processor: object, limits: Limits) -> None:
         self.processor, self.limits = processor, limits
+        self.concurrency = limits.decode_workers  # images in flight: the balance lowers it (worker/resources.py)
+        self.cpu_s = 0.0  # CPU seconds the decoded images took, summed: what the balance measures
+        self._lock = threading.Lock()
         self._executor: Executor
         self.kind = "processes" if limits.processes and limits.decode_workers > 1 else "threads"
         if self.kind == "processes" and multiprocessing.current_process().daemon:
@@ -106,9 +112,26 @@ class DecodePool:
             self._executor = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="xrq-decode")
 
     def map(self, refs: Iterable[tuple[jobs.ImageRef, str]]) -> Iterator[Loaded]:
+        """The results in the order of `refs`, with at most `concurrency` images in flight; the CPU
+        seconds they took (in whichever thread or process decoded them) add to `cpu_s`."""
+        window: deque[Future[tuple[Loaded, float]]] = deque()
+        for ref in refs:
+            if len(window) >= max(1, self.concurrency):
+                yield self._done(window.popleft())
+            window.append(self._submit(ref))
+        while window:
+            yield self._done(window.popleft())
+
+    def _submit(self, ref: tuple[jobs.ImageRef, str]) -> Future[tuple[Loaded, float]]:
         if self.kind == "processes":
-            return self._executor.map(_load_in_process, refs, chunksize=1)
-        return self._executor.map(lambda r: load_view(r[0], r[1], self.processor, self.limits), refs)
+            return self._executor.submit(_load_in_process, ref)
+        return self._executor.submit(_timed_load, ref, self.processor, self.limits)
+
+    def _done(self, future: Future[tuple[Loaded, float]]) -> Loaded:
+        loaded, cpu_s = future.result()
+        with self._lock:
+            self.cpu_s += cpu_s
+        return loaded
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -129,5 +152,12 @@ def _init_process(processor: object, limits: Limits, cache: tuple[str, int] | No
     _state.update(processor=processor, limits=limits)
 
 
-def _load_in_process(item: tuple[jobs.ImageRef, str]) -> Loaded:
-    return load_view(item[0], item[1], _state["processor"], _state["limits"])
+def _timed_load(item: tuple[jobs.ImageRef, str], processor: object, limits: Limits) -> tuple[Loaded, float]:
+    """`load_view` and the CPU seconds it took in this thread."""
+    start = time.thread_time()
+    loaded = load_view(item[0], item[1], processor, limits)
+    return loaded, time.thread_time() - start
+
+
+def _load_in_process(item: tuple[jobs.ImageRef, str]) -> tuple[Loaded, float]:
+    return _timed_load(item, _state["processor"], _state["limits"])

@@ -33,6 +33,7 @@ from db.errors import DatabaseUnavailableError
 from model.defaults import MAX_SEQUENCES
 from model.errors import ImageError
 from worker.decoding import DecodePool, Limits, load_view
+from worker.resources import Balance, ThreadPlan, apply_torch_threads
 
 __all__ = ["BatchError", "JobContext", "Limits", "Pipeline", "RunResult", "Timings", "fail_batch", "load_view",
            "message_size", "plan_batches"]
@@ -100,12 +101,16 @@ class Timings:
     model: float = 0.0
     db: float = 0.0
     studies: int = 0
+    decode_cpu: float = 0.0  # CPU seconds, in whichever decode workers ran them
+    model_cpu: float = 0.0  # CPU seconds of the model: its thread's, times torch's threads
 
     def add(self, other: Timings) -> None:
         self.decode += other.decode
         self.model += other.model
         self.db += other.db
         self.studies += other.studies
+        self.decode_cpu += other.decode_cpu
+        self.model_cpu += other.model_cpu
 
     def as_dict(self) -> dict[str, float]:
         return {"decode_s": round(self.decode, 4), "model_s": round(self.model, 4),
@@ -163,12 +168,13 @@ class Pipeline:
     """Runs batches of one job's studies through decode -> model -> database, overlapping the stages."""
 
     def __init__(self, db: Database, context: JobContext, limits: Limits, pool: DecodePool | None = None,
-                 on_recorded: Callable[[int, list[int]], None] | None = None) -> None:
+                 on_recorded: Callable[[int, list[int]], None] | None = None, balance: Balance | None = None) -> None:
         """`pool`: decode workers kept by the caller across runs (processes are slow to start); by
         default, threads made for this run. `on_recorded(job_id, study_ids)`: after each batch's reports
-        are committed (XRQ_PUSH_TO sends them there); it must not raise."""
+        are committed (XRQ_PUSH_TO sends them there); it must not raise. `balance`: on a CPU, the split
+        of cores between decoding and the model, set again after each batch from its measured times."""
         self.db, self.ctx, self.limits, self.pool = db, context, limits, pool
-        self.on_recorded = on_recorded
+        self.on_recorded, self.balance = on_recorded, balance
 
     def plan(self, study_ids: Sequence[int]) -> list[list[int]]:
         """Batches of the studies this job has still to do (one query: ids it lacks are dropped here)."""
@@ -183,18 +189,29 @@ class Pipeline:
         result = RunResult()
         planned = self.plan(study_ids)
         pool = self.pool or DecodePool(self.ctx.bundle.processor, self.limits)
+        if self.balance is not None:
+            self._apply(self.balance.plan(), pool)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="xrq-prepare") as ahead:
                 for prepared in _overlapped(planned, lambda batch: ahead.submit(self._prepare, batch, pool)):
                     if prepared.error is None:
                         self._finish(prepared)
                     self._tally(prepared, result)
+                    if self.balance is not None and prepared.error is None:
+                        t = prepared.timings
+                        self._apply(self.balance.observe(t.decode_cpu, t.model_cpu, t.studies), pool)
                     if progress is not None:
                         progress(len(prepared.batch))
         finally:
             if pool is not self.pool:
                 pool.close()
         return result
+
+    @staticmethod
+    def _apply(plan: ThreadPlan, pool: DecodePool) -> None:
+        """The balance's split, from the next images and the next batch on."""
+        pool.concurrency = plan.decode_workers
+        apply_torch_threads(plan)
 
     def _prepare(self, batch: list[int], pool: DecodePool) -> _Prepared:
         """Claim the batch and load its images; a study with any unreadable image fails with the reason."""
@@ -205,12 +222,13 @@ class Pipeline:
         except Exception as exc:
             prepared.error = fail_batch(self.db, self.ctx.job_id, batch, "claiming", exc)
             return prepared
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), pool.cpu_s
         try:
             self._decode(prepared, pool)
         except Exception as exc:
             prepared.error = fail_batch(self.db, self.ctx.job_id, batch, "decoding", exc)
-        prepared.timings = Timings(decode=time.perf_counter() - t1, db=t1 - t0, studies=len(prepared.items))
+        prepared.timings = Timings(decode=time.perf_counter() - t1, db=t1 - t0, studies=len(prepared.items),
+                                   decode_cpu=pool.cpu_s - cpu)
         return prepared
 
     def _decode(self, prepared: _Prepared, pool: DecodePool) -> None:
@@ -240,7 +258,7 @@ class Pipeline:
         from model.imaging.preprocess import stack_views
 
         ctx, outcome = self.ctx, prepared.outcome
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), time.thread_time()
         study_ids = list(prepared.views)
         try:
             if study_ids:
@@ -254,13 +272,13 @@ class Pipeline:
             return
         finally:
             prepared.views.clear()  # free the pixels as soon as they are used
-        t1 = time.perf_counter()
+        t1, model_cpu = time.perf_counter(), (time.thread_time() - cpu) * _torch_threads()
         try:
             jobs.record_results(self.db, job_id=ctx.job_id, model_id=ctx.model_id, outcome=outcome,
                                 settings=report_settings(ctx))
         except Exception as exc:
             prepared.error = fail_batch(self.db, ctx.job_id, prepared.batch, "recording", exc)
-        prepared.timings.add(Timings(model=t1 - t0, db=time.perf_counter() - t1))
+        prepared.timings.add(Timings(model=t1 - t0, db=time.perf_counter() - t1, model_cpu=model_cpu))
         if prepared.error is None and self.on_recorded is not None and outcome.reports:
             self.on_recorded(ctx.job_id, list(outcome.reports))
 
@@ -273,6 +291,12 @@ class Pipeline:
         else:
             result.reported += len(prepared.outcome.reports)
             result.failed += len(prepared.outcome.failures)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _overlapped(planned: list[list[int]], start: Callable[[list[int]], Future[_Prepared]]) -> Iterator[_Prepared]:

@@ -42,10 +42,12 @@ class LocalRunner:
         ctx = runtime.job_context(settings, db, job_id)
         plan = plan_threads(ctx.engine.device.type, processes=self.processes, decode_workers=settings.decode_workers)
         apply_torch_threads(plan)
-        limits = Limits(max_pixels=settings.max_pixels, decode_workers=plan.decode_workers,
+        balance = runtime.balance(settings, ctx.bundle, self.processes) if ctx.engine.device.type == "cpu" else None
+        workers = balance.share if balance is not None and balance.decode_workers is None else plan.decode_workers
+        limits = Limits(max_pixels=settings.max_pixels, decode_workers=workers,
                         max_file_bytes=settings.max_file_bytes,
                         max_attempts=settings.max_attempts, cache=runtime.view_cache(settings),
-                        processes=plan.decode_workers > 1)
+                        processes=plan.decode_workers > 1)  # threads where the plan had one: no start-up
         pool = runtime.decode_pool(ctx.bundle, limits) if limits.processes else None  # kept: slow to start
         on_recorded = None
         if settings.push_to:
@@ -53,4 +55,4 @@ class LocalRunner:
 
             def on_recorded(job_id: int, reported: list[int]) -> None:
                 push_reported(settings, job_id, reported)
-        return Pipeline(db, ctx, limits, pool, on_recorded).run(study_ids, progress)
+        return Pipeline(db, ctx, limits, pool, on_recorded, balance).run(study_ids, progress)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from model.network.bundle import Bundle
     from worker.decoding import DecodePool, Limits
     from worker.pipeline import JobContext
+    from worker.resources import Balance
 
 _databases: dict[str, Database] = {}
 _bundles: dict[tuple[str, str], Bundle] = {}
@@ -31,6 +32,7 @@ _fingerprints: dict[int, str] = {}  # id(bundle) -> its weights' fingerprint as 
 _engines: dict[tuple[int, bool], Engine] = {}
 _caches: dict[tuple[str, int], ViewCache] = {}
 _pools: dict[tuple[int, Limits], DecodePool] = {}
+_balances: dict[tuple[int, int, int | None, int | None], Balance] = {}
 _model_ids: dict[tuple[str, str], int] = {}
 _deployments: dict[str, str] = {}
 
@@ -119,6 +121,17 @@ def decode_pool(loaded: Bundle, limits: Limits) -> DecodePool:
 
         _pools[key] = DecodePool(loaded.processor, limits)
     return _pools[key]
+
+
+def balance(settings: Settings, loaded: Bundle, processes: int = 1) -> Balance:
+    """How this process splits its cores between decoding and this model on a CPU, learnt batch after
+    batch and kept across jobs (worker/resources.py)."""
+    from worker.resources import Balance, core_share, fixed_torch_threads
+
+    key = (id(loaded), core_share(processes), settings.decode_workers, fixed_torch_threads())
+    if key not in _balances:
+        _balances[key] = Balance(key[1], torch_threads=key[3], decode_workers=settings.decode_workers)
+    return _balances[key]
 
 
 def job_context(settings: Settings, db: Database, job_id: int) -> JobContext:
