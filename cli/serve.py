@@ -114,11 +114,7 @@ def user_disable(ctx: click.Context, name: str) -> None:
     Example:
       xrq user disable bob
     """
-    from db.accounts import set_disabled
-    from worker import runtime
-
-    set_disabled(runtime.database(settings_from(ctx).database_url), name, True)
-    click.echo(f"Disabled {printable(name)}")
+    _set_disabled(ctx, name, True)
 
 
 @user.command("enable")
@@ -131,11 +127,15 @@ def user_enable(ctx: click.Context, name: str) -> None:
     Example:
       xrq user enable bob
     """
+    _set_disabled(ctx, name, False)
+
+
+def _set_disabled(ctx: click.Context, name: str, disabled: bool) -> None:
     from db.accounts import set_disabled
     from worker import runtime
 
-    set_disabled(runtime.database(settings_from(ctx).database_url), name, False)
-    click.echo(f"Enabled {printable(name)}")
+    set_disabled(runtime.database(settings_from(ctx).database_url), name, disabled)
+    click.echo(f"{'Disabled' if disabled else 'Enabled'} {printable(name)}")
 
 
 @click.group()

@@ -24,9 +24,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
 from model.imaging.preprocess import pixel_values
-from model.inference.generate import GenerationSettings, autocast, check_fits, decode_reports, generate_ids
+from model.inference.generate import GenerationSettings, decode_reports, generate_ids, on_the_trainers_path
 from model.metrics.sections import split_sections
-from model.network.bundle import Bundle, resolve_device
+from model.network.bundle import Bundle
 
 __all__ = ["Draft", "TokenRecorder", "confidence", "draft", "drafts", "drafts_from_pixels", "generate_drafts"]
 
@@ -170,8 +170,5 @@ def drafts_from_pixels(
     """`generate.generate_from_pixels` (the trainer's path: fp32 weights, bf16 autocast on CUDA) with evidence."""
     if not len(pixels):
         return []
-    check_fits(bundle, settings)
-    dev = bundle.device if device is None else resolve_device(device)
-    cast(torch.nn.Module, bundle.model).to(dev).eval()
-    with torch.inference_mode(), autocast(dev, bf16):
-        return generate_drafts(bundle.model, pixels.to(dev, non_blocking=True), mask, settings, bundle.tokenizer)
+    return on_the_trainers_path(bundle, pixels, settings, lambda model, on_device: generate_drafts(
+        model, on_device, mask, settings, bundle.tokenizer), device=device, bf16=bf16)

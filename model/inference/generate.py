@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from PIL import Image
@@ -22,8 +22,10 @@ from model.inference.text import clean_report
 from model.network.bundle import Bundle, resolve_device
 from model.network.multiview import XrqEncoderDecoder
 
-__all__ = ["GenerationSettings", "decode_reports", "device_view_mask", "generate", "generate_ids", "loss", "record",
-           "report_labels", "resolve_device"]
+__all__ = ["GenerationSettings", "decode_reports", "device_view_mask", "generate", "generate_ids", "loss",
+           "on_the_trainers_path", "record", "report_labels", "resolve_device"]
+
+T = TypeVar("T")
 
 
 class _UnpaddedDecoderFilter(logging.Filter):
@@ -94,12 +96,28 @@ def generate_from_pixels(
     """
     if not len(pixels):
         return []
+    ids = on_the_trainers_path(bundle, pixels, settings, lambda model, on_device: generate_ids(
+        model, on_device, mask, settings), device=device, bf16=bf16)
+    return decode_reports(bundle.tokenizer, ids)
+
+
+def on_the_trainers_path(
+    bundle: Bundle,
+    pixels: torch.Tensor,
+    settings: GenerationSettings,
+    run: Callable[[XrqEncoderDecoder, torch.Tensor], T],
+    *,
+    device: str | torch.device | None = None,
+    bf16: bool = True,
+) -> T:
+    """`run(model, pixels on its device)` the trainer's way: the settings checked, the model moved to
+    `device` (default: where it is) in eval mode, under inference mode and `autocast(device, bf16)`.
+    What `generate_from_pixels` and `confidence.drafts_from_pixels` share."""
     check_fits(bundle, settings)
     dev = bundle.device if device is None else resolve_device(device)
     cast(torch.nn.Module, bundle.model).to(dev).eval()
-    with torch.inference_mode(), _autocast(dev) if bf16 else contextlib.nullcontext():
-        ids = generate_ids(bundle.model, pixels.to(dev, non_blocking=True), mask, settings)
-    return decode_reports(bundle.tokenizer, ids)
+    with torch.inference_mode(), autocast(dev, bf16):
+        return run(bundle.model, pixels.to(dev, non_blocking=True))
 
 
 def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager[Any]:
