@@ -82,16 +82,7 @@ def plant(folder: Path, marker: Path) -> Path:
 
 def pretrained_parts(folder: Path) -> tuple[Path, Path]:
     """A tiny pretrained ViT and GPT-2 (with its own tokenizer) saved as someone else's parts: (encoder, decoder)."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+    from testing.parts import tiny_parts
 
-    from model.training.tokenizer import save_trained_tokenizer
-
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       image_size=224, patch_size=32)).save_pretrained(folder / "vit")
-    tok = save_trained_tokenizer(["Heart size normal.", "No pleural effusion."], folder / "gpt2", 300)
-    vocab = len(AutoTokenizer.from_pretrained(tok, trust_remote_code=False))
-    GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=1, n_head=2, n_positions=64, vocab_size=vocab)).save_pretrained(
-        folder / "gpt2")
-    return folder / "vit", folder / "gpt2"
+    encoder, decoder = tiny_parts(folder, with_tokenizer=True)
+    return Path(encoder), Path(decoder)
