@@ -105,7 +105,7 @@ def test_the_first_line_leaves_at_once_and_head_ends_the_command(scaled: str) ->
 FILTERS = {
     "job": (ReportFilter(job_id=3), "job_studies_pkey"),
     "model": (ReportFilter(model="small"), "ix_reports_model_study"),
-    "since": (ReportFilter(since=datetime(2026, 11, 30, tzinfo=UTC)), "ix_reports_created_at"),
+    "since": (ReportFilter(since=datetime(2026, 11, 30, tzinfo=UTC)), "ix_reports_worklist"),
     "status": (ReportFilter(status="failed"), "ix_job_studies_failed"),
     "text": (ReportFilter(text="pneumothorax"), "ix_reports_text_trgm"),
     "confidence": (ReportFilter(max_confidence=0.02, order_by="confidence"), "ix_reports_confidence"),
