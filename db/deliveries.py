@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, select
@@ -25,6 +25,7 @@ from db.queries import as_utc
 from db.schema import Base, Image, Job, JobStudy, Model, Report, Study, utcnow
 
 DELIVERY_STATES = ("delivered", "failed")
+UNSENT_WINDOW = timedelta(days=7)  # how far back the backlog looks for sign-offs that were never sent
 
 
 class Delivery(Base):
@@ -165,6 +166,42 @@ def failed_documents(db: Database, *, max_attempts: int, kind: str) -> dict[str,
                 select(Delivery.destination, Delivery.report_id, Delivery.sop_instance_uid)
                 .where(Delivery.state == "failed", Delivery.attempts < max_attempts, Delivery.kind == kind)).all():
             found.setdefault(dest, {}).setdefault(report_id, set()).add(uid)
+    return found
+
+
+def unsent_signed(db: Database, destination: str, *, kind: str, within: timedelta = UNSENT_WINDOW,
+                  limit: int = 1000) -> dict[int, set[int]]:
+    """Reports signed in the last `within` that have fewer `kind` delivery rows to `destination`,
+    delivered or failed, than signed versions (sign-offs, addenda): report id -> its signed versions.
+
+    A sign-off is committed before its SR is sent, and the send records its row; a process killed in
+    between leaves a signed version with no row at all, which no retry of failed rows would find. The
+    sign-off itself is the record: this finds them (the sender skips what is already delivered). The
+    window keeps the nightly look bounded (a study with no DICOM identity never gets a row, so it
+    would be looked at again every night); at most `limit` reports, the newest first.
+    """
+    from sqlalchemy import func
+
+    from db.review_schema import ReviewVersion
+
+    signed_actions = ReviewVersion.action.in_(("sign", "addendum"))
+    recent = select(ReviewVersion.report_id).where(signed_actions, ReviewVersion.created_at >= utcnow() - within)
+    signed = (select(ReviewVersion.report_id, func.count().label("n"), func.max(ReviewVersion.id).label("last"))
+              .where(signed_actions, ReviewVersion.report_id.in_(recent))
+              .group_by(ReviewVersion.report_id).subquery())
+    sent = (select(Delivery.report_id, func.count().label("n"))
+            .where(Delivery.destination == destination, Delivery.kind == kind)
+            .group_by(Delivery.report_id).subquery())
+    with db.session() as s:
+        short = list(s.scalars(
+            select(signed.c.report_id).outerjoin(sent, sent.c.report_id == signed.c.report_id)
+            .where(signed.c.n > func.coalesce(sent.c.n, 0)).order_by(signed.c.last.desc()).limit(limit)))
+        found: dict[int, set[int]] = {}
+        for chunk in chunks(short):
+            for report_id, version in s.execute(
+                    select(ReviewVersion.report_id, ReviewVersion.version)
+                    .where(ReviewVersion.report_id.in_(chunk), signed_actions)):
+                found.setdefault(report_id, set()).add(version)
     return found
 
 

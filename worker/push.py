@@ -137,7 +137,8 @@ def push_signed(settings: Settings, db: Database, dest: Destination, *,
 
 def retry_failed(settings: Settings) -> list[PushResult]:
     """The backlog's step: push again, per destination, the jobs of draft SRs that failed, and the very
-    signed SRs that failed (rebuilt from their signed versions, never the draft in their place)."""
+    signed SRs that failed (rebuilt from their signed versions, never the draft in their place); with
+    XRQ_PUSH_TO, also the signed versions that were never sent at all (`deliveries.unsent_signed`)."""
     db = runtime.database(settings.database_url)
     limit = max(settings.max_attempts, 1) * 8
     results = []
@@ -153,6 +154,16 @@ def retry_failed(settings: Settings) -> list[PushResult]:
         except DeliveryError as exc:
             log.warning("retrying signed SRs to %s: %s", destination, exc)
             results.append(PushResult(destination, failed=sum(map(len, by_report.values())), errors=[str(exc)]))
+    if settings.push_to:  # sign-offs whose send never started: the process stopped between commit and send
+        dest = parse_destination(settings.push_to)
+        unsent = deliveries.unsent_signed(db, dest.text, kind=SIGNED_KIND)
+        if unsent:
+            log.info("%d signed reports have no delivery to %s yet: sending their SRs", len(unsent), dest.text)
+            try:
+                results.append(push_signed(settings, db, dest, versions=unsent))
+            except DeliveryError as exc:  # recorded as failed rows: the next retry finds them
+                log.warning("sending signed SRs to %s: %s", dest.text, exc)
+                results.append(PushResult(dest.text, failed=sum(map(len, unsent.values())), errors=[str(exc)]))
     return results
 
 

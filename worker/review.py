@@ -5,7 +5,9 @@
 instance, VerificationFlag VERIFIED, the reviewer as verifying observer, the draft SR in its
 predecessor documents) and sends it, recording the delivery as `sr-signed`. The sign-off is committed
 before anything is sent and never waits on, or fails with, a delivery: a PACS that is down leaves a
-failed delivery row, which the backlog (`xrq backlog`, nightly) sends again. The final FHIR
+failed delivery row, which the backlog (`xrq backlog`, nightly) sends again; a process stopped between
+the commit and the send leaves a signed version with no row at all, which the backlog finds from the
+sign-off itself (`db.deliveries.unsent_signed`) and sends. The final FHIR
 DiagnosticReport of a signed report is what `xrq export --format fhir` writes for it.
 """
 

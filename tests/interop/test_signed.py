@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -119,6 +120,39 @@ def test_pacs_down_the_sign_off_stands_and_the_backlog_sends_the_signed_sr(
         [again] = deliveries.deliveries_of(db, report_id)
         assert (again["state"], again["attempts"]) == ("delivered", 2)
         assert sum(r.sent for r in retry_failed(settings)) == 0
+    finally:
+        pacs.stop()
+
+
+def test_a_sign_off_whose_send_never_started_is_sent_by_the_backlog(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process stops between the sign-off's commit and its send (here: db.review.submit alone, which is
+    what is on disk at that moment): no delivery row exists, and the backlog still sends the signed SR."""
+    from db import review
+
+    db, seeded, alice = _seeded(db_url, tmp_path)
+    pacs = Orthanc(tmp_path / "orthanc", xrq_port=free_port()).start()
+    try:
+        monkeypatch.setenv("XRQ_PUSH_TO", pacs.destination)
+        report_id = seeded.report_ids["rsna"]
+        review.submit(db, report_id, base_version=0, action="sign", text=SIGNED, author_id=alice)
+        # A PNG study signed too: it has no SR to send, and the backlog says so without failing.
+        review.submit(db, seeded.report_ids["1001"], base_version=0, action="sign", text="Mild cardiomegaly.",
+                      author_id=alice)
+        assert deliveries.deliveries_of(db, report_id) == [] and srs_in(pacs, RSNA_STUDY) == []
+
+        settings = Settings(database_url=db_url, push_to=pacs.destination)
+        results = retry_failed(settings)
+        assert sum(r.sent for r in results) == 1 and not any(r.errors for r in results)
+        [sr] = srs_in(pacs, RSNA_STUDY)
+        assert sr.VerificationFlag == "VERIFIED"
+        assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "alice"
+        _check(sr, tmp_path, "unsent.dcm")
+        [row] = deliveries.deliveries_of(db, report_id)
+        assert (row["kind"], row["state"], row["uid"]) == ("sr-signed", "delivered", sr.SOPInstanceUID)
+        assert sum(r.sent for r in retry_failed(settings)) == 0  # nothing twice
+        # Older than the window: not looked for any more.
+        assert deliveries.unsent_signed(db, pacs.destination, kind="sr-signed", within=timedelta(0)) == {}
     finally:
         pacs.stop()
 
