@@ -14,7 +14,7 @@ from sqlalchemy import func, select, tuple_
 
 from db.engine import Database
 from db.queries import as_utc
-from db.review_schema import STATES, Review, User
+from db.review_schema import STATES, ReaderCase, ReaderStudyReader, Review, User
 from db.schema import Model, Report, Study
 
 EXCERPT = 160  # characters of the draft a row shows
@@ -26,6 +26,7 @@ class WorklistFilter:
     model: str | None = None  # a model's name
     state: str | None = None  # draft, signed, rejected
     text: str | None = None  # a case-insensitive substring of the draft
+    reader_id: int | None = None  # a user who reads in reader studies: their studies are left out (blinded)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,27 @@ def _where(stmt: Any, f: WorklistFilter, model_id: int | None) -> Any:
         stmt = stmt.where(reviewed.where(Review.state == f.state).exists())
     if f.text:
         stmt = stmt.where(func.lower(Report.text).contains(f.text.lower(), autoescape=True))
+    if f.reader_id is not None:
+        stmt = stmt.where(~read_by(f.reader_id, Report.study_id))
     return stmt
+
+
+def read_by(user_id: int, study_id: Any) -> Any:
+    """EXISTS: the study `study_id` (a column or a value) is a case of a reader study `user_id` reads.
+
+    Such a study's drafts, their models and its ground truth are hidden from that reader outside the
+    reader study: seen in the worklist, they would tell which side of a case a model wrote.
+    """
+    return (select(ReaderCase.id).join(ReaderStudyReader,
+                                       ReaderStudyReader.reader_study_id == ReaderCase.reader_study_id)
+            .where(ReaderCase.study_id == study_id, ReaderStudyReader.user_id == user_id).exists())
+
+
+def reads_any(db: Database, user_id: int) -> bool:
+    """Whether this user is a reader of any reader study (so their worklist leaves its studies out)."""
+    with db.session() as s:
+        return s.scalar(select(ReaderStudyReader.user_id).where(ReaderStudyReader.user_id == user_id)
+                        .limit(1)) is not None
 
 
 def worklist(db: Database, f: WorklistFilter, *, after: Cursor | None = None, limit: int = 50) -> WorklistPage:
@@ -110,11 +131,14 @@ def model_names(db: Database) -> list[str]:
         return sorted(set(s.scalars(select(Model.name))))
 
 
-def next_unreviewed(db: Database, report_id: int | None = None) -> int | None:
-    """The next draft nobody has touched, after `report_id` in worklist order (else from the top)."""
+def next_unreviewed(db: Database, report_id: int | None = None, *, reader_id: int | None = None) -> int | None:
+    """The next draft nobody has touched, after `report_id` in worklist order (else from the top);
+    with `reader_id`, none of the studies that user reads in a reader study."""
     with db.session() as s:
         base = (select(Report.id).outerjoin(Review, Review.report_id == Report.id).where(Review.report_id.is_(None))
                 .order_by(Report.created_at.desc(), Report.id.desc()).limit(1))
+        if reader_id is not None:
+            base = base.where(~read_by(reader_id, Report.study_id))
         if report_id is not None:
             here = s.execute(select(Report.created_at, Report.id).where(Report.id == report_id)).first()
             if here is not None:

@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from db import accounts, readers, review, worklist
+from db.accounts import Account
 from db.evidence import report_evidence
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
 from web.auth import check_csrf, end_session, login, require, start_session
@@ -86,7 +87,7 @@ def worklist_page(request: Request) -> Response:
     q = request.query_params
     state = q.get("state") if q.get("state") in STATES else None
     f = worklist.WorklistFilter(job_id=_int(q.get("job")), model=q.get("model") or None, state=state,
-                                text=(q.get("q") or "").strip()[:200] or None)
+                                text=(q.get("q") or "").strip()[:200] or None, reader_id=_reader_id(request, user))
     db = request.app.state.db
     page = worklist.worklist(db, f, after=worklist.Cursor.decode(q.get("after")),
                              limit=request.app.state.config.page_size)
@@ -105,13 +106,30 @@ def report_page(request: Request) -> Response:
         return render(request, "error.html", {"user": user, "title": "Not found", "message": "No such report."},
                       status=404)
     data = review.report_review(request.app.state.db, report_id)
+    hidden = _hidden_from_reader(request, user, data.study_id)
+    if hidden is not None:
+        return hidden
     return render(request, "report.html", {"user": user, "r": data, "done": request.query_params.get("done", ""),
-                                           "refused": "", "blind": _blind(request, data, user.id),
-                                           "explain": report_evidence(request.app.state.db, report_id)})
+                                           "refused": "", "explain": report_evidence(request.app.state.db, report_id)})
 
 
-def _blind(request: Request, data: review.ReportReview, user_id: int) -> bool:
-    return data.truth is not None and readers.blinded(request.app.state.db, data.study_id, user_id)
+def _hidden_from_reader(request: Request, user: Account, study_id: int) -> Response | None:
+    """The page that refuses a study's drafts to one of its readers in a reader study, or None.
+
+    Its drafts name their models and its ground truth is the answer: seen here, they would unblind the
+    reader study. The study stays out of their worklist and their "Next" too (`db.worklist.read_by`).
+    """
+    if not readers.blinded(request.app.state.db, study_id, user.id):
+        return None
+    return render(request, "error.html", {
+        "user": user, "title": "Hidden from you during a reader study",
+        "message": "You read this study in a reader study: its drafts and its ground truth are hidden from "
+                   "you while you are one of its readers. Read it under Reader studies."}, status=403)
+
+
+def _reader_id(request: Request, user: Account) -> int | None:
+    """The user's id when they read in any reader study (their worklist leaves those studies out)."""
+    return user.id if worklist.reads_any(request.app.state.db, user.id) else None
 
 
 async def report_submit(request: Request) -> Response:
@@ -129,6 +147,9 @@ def _report_submit(request: Request, form: FormData) -> Response:
                                               "message": "The form lacks its report or version."}, status=400)
     action = str(form.get("action", ""))
     text = str(form.get("text", ""))
+    hidden = _hidden_from_reader(request, user, review.report_review(db, report_id).study_id)
+    if hidden is not None:
+        return hidden
     try:
         done = review_service.submit(db, report_id, base_version=base, action=action, text=text, author_id=user.id,
                                      reason=str(form.get("reason", "")) or None)
@@ -138,14 +159,15 @@ def _report_submit(request: Request, form: FormData) -> Response:
     except ReviewRefusedError as exc:
         data = review.report_review(db, report_id)
         return render(request, "report.html", {"user": user, "r": data, "done": "", "refused": str(exc),
-                                               "typed": text, "blind": _blind(request, data, user.id),
-                                               "explain": report_evidence(db, report_id)}, status=422)
+                                               "typed": text, "explain": report_evidence(db, report_id)},
+                      status=422)
     return RedirectResponse(f"/reports/{report_id}?done={done.action}", status_code=303)
 
 
 def next_report(request: Request) -> Response:
-    require(request)
-    found = worklist.next_unreviewed(request.app.state.db, _int(request.path_params.get("report_id")))
+    user = require(request)
+    found = worklist.next_unreviewed(request.app.state.db, _int(request.path_params.get("report_id")),
+                                     reader_id=_reader_id(request, user))
     if found is None:
         return RedirectResponse("/?state=draft&done=none", status_code=303)
     return RedirectResponse(f"/reports/{found}", status_code=303)

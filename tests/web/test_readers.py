@@ -127,3 +127,51 @@ def test_only_its_readers_see_a_study(site: Site) -> None:
     rid = site.seeded.report_ids["1000"]
     assert "No acute disease." not in signed_in(site.app, "alice").get(f"/reports/{rid}").text
     assert "No acute disease." in signed_in(site.app, "bob").get(f"/reports/{rid}").text
+
+
+def test_a_reader_does_not_see_their_studies_drafts_outside_the_reader_study(sqlite_url: str, tmp_path: Path) -> None:
+    """The worklist, the report page, its form and "Next" would name the model of each side of a case (and
+    show the ground truth): for a reader of the study they leave those studies out; others see them all."""
+    import re
+
+    from sqlalchemy import select
+
+    from db.review import report_review
+    from db.review_schema import ReaderCase
+    from db.schema import Report, Study
+    from tests.web.conftest import make_site
+    from tests.web.test_app import signed_in, token
+
+    app, db, seeded = make_site(sqlite_url, tmp_path)
+    second = seed(db, tmp_path / "images2", model="zeta", drafts=OTHER).job_id  # type: ignore[arg-type]
+    readers.create(db, readers.StudyPlan("pilot", (f"job:{seeded.job_id}", f"job:{second}"), ("alice",), 2))
+    with db.session() as s:  # type: ignore[attr-defined]
+        read = set(s.scalars(select(Study.uid).join(ReaderCase, ReaderCase.study_id == Study.id)))
+    assert len(read) == 2
+
+    def listed(client: Any) -> set[str]:
+        return set(re.findall(r'<a href="/reports/\d+">([^<]+)</a>', client.get("/").text))
+
+    alice, bob = signed_in(app, "alice"), signed_in(app, "bob")
+    assert listed(bob) == set(seeded.report_ids)  # type: ignore[attr-defined]
+    assert listed(alice) == set(seeded.report_ids) - read  # type: ignore[attr-defined]
+    hidden = next(rid for uid, rid in seeded.report_ids.items() if uid in read)  # type: ignore[attr-defined]
+    page = alice.get(f"/reports/{hidden}")
+    assert page.status_code == 403 and "Hidden from you during a reader study" in page.text
+    assert "demo" not in page.text and DRAFTS[next(iter(read))] not in page.text
+    assert bob.get(f"/reports/{hidden}").status_code == 200
+    form = {"csrf_token": token(bob.get(f"/reports/{hidden}").text), "version": "0", "action": "sign",
+            "text": "Signed by a reader."}
+    assert alice.post(f"/reports/{hidden}", data=form, follow_redirects=False).status_code == 403
+    assert report_review(db, hidden).version == 0  # type: ignore[arg-type]  # nothing was written
+    landed, where = [], "/next"
+    for _ in range(8):  # "Next" from the top, and on from each draft it gives, until none is left
+        where = alice.get(where, follow_redirects=False).headers["location"]
+        if not where.startswith("/reports/"):
+            break  # none left
+        landed.append(where)
+        where += "/next"
+    with db.session() as s:  # type: ignore[attr-defined]
+        uids = {f"/reports/{rid}": uid for rid, uid in s.execute(
+            select(Report.id, Study.uid).join(Study, Study.id == Report.study_id))}
+    assert len(landed) == 4 and not {uids[w] for w in landed} & read  # both models' drafts of the 2 others
