@@ -294,6 +294,6 @@ def activity_text(act: Any) -> str:
     """The last hour's throughput and the most common failure reasons."""
     lines = [f"last hour: {act.reports} reports ({act.reports / 60:.1f}/min), {act.failures} failures"]
     if act.by_reason:
-        lines.append("failures by reason:")
+        lines.append("failures by reason, last 24 hours:")
         lines += [f"  {n:>6}  {printable(reason)}" for reason, n in act.by_reason]
     return "\n".join(lines)

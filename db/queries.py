@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,7 +14,20 @@ from db.engine import Database
 from db.errors import NotFoundError
 from db.listing import ReportFilter, ReportRow, as_utc, report_rows
 from db.listing import export_batches as streamed
-from db.schema import OPEN, STATUSES, Evaluation, EvaluationScore, Image, Job, JobStudy, Model, Report, Study, Truth
+from db.schema import (
+    OPEN,
+    STATUSES,
+    Evaluation,
+    EvaluationScore,
+    Image,
+    Job,
+    JobStudy,
+    Model,
+    Report,
+    Study,
+    Truth,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -217,22 +230,29 @@ class Activity:
     since: datetime
     reports: int  # reports written since `since`
     failures: int  # studies failed since `since`
-    by_reason: list[tuple[str, int]]  # all failed studies, by the reason their first bad image gave
+    by_reason: list[tuple[str, int]]  # studies failed since `reasons_since`, by the reason their first bad image gave
+    reasons_since: datetime | None = None
 
 
-def activity(db: Database, since: datetime, *, top: int = 5) -> Activity:
+REASONS_WINDOW = timedelta(days=1)  # how far back `xrq status` groups failures by reason
+
+
+def activity(db: Database, since: datetime, *, top: int = 5, reasons_window: timedelta = REASONS_WINDOW) -> Activity:
+    """Reports and failures since `since`, and the failures of the last `reasons_window` by reason: every
+    count a walk of a time index over the window, so its cost follows the window's work, not the history's."""
+    reasons_since = min(since, utcnow() - reasons_window)
     with db.session() as s:
         reports = s.scalar(select(func.count()).select_from(Report).where(Report.created_at >= since)) or 0
         failures = s.scalar(select(func.count()).select_from(JobStudy).where(
             JobStudy.status == "failed", JobStudy.updated_at >= since)) or 0
-        rows = s.execute(select(JobStudy.error, func.count()).where(JobStudy.status == "failed")
-                         .group_by(JobStudy.error)).all()
+        rows = s.execute(select(JobStudy.error, func.count()).where(
+            JobStudy.status == "failed", JobStudy.updated_at >= reasons_since).group_by(JobStudy.error)).all()
     counts: dict[str, int] = {}
     for error, n in rows:
         reason = _bare_reason(error or "unknown")
         counts[reason] = counts.get(reason, 0) + n
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return Activity(since, reports, failures, ranked[:top])
+    return Activity(since, reports, failures, ranked[:top], reasons_since)
 
 
 def _bare_reason(error: str) -> str:
