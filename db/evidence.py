@@ -37,3 +37,12 @@ def report_evidence(db: Database, report_id: int) -> ReportEvidence:
         s.expunge(model)
         return ReportEvidence(report.id, report.text, report.confidence, report.token_ids, report.token_logprobs,
                               report.findings, report.impression, model)
+
+
+def report_place(db: Database, report_id: int) -> tuple[int, int]:
+    """(study id, job id) of a report: where its views are (the files as that job found them)."""
+    with db.session() as s:
+        found = s.execute(select(Report.study_id, Report.job_id).where(Report.id == report_id)).first()
+    if found is None:
+        raise NotFoundError(f"no report with id {report_id}")
+    return int(found[0]), int(found[1])

@@ -64,3 +64,30 @@ def _remember(key: tuple[str, int, str], data: bytes) -> None:
         while _cache_size > _CACHE_BYTES and _cache:
             _, old = _cache.popitem(last=False)
             _cache_size -= len(old)
+
+
+def attention_response(db: Database, database_url: str, report_id: int) -> Response:
+    """The report's attention picture (worker.evidence.attention_png), drawn on demand and kept like the
+    images: a report's tokens never change. The first one a server process draws loads the model that
+    wrote the report (seconds; then it stays loaded in that process)."""
+    from model.errors import ModelError
+    from worker.errors import NoEvidenceError
+    from worker.settings import Settings
+    from worker.show import attention_png
+
+    key = (db.url, report_id, "attention")
+    with _lock:
+        data = _cache.get(key)
+        if data is not None:
+            _cache.move_to_end(key)
+    if data is None:
+        try:
+            data = attention_png(Settings.from_env().replace(database_url=database_url), report_id)
+        except NoEvidenceError as exc:
+            return Response(f"no attention to show: {exc}", status_code=404, media_type="text/plain")
+        except ModelError as exc:
+            return Response(f"the model that wrote this report cannot be loaded here: {exc}", status_code=503,
+                            media_type="text/plain")
+        _remember(key, data)
+    return Response(data, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+

@@ -22,7 +22,7 @@ from db.accounts import Account
 from db.evidence import report_evidence
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
 from web.auth import check_csrf, end_session, login, require, start_session
-from web.images import image_response
+from web.images import attention_response, image_response
 from web.pages import render
 from worker import review as review_service
 
@@ -173,6 +173,19 @@ def next_report(request: Request) -> Response:
     return RedirectResponse(f"/reports/{found}", status_code=303)
 
 
+def attention(request: Request) -> Response:
+    """Where the model looked for each sentence of a report (drawn on demand: the report page loads it lazily)."""
+    user = require(request)
+    report_id = _int(request.path_params["report_id"])
+    if report_id is None:
+        return Response("no such report", status_code=404, media_type="text/plain")
+    db = request.app.state.db
+    hidden = _hidden_from_reader(request, user, review.report_review(db, report_id).study_id)
+    if hidden is not None:
+        return hidden
+    return attention_response(db, request.app.state.config.database_url, report_id)
+
+
 def image(request: Request) -> Response:
     require(request)
     image_id = _int(request.path_params["image_id"])
@@ -208,6 +221,7 @@ ROUTES: list[Any] = [
     Route("/reports/{report_id}/next", next_report, methods=["GET"]),
     Route("/next", next_report, methods=["GET"]),
     Route("/images/{image_id}.png", image, methods=["GET"]),
+    Route("/reports/{report_id}/attention.png", attention, methods=["GET"]),
     Route("/admin/users", users_page, methods=["GET"]),
     Route("/admin/users", users_submit, methods=["POST"]),
 ]

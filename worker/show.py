@@ -40,7 +40,7 @@ def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, s
     detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
     if job_id is None and on_pick is not None and detail.models > 1:  # one model's report: nothing to choose
         on_pick(picked_text(detail))
-    return _render(detail, _views(detail, settings.max_pixels), Path(out))
+    return _render(detail, study_views(detail, settings.max_pixels), Path(out))
 
 
 def show_study_attention(settings: Settings, out: str | Path, *, uid: str | None = None,
@@ -50,10 +50,31 @@ def show_study_attention(settings: Settings, out: str | Path, *, uid: str | None
     from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
 
     detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
-    views = _views(detail, settings.max_pixels)
+    views = study_views(detail, settings.max_pixels)
     shown = draw_attention(settings, detail, views, attention_path(Path(out)),
                            DEFAULT_THRESHOLD if threshold is None else threshold)
     return _render(detail, views, Path(out)), shown
+
+
+def attention_png(settings: Settings, report_id: int, threshold: float | None = None) -> bytes:
+    """The attention picture of one stored report as PNG bytes: what the review application shows.
+
+    The study's views as the report's job found them, its model loaded once per process (as a worker
+    loads it). Raises NoEvidenceError (no tokens stored, a view unreadable) or the model's errors.
+    """
+    import tempfile
+
+    from db.evidence import report_place
+    from worker.evidence import DEFAULT_THRESHOLD, draw_attention
+
+    db = runtime.database(settings.database_url)
+    study_id, job_id = report_place(db, report_id)
+    detail = study_detail(db, study_id=study_id, job_id=job_id)
+    with tempfile.TemporaryDirectory(prefix="xrq-attention-") as tmp:
+        out = Path(tmp) / "attention.png"
+        draw_attention(settings, detail, study_views(detail, settings.max_pixels), out,
+                       DEFAULT_THRESHOLD if threshold is None else threshold)
+        return out.read_bytes()
 
 
 def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
@@ -81,7 +102,7 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
         for study_id, uid in job_studies(db, job_id):  # streamed in uid order: one study in memory at a time
             detail = study_detail(db, study_id=study_id, job_id=job_id)
             stem = _picture_name(study_id, uid, taken)
-            views = _views(detail, settings.max_pixels)
+            views = study_views(detail, settings.max_pixels)
             picture = _render(detail, views, out_dir / f"{stem}.png")
             if attention and detail.report_id is not None:
                 from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
@@ -125,7 +146,8 @@ def _picture_name(study_id: int, uid: str, taken: set[str]) -> str:
     return stem
 
 
-def _views(detail: StudyDetail, max_pixels: int) -> Views:
+def study_views(detail: StudyDetail, max_pixels: int) -> Views:
+    """The study's views as its job found them (decoded), or why one cannot be read now (a string)."""
     # Imported here: Pillow, NumPy and pydicom are for drawing, not for importing this module.
     from model.imaging.files import text_to_name
     from model.imaging.images import decode_bytes, read_submitted

@@ -134,8 +134,8 @@ def cross_attention(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[in
         before = decoder.config._attn_implementation
         decoder.set_attn_implementation("eager")
         try:
-            out = decoder(input_ids=inputs, encoder_hidden_states=hidden, output_attentions=True, use_cache=False,
-                          return_dict=True)
+            out = decoder(input_ids=inputs, attention_mask=torch.ones_like(inputs),  # one sequence: no padding
+                          encoder_hidden_states=hidden, output_attentions=True, use_cache=False, return_dict=True)
         finally:
             decoder.set_attn_implementation(before)
     layers = out.cross_attentions  # per layer (1, heads, n, V*T)

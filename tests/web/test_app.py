@@ -155,3 +155,46 @@ def test_a_report_page_shows_the_models_confidence_and_sections(sqlite_url: str,
     page = client.get(f"/reports/{rid}").text
     assert 'aria-label="Explanation"' in page and "Confidence 0.42" in page and "3 tokens" in page
     assert "Heart normal." in page and "No &lt;acute&gt; disease." in page
+
+
+def test_a_report_page_shows_where_the_model_looked(sqlite_url: str, tmp_path: Path, tiny_model: Path,
+                                                    iu_folder: Path) -> None:
+    """The attention picture of `xrq show --attention`, drawn on demand by the server with the report's own
+    model (loaded once per process) and loaded lazily by the page; a draft without stored tokens has none."""
+    import io
+    import time
+
+    from PIL import Image
+    from sqlalchemy import select, update
+
+    from db.schema import Report
+    from web.app import WebConfig, create_app
+    from web.auth import add_user
+    from worker import runtime
+    from worker.settings import Settings
+    from worker.submit import submit_folder
+
+    settings = Settings(database_url=sqlite_url, model=str(tiny_model), max_new_tokens=6)
+    assert submit_folder(settings, iu_folder).summary.counts == {"done": 4}
+    db = runtime.database(sqlite_url)
+    add_user(db, "alice", PASSWORD, "reviewer")
+    app = create_app(WebConfig(database_url=sqlite_url, secret_key="test-secret-" + "x" * 32), db)
+    client = signed_in(app)
+    with db.session() as s:
+        first, second = s.scalars(select(Report.id).order_by(Report.id).limit(2))
+    page = client.get(f"/reports/{first}").text
+    assert f'<img src="/reports/{first}/attention.png" loading="lazy"' in page
+    drawn = client.get(f"/reports/{first}/attention.png")
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(drawn.content)) as picture:
+        assert picture.width > 400 and picture.height > 200
+    start = time.perf_counter()
+    assert client.get(f"/reports/{first}/attention.png").content == drawn.content  # kept: not drawn again
+    assert time.perf_counter() - start < 0.5
+    with db.session() as s:
+        s.execute(update(Report).where(Report.id == second).values(token_ids=None))
+    assert "attention.png" not in client.get(f"/reports/{second}").text
+    gone = client.get(f"/reports/{second}/attention.png")
+    assert gone.status_code == 404 and "stored before xrq kept the tokens" in gone.text
+    assert client.get("/reports/99999/attention.png").status_code == 404
+    assert TestClient(app).get(f"/reports/{first}/attention.png", follow_redirects=False).status_code == 303
