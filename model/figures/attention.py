@@ -25,6 +25,11 @@ CMAP = "inferno"
 ALPHA = 0.5
 
 
+DPI = 90
+MIN_WIDTH_IN = 4.8  # inches: a sentence's 45-character title over a single view fits
+CHAR_PX = 7.0  # about the width of a 9-point character at DPI, with room to spare
+
+
 def render_attention(out: str | Path | BinaryIO, images: Sequence[Image.Image], attention: StudyAttention, *,
                      title: str = "", report: str | None = None) -> str | Path | BinaryIO:
     """Write the PNG (rows: sentences; columns: the views the model saw); `report` is printed above."""
@@ -32,10 +37,12 @@ def render_attention(out: str | Path | BinaryIO, images: Sequence[Image.Image], 
     rows = max(1, len(attention.sentences))
     cols = max(1, len(shown))
     top = printable(title) or "Where the model looked"
-    head = "\n".join([top, f"{attention.averaged}; each map sums to one over its view",
-                      *([textwrap.fill(printable(report), 40 * cols + 20)] if report else [])])
+    width = max(MIN_WIDTH_IN, 3.4 * cols + 0.4)  # one view's column alone is too narrow for its titles
+    chars = int(width * DPI / CHAR_PX)  # what a line of 9-point text holds across the figure
+    head = "\n".join(textwrap.fill(line, chars) for line in [
+        top, f"{attention.averaged}; each map sums to one over its view", *([printable(report)] if report else [])])
     head_height = 0.2 * (head.count("\n") + 1) + 0.2
-    fig = Figure(figsize=(3.4 * cols + 0.4, 3.4 * rows + head_height), dpi=90)
+    fig = Figure(figsize=(width, 3.4 * rows + head_height), dpi=DPI)
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[head_height, *[3.4] * rows])
     ax_head = fig.add_subplot(grid[0, :])
     ax_head.axis("off")

@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerFast
 
 from model.errors import ModelError
 from model.imaging.preprocess import pixel_values
+from model.inference.text import clean_report
 from model.network.bundle import Bundle
 
 __all__ = ["SentenceAttention", "StudyAttention", "attention_maps", "marked_words", "sentence_spans"]
@@ -152,19 +153,19 @@ def marked_words(tokenizer: PreTrainedTokenizerFast, token_ids: Sequence[int], t
     product of its tokens' probabilities. Special tokens are left out.
     """
     special = set(tokenizer.all_special_ids)
-    words: list[tuple[str, float]] = []  # (text with its leading space, summed log-probability)
+    words: list[tuple[list[int], float]] = []  # (the word's token ids, summed log-probability)
     for tid, logprob in zip(token_ids, token_logprobs, strict=True):
         if tid in special:
             continue
-        piece = _piece(tokenizer, tid)
-        if not words or piece[:1].isspace():
-            words.append((piece, logprob))
+        if not words or _piece(tokenizer, tid)[:1].isspace():
+            words.append(([tid], logprob))
         else:
-            words[-1] = (words[-1][0] + piece, words[-1][1] + logprob)
+            words[-1] = ([*words[-1][0], tid], words[-1][1] + logprob)
     marked, low = [], 0
     cut = math.log(threshold) if threshold > 0 else -math.inf
-    for text, logprob in words:
-        word = text.strip()
+    for ids, logprob in words:
+        # Decoded whole, then cleaned as reports are: a character split over byte-level tokens is whole again.
+        word = clean_report(str(tokenizer.decode(ids)))
         if word and logprob < cut:
             low += 1
             word = f"[{word}]"

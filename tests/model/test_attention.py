@@ -15,7 +15,7 @@ from model.imaging.preprocess import pixel_values
 from model.inference.attention import attention_maps, marked_words, sentence_spans
 from model.inference.confidence import draft
 from model.network.bundle import Bundle, build
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, REPO
 
 
 def _xray(name: str) -> Image.Image:
@@ -89,6 +89,17 @@ def test_sentences_and_unsure_words(bundle: Bundle) -> None:
                                 [*logprobs, math.log(0.01)], 0.5)
     assert (text, unsure) == ("the heart is [enlarged] .", 1)
     assert marked_words(bundle.tokenizer, words, logprobs, 0.1) == ("the heart is enlarged .", 0)
+
+
+def test_a_character_split_over_byte_tokens_is_marked_whole() -> None:
+    """The demo tokenizer writes "é" and "’" as two and three byte-level tokens: each token alone decodes
+    to U+FFFD, so a marked word is decoded from all its tokens at once (it showed "[caf��]")."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models" / "demo", trust_remote_code=False)
+    ids = tokenizer(" café ’ ok", add_special_tokens=False)["input_ids"]
+    assert "\ufffd" in "".join(tokenizer.decode([i]) for i in ids)  # split, as the test needs
+    assert marked_words(tokenizer, ids, [math.log(0.2)] * len(ids), 0.5) == ("[café] [’] [ok]", 3)
 
 
 def test_the_picture_renders_to_a_file_object(bundle: Bundle, views: list[Image.Image]) -> None:
