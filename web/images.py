@@ -42,16 +42,26 @@ def image_response(db: Database, image_id: int | None, size: str) -> Response:
         raise NotFoundError("no such image")
     path, root, sha256 = image_file(db, image_id)
     key = (db.url, image_id, size)
-    with _lock:
-        data = _cache.get(key)
-        if data is not None:
-            _cache.move_to_end(key)
+    data = _cached(key)
     if data is None:
         try:
             data = render_png(path, root, sha256, SIZES[size])
         except ImageError as exc:
             return Response(f"cannot show this image: {exc}", status_code=422, media_type="text/plain")
         _remember(key, data)
+    return _png(data)
+
+
+def _cached(key: tuple[str, int, str]) -> bytes | None:
+    """A kept PNG, now the most recently used; or None."""
+    with _lock:
+        data = _cache.get(key)
+        if data is not None:
+            _cache.move_to_end(key)
+    return data
+
+
+def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
 
@@ -76,10 +86,7 @@ def attention_response(db: Database, database_url: str, report_id: int) -> Respo
     from worker.show import attention_png
 
     key = (db.url, report_id, "attention")
-    with _lock:
-        data = _cache.get(key)
-        if data is not None:
-            _cache.move_to_end(key)
+    data = _cached(key)
     if data is None:
         try:
             data = attention_png(Settings.from_env().replace(database_url=database_url), report_id)
@@ -89,5 +96,5 @@ def attention_response(db: Database, database_url: str, report_id: int) -> Respo
             return Response(f"the model that wrote this report cannot be loaded here: {exc}", status_code=503,
                             media_type="text/plain")
         _remember(key, data)
-    return Response(data, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+    return _png(data)
 
