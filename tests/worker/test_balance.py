@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,16 @@ def _refs(count: int) -> list[tuple[jobs.ImageRef, str]]:
 def test_the_pool_keeps_at_most_its_concurrency_in_flight_and_counts_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     from model.network.bundle import build
 
-    busy, most, lock = [0], [0], threading.Lock()
+    busy, most, full, lock = [0], [0], [2], threading.Condition()
     real = decoding.load_view
 
     def counted(*args: Any) -> Any:
         with lock:
             busy[0] += 1
             most[0] = max(most[0], busy[0])
-        time.sleep(0.02)  # long enough for the pool's other threads to start theirs
+            lock.notify_all()
+            # Wait (a bounded while) for the window to fill, so that "at most" is also "as many as".
+            lock.wait_for(lambda: busy[0] >= full[0], timeout=5)
         try:
             return real(*args)
         finally:
@@ -80,7 +81,7 @@ def test_the_pool_keeps_at_most_its_concurrency_in_flight_and_counts_cpu(monkeyp
         first = list(pool.map(refs))
         assert most[0] == 2 and pool.cpu_s > 0
         assert [r[0] for r in first if isinstance(r, tuple)] == [_size(ref) for ref, _ in refs]  # in order
-        pool.concurrency, most[0] = 4, 0
+        pool.concurrency, most[0], full[0] = 4, 0, 4
         list(pool.map(refs))
         assert most[0] == 4
     finally:
@@ -110,9 +111,11 @@ def test_a_cpu_run_measures_each_batch_and_sets_the_split(tiny_model: Path, iu_f
         [balance] = [b for key, b in runtime._balances.items() if key[1] == 2 and key[3] is None]
         assert balance.seen == 4  # one observation a batch
         assert balance.decode_cpu_s > 0 and balance.model_cpu_s > 0
-        # The tiny model needs far less than decoding: decoding gets both cores, torch keeps one.
-        assert balance.decode_cpu_s > balance.model_cpu_s
-        assert balance.plan() == ThreadPlan(2, 1) and torch.get_num_threads() == 1
+        # The split follows what was measured (the tiny model's share varies with the machine's load:
+        # split_cores' own test pins the rule), and torch was given it.
+        plan = balance.plan()
+        assert plan == split_cores(2, balance.decode_cpu_s, balance.model_cpu_s)
+        assert torch.get_num_threads() == plan.torch_threads
     finally:
         torch.set_num_threads(threads)
         runtime._balances.clear()
