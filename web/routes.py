@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from db import accounts, readers, review, worklist
 from db.accounts import Account
-from db.evidence import report_evidence
+from db.evidence import report_evidence, report_place
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
 from web.auth import check_csrf, end_session, login, require, start_session
 from web.images import attention_response, image_response
@@ -147,7 +147,7 @@ def _report_submit(request: Request, form: FormData) -> Response:
                                               "message": "The form lacks its report or version."}, status=400)
     action = str(form.get("action", ""))
     text = str(form.get("text", ""))
-    hidden = _hidden_from_reader(request, user, review.report_review(db, report_id).study_id)
+    hidden = _hidden_from_reader(request, user, report_place(db, report_id)[0])
     if hidden is not None:
         return hidden
     try:
@@ -180,7 +180,7 @@ def attention(request: Request) -> Response:
     if report_id is None:
         return Response("no such report", status_code=404, media_type="text/plain")
     db = request.app.state.db
-    hidden = _hidden_from_reader(request, user, review.report_review(db, report_id).study_id)
+    hidden = _hidden_from_reader(request, user, report_place(db, report_id)[0])
     if hidden is not None:
         return hidden
     return attention_response(db, request.app.state.config.database_url, report_id)
