@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import DateTime, ForeignKey, Integer, Select, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.bulk import chunks
@@ -180,22 +180,11 @@ def unsent_signed(db: Database, destination: str, *, kind: str, within: timedelt
     window keeps the nightly look bounded (a study with no DICOM identity never gets a row, so it
     would be looked at again every night); at most `limit` reports, the newest first.
     """
-    from sqlalchemy import func
-
     from db.review_schema import ReviewVersion
 
     signed_actions = ReviewVersion.action.in_(("sign", "addendum"))
-    recent = select(ReviewVersion.report_id).where(signed_actions, ReviewVersion.created_at >= utcnow() - within)
-    signed = (select(ReviewVersion.report_id, func.count().label("n"), func.max(ReviewVersion.id).label("last"))
-              .where(signed_actions, ReviewVersion.report_id.in_(recent))
-              .group_by(ReviewVersion.report_id).subquery())
-    sent = (select(Delivery.report_id, func.count().label("n"))
-            .where(Delivery.destination == destination, Delivery.kind == kind)
-            .group_by(Delivery.report_id).subquery())
     with db.session() as s:
-        short = list(s.scalars(
-            select(signed.c.report_id).outerjoin(sent, sent.c.report_id == signed.c.report_id)
-            .where(signed.c.n > func.coalesce(sent.c.n, 0)).order_by(signed.c.last.desc()).limit(limit)))
+        short = list(s.scalars(unsent_signed_query(destination, kind, utcnow() - within, limit)))
         found: dict[int, set[int]] = {}
         for chunk in chunks(short):
             for report_id, version in s.execute(
@@ -203,6 +192,26 @@ def unsent_signed(db: Database, destination: str, *, kind: str, within: timedelt
                     .where(ReviewVersion.report_id.in_(chunk), signed_actions)):
                 found.setdefault(report_id, set()).add(version)
     return found
+
+
+def unsent_signed_query(destination: str, kind: str, since: datetime, limit: int) -> Select[tuple[int]]:
+    """The ids of reports with a sign-off or addendum since `since` and fewer `kind` delivery rows to
+    `destination` than signed versions, newest first: a walk of the window on
+    ix_review_versions_created_at, and of those reports' deliveries only."""
+    from sqlalchemy import func
+
+    from db.review_schema import ReviewVersion
+
+    signed_actions = ReviewVersion.action.in_(("sign", "addendum"))
+    recent = select(ReviewVersion.report_id).where(signed_actions, ReviewVersion.created_at >= since)
+    signed = (select(ReviewVersion.report_id, func.count().label("n"), func.max(ReviewVersion.id).label("last"))
+              .where(signed_actions, ReviewVersion.report_id.in_(recent))
+              .group_by(ReviewVersion.report_id).subquery())
+    sent = (select(Delivery.report_id, func.count().label("n"))
+            .where(Delivery.destination == destination, Delivery.kind == kind, Delivery.report_id.in_(recent))
+            .group_by(Delivery.report_id).subquery())
+    return (select(signed.c.report_id).outerjoin(sent, sent.c.report_id == signed.c.report_id)
+            .where(signed.c.n > func.coalesce(sent.c.n, 0)).order_by(signed.c.last.desc()).limit(limit))
 
 
 def deliveries_of(db: Database, report_id: int) -> list[dict[str, object]]:

@@ -84,7 +84,8 @@ class Review(Base):
 
 class ReviewVersion(Base):
     __tablename__ = "review_versions"
-    __table_args__ = (UniqueConstraint("report_id", "version"),)
+    # created_at: the backlog's look for sign-offs whose SR was never sent walks a time window (0013).
+    __table_args__ = (UniqueConstraint("report_id", "version"), Index("ix_review_versions_created_at", "created_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"))

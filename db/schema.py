@@ -113,8 +113,14 @@ class Report(Base):
     # Each listing filter has its index (migration 0006; on PostgreSQL also a trigram index on lower(text)).
     # ix_reports_confidence (migration 0008) serves --min/--max-confidence and --order-by confidence
     # (confidence, then the listing's cursor order), so the least sure come first without a sort.
+    # The review's worklist pages by (created_at, id), alone or after a job or model (migration 0007); the
+    # first also serves --since/--until (0012 dropped a created_at index of its own). The trigram index
+    # exists on PostgreSQL only and is the migrations' alone (tests/db/test_schema_drift.py).
     __table_args__ = (UniqueConstraint("study_id", "model_id"), Index("ix_reports_model_study", "model_id", "study_id"),
-                      Index("ix_reports_confidence", "confidence", "study_id", "model_id"))
+                      Index("ix_reports_confidence", "confidence", "study_id", "model_id"),
+                      Index("ix_reports_worklist", "created_at", "id"),
+                      Index("ix_reports_worklist_job", "job_id", "created_at", "id"),
+                      Index("ix_reports_worklist_model", "model_id", "created_at", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
@@ -122,7 +128,7 @@ class Report(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # How sure the model was: exp(mean token log-probability), and the tokens with their natural-log
     # probabilities (the ids replay the report for `xrq show --attention`). NULL for older reports.
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
