@@ -13,14 +13,19 @@ by round so a noisy shared machine slows both alike:
   reported): each instance is written to a temporary file, fsync'd, renamed into the inbox and its
   folder fsync'd before the success status goes back;
 - `storescp +xa +B --fork -od DIR` (DCMTK): writes each file as read and answers, without fsync (a
-  process per association).
+  process per association);
+- the same Storage SCP as `xrq listen` (pynetdicom, xrq's handler and checks) writing each instance
+  to its inbox folder without any fsync: not a mode xrq has, only this benchmark's measure of what
+  the SCP costs by itself, the ceiling that no durable scheme (a write-ahead journal included) could
+  pass.
 
 storescu and storescp run with TCP_NODELAY=1 (see NODELAY).
 
-Reported: the median rate of each over the rounds and xrq's as a fraction of storescp's (the issue's
-target: at least 0.5). Also the durable floor: the rate at which the inbox alone (no network) makes
-the same files durable on this disk. storescp acknowledges before its data is on disk; xrq cannot,
-so on a disk where an fsync takes milliseconds the floor, not storescp, is xrq's real bound.
+Reported: the median rate of each over the rounds, xrq's as a fraction of storescp's (the issue's
+target: at least 0.5) and the unsynced SCP's as a fraction of storescp's (its ceiling). Also the
+durable floor: the rate at which the inbox alone (no network) makes the same files durable on this
+disk. storescp acknowledges before its data is on disk; xrq cannot, so on a disk where an fsync
+takes milliseconds the floor, not storescp, is xrq's real bound.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # Debian's DCMTK leaves Nagle's algorithm on unless told (its TCP_NODELAY variable): each small C-STORE
@@ -106,6 +112,9 @@ def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
         # every syntax; as read; a process per association (as xrq has a thread per association)
         cmd = ["storescp", "+xa", "+B", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)]
         env = {**os.environ, **NODELAY}
+    elif kind == "unsynced":
+        cmd = [sys.executable, "-m", "bench.listen", "--serve-unsynced", str(port), str(work / "inbox")]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
     else:
         cmd = [sys.executable, "-c", "from cli.main import main; main()", "listen",
                "--model", str(REPO / "models" / "demo"), "--port", str(port), "--allow", "BENCH@127.0.0.1",
@@ -119,6 +128,30 @@ def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
 def received(kind: str, work: Path) -> int:
     folder = work / ("storescp" if kind == "storescp" else "inbox")
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def serve_unsynced(port: int, folder: Path) -> None:
+    """Run xrq's Storage SCP on `port` with an inbox that never syncs, until terminated (the ceiling)."""
+    import threading
+
+    from interop.inbox import Inbox
+    from interop.scp import ScpConfig, StorageSCP, parse_allow
+
+    class Unsynced(Inbox):
+        """The inbox's writes (temporary file, rename into incoming/STUDY) without its syncs."""
+
+        def store(self, study_uid: str, sop_uid: str, chunks: Any) -> Path:
+            folder, tmp = self.incoming / study_uid, self.tmp / f"{sop_uid}.part"
+            folder.mkdir(exist_ok=True)
+            tmp.write_bytes(b"".join(chunks))
+            final = folder / f"{sop_uid}.dcm"
+            os.replace(tmp, final)
+            return final
+
+    config = ScpConfig(port=port, allow=parse_allow(["BENCH@127.0.0.1"]), min_free_bytes=0)
+    StorageSCP(config, Unsynced(folder).open(), on_stored=lambda study: None).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    threading.Event().wait()
 
 
 def one_round(kind: str, files: list[Path], syntax: str, associations: int) -> float:
@@ -158,28 +191,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--associations", type=int, default=1, help="storescu processes sending at once")
     parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "dicom" / "rsna_pneumonia_cr.dcm")
+    parser.add_argument("--serve-unsynced", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--syntax", default="-xy", help="storescu's proposal option (-xy: JPEG baseline, the "
                                                          "source's; -x=: uncompressed)")
     args = parser.parse_args()
+    if args.serve_unsynced:
+        serve_unsynced(int(args.serve_unsynced[0]), Path(args.serve_unsynced[1]))
+        return
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install dcmtk)")
     with tempfile.TemporaryDirectory(prefix="xrq-bench-files-") as tmp:
         files = make_files(args.source, Path(tmp) / "files", args.instances)
-        rates: dict[str, list[float]] = {"xrq": [], "storescp": [], "durable_floor": []}
+        rates: dict[str, list[float]] = {"xrq": [], "storescp": [], "unsynced": [], "durable_floor": []}
         for r in range(args.rounds):
-            order = ("xrq", "storescp") if r % 2 == 0 else ("storescp", "xrq")
+            order = ("xrq", "storescp", "unsynced") if r % 2 == 0 else ("unsynced", "storescp", "xrq")
             for kind in order:
                 rates[kind].append(one_round(kind, files, args.syntax, args.associations))
             rates["durable_floor"].append(durable_floor(files))
         size = files[0].stat().st_size
     xrq, bound = statistics.median(rates["xrq"]), statistics.median(rates["storescp"])
-    floor = statistics.median(rates["durable_floor"])
+    floor, ceiling = statistics.median(rates["durable_floor"]), statistics.median(rates["unsynced"])
     print(json.dumps({
         "instances": args.instances, "rounds": args.rounds, "associations": args.associations,
         "bytes_per_instance": size,
         "xrq_per_s": round(xrq, 1), "storescp_per_s": round(bound, 1), "ratio": round(xrq / bound, 3),
         "durable_floor_per_s": round(floor, 1), "ratio_to_durable_floor": round(xrq / floor, 3),
+        "unsynced_scp_per_s": round(ceiling, 1), "unsynced_scp_ratio": round(ceiling / bound, 3),
+        "ratio_to_unsynced_scp": round(xrq / ceiling, 3),
         "rounds_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }, indent=2))
