@@ -250,7 +250,8 @@ def _hypotheses(db: Database, kind: str, job_id: int | None, model: str | None, 
 
         assert predictions is not None
         read = read_predictions(predictions, id_column, report_column)
-        return _Hypotheses("predictions", str(predictions), read.reports, id_column=read.id_column)
+        return _Hypotheses("predictions", str(predictions), read.reports, id_column=read.id_column,
+                           confidence=dict(read.confidence))
     if baseline not in BASELINES:
         raise EvaluationInputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if not train:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -155,6 +155,9 @@ class Predictions:
     id_column: str  # the column the ids came from (chosen automatically when not given)
     rows: int  # rows in the file, blank reports included
     columns: tuple[str, ...]
+    # {study id: confidence in 0..1} when the file has a `confidence` column (xrq's own reports and
+    # exports do): what the calibration reads. Blank cells are left out.
+    confidence: dict[str, float] = field(default_factory=dict)
 
 
 def read_predictions(path: str | Path, id_column: str | None = None, report_column: str = "report") -> Predictions:
@@ -174,6 +177,7 @@ def read_predictions(path: str | Path, id_column: str | None = None, report_colu
         raise TruthFormatError(f"{path} has no column {', '.join(map(repr, absent))}; its columns are "
                                f"{', '.join(map(repr, columns))}.")
     out: dict[str, str] = {}
+    sure: dict[str, float] = {}
     count = 0
     for where, row in rows:
         count += 1
@@ -186,7 +190,27 @@ def read_predictions(path: str | Path, id_column: str | None = None, report_colu
             raise TruthFormatError(f"{path} lists study {study_id!r} twice with different reports; keep one "
                                    "(the reports of one model).")
         out[study_id] = text
-    return Predictions(out, column, count, columns)
+        confidence = _confidence(row.get(CONFIDENCE_COLUMN), f"{path}{where}")
+        if confidence is not None:
+            sure[study_id] = confidence
+    return Predictions(out, column, count, columns, sure)
+
+
+CONFIDENCE_COLUMN = "confidence"
+
+
+def _confidence(value: object, where: str) -> float | None:
+    """A `confidence` cell as a number in 0..1; blank is None, anything else is an error that says where."""
+    text = _cell(value)
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise TruthFormatError(f"{where}: confidence {text!r} is not a number from 0 to 1.")
+    return number
 
 
 def _cell(value: object) -> str:

@@ -66,6 +66,17 @@ def scores(env: dict[str, str], *args: str) -> dict:
     return json.loads(result.stdout)
 
 
+def _rounded(value: object) -> object:
+    """Floats to 9 significant digits, inside lists and dicts (a CSV writes fewer than a float has)."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 @pytest.mark.parametrize(("command", "name"), [(["reports"], "r.jsonl"), (["reports"], "r.csv"),
                                                (["export", "1"], "e.parquet"), (["export", "1"], "e.jsonl")])
 def test_xrq_reads_its_own_files_by_uid(reported: dict[str, str], tmp_path: Path, command: list[str],
@@ -79,6 +90,9 @@ def test_xrq_reads_its_own_files_by_uid(reported: dict[str, str], tmp_path: Path
     assert direct["matched"] == {"given": 4, "with_truth": 4, "scored": 4, "id_column": None}
     assert {k: read[k] for k in ("bleu_4", "rouge_l", "cider", "n_studies")} == \
         {k: direct[k] for k in ("bleu_4", "rouge_l", "cider", "n_studies")}
+    # The files carry each report's confidence, so the calibration is the stored reports' own.
+    assert direct["calibration"]["n_studies"] == 4
+    assert _rounded(read["calibration"]) == _rounded(direct["calibration"])
     table = CliRunner().invoke(cli, ["evaluate", "--predictions", str(out), "--text", "both", "--no-meteor"],
                                env=reported).output.splitlines()
     assert table[1] == "  4 predictions: 4 matched ground truth ids (by uid), 4 scored"

@@ -135,3 +135,20 @@ def test_real_iu_csvs_and_the_benchmark_protocol() -> None:
     assert {u for u, s in studies.items() if is_benchmark_study(s)} == set(split)
     findings = benchmark_findings(studies, split)
     assert len(split_texts(findings, split, "test")) == 590
+
+
+def test_a_predictions_file_brings_its_confidences(tmp_path: Path) -> None:
+    """A `confidence` column (xrq's own files have one) is read for the calibration: blank cells are left
+    out, and a value that is not a number from 0 to 1 is an error that names its row."""
+    from model.datasets.iu import read_predictions
+
+    good = tmp_path / "p.csv"
+    good.write_text("uid,report,confidence\n1,No effusion.,0.75\n2,Clear lungs.,\n3,,0.5\n4,Opacity.,1\n")
+    read = read_predictions(good)
+    assert read.reports == {"1": "No effusion.", "2": "Clear lungs.", "4": "Opacity."}
+    assert read.confidence == {"1": 0.75, "4": 1.0}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"uid": "1", "report": "x", "confidence": 0.5}\n'
+                   '{"uid": "2", "report": "y", "confidence": "high"}\n')
+    with pytest.raises(TruthFormatError, match=r"bad.jsonl:2: confidence 'high' is not a number from 0 to 1"):
+        read_predictions(bad)
