@@ -61,7 +61,8 @@ def import_(ctx: click.Context, reports_csv: Path, projections_csv: Path | None,
 @click.command()
 @click.option("--job", "job_id", type=int, help="Score the reports of this job.")
 @click.option("--model", metavar="NAME", help="Score every report of this model (name, path or fingerprint).")
-@click.option("--predictions", type=EXISTING_FILE, help="Score another system's CSV or JSONL of (study id, report).")
+@click.option("--predictions", type=EXISTING_FILE,
+              help="Score another system's CSV, JSONL or Parquet of (study id, report[, confidence]).")
 @click.option("--baseline", type=click.Choice(["most-frequent"]),
               help="Score the most frequent training report, emitted for every study.")
 @click.option("--truth", "truth_kind", type=click.Choice(["imported", "signed"]), default="imported",
