@@ -163,6 +163,8 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
     - Where the "effusion" sentences looked: for each test study with a painted effusion whose report
       has an effusion sentence, the share of that sentence's frontal map on the painted half (image
       left is the patient's right); and `xrq show UID --attention`'s picture of the first of them.
+    - Where the opacity sentences looked: the same for a painted opacity, on its half and in its zone
+      (the half, upper or lower: ZONE_AREA of the image, what an even spread would put there).
     Reads the reports from the database file as a user would (the documented `reports` table).
     """
     import sqlite3
@@ -190,28 +192,37 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
             for k in (True, False)}
     bundle = load(work / "model" / "best", device="cpu")
     studies = {s.uid: s for s in data.studies}
-    shares, shown = [], None
+    shares: dict[str, list[float]] = {"effusion": [], "opacity_side": [], "opacity_zone": []}
+    shown = None
     for uid, text, _, token_ids in sorted(rows, key=lambda r: int(r[0])):
-        side = studies[uid].findings.effusion
-        if side is None or "effusion" not in text.lower():
+        found = studies[uid].findings
+        lower = text.lower()
+        effusion = found.effusion is not None and "effusion" in lower
+        opacity = found.opacity is not None and any(w in lower for w in ("opacit", "airspace"))
+        if not (effusion or opacity):
             continue
         views = [decode(data.images() / name) for name, _ in studies[uid].images]
-        maps = [s.maps[0] for s in attention_maps(bundle, views, json.loads(token_ids)).sentences
-                if "effusion" in s.text.lower() and "no " not in s.text.lower()]
-        if not maps:
-            continue
-        frontal = sum(maps) / len(maps)  # (rows, cols), sums to one
-        half = frontal.shape[1] // 2
-        shares.append(float(frontal[:, :half].sum() if side == "right" else frontal[:, half:].sum()))
-        if shown is None and f"{side} pleural effusion" in text.lower():
-            shown = uid
+        frontal_view = [projection for _, projection in studies[uid].images].index("Frontal")
+        sentences = attention_maps(bundle, views, json.loads(token_ids)).sentences
+        if effusion and (painted := _frontal_map(sentences, frontal_view, "effusion")) is not None:
+            shares["effusion"].append(_on_side(painted, found.effusion))
+            if shown is None and f"{found.effusion} pleural effusion" in lower:
+                shown = uid
+        if opacity and (painted := _frontal_map(sentences, frontal_view, "opacit", "airspace")) is not None:
+            side, zone = found.opacity.split()
+            shares["opacity_side"].append(_on_side(painted, side))
+            shares["opacity_zone"].append(_in_zone(painted, side, zone))
     result: dict[str, Any] = {
         "auroc_confidence_findings_right": auroc(confidence, correct),
         "right": correct.count(True), "wrong": correct.count(False),
         "mean_confidence_right": mean[True], "mean_confidence_wrong": mean[False],
-        "effusion_studies": len(shares),
-        "effusion_map_on_painted_half": sum(shares) / len(shares) if shares else None,
-        "effusion_maps_mostly_on_painted_side": sum(x > 0.5 for x in shares) / len(shares) if shares else None,
+        "effusion_studies": len(shares["effusion"]),
+        "effusion_map_on_painted_half": _mean(shares["effusion"]),
+        "effusion_maps_mostly_on_painted_side": _mean([x > 0.5 for x in shares["effusion"]]),
+        "opacity_studies": len(shares["opacity_zone"]),
+        "opacity_map_on_painted_half": _mean(shares["opacity_side"]),
+        "opacity_map_in_painted_zone": _mean(shares["opacity_zone"]),
+        "zone_share_if_uniform": ZONE_AREA,
         "attention_study": shown,
     }
     if shown is not None:
@@ -222,6 +233,38 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
             shutil.copyfile(out.with_name(f"{shown}-attention.png"), picture)
             result["attention_picture"] = str(picture)
     return result
+
+
+# The painted zone of an opacity in the frontal view: the side's half (image left is the patient's
+# right) and the upper or lower part, split between the two zones' centres (synthetic.draw paints
+# them at 0.36 and 0.56 of the height). A map spread evenly would put this share of itself there.
+ZONE_SPLIT = 0.46
+ZONE_AREA = 0.5 * ZONE_SPLIT
+
+
+def _frontal_map(sentences: Any, frontal_view: int, *words: str) -> Any:
+    """The mean frontal map of the sentences naming one of `words` (not a negation); None if none."""
+    maps = [s.maps[frontal_view] for s in sentences
+            if any(w in s.text.lower() for w in words) and "no " not in s.text.lower()]
+    return sum(maps) / len(maps) if maps else None  # (rows, cols), sums to one
+
+
+def _on_side(frontal: Any, side: str) -> float:
+    """The share of a frontal map (sums to one) on the half where the patient's `side` is."""
+    half = frontal.shape[1] // 2
+    return float(frontal[:, :half].sum() if side == "right" else frontal[:, half:].sum())
+
+
+def _in_zone(frontal: Any, side: str, zone: str) -> float:
+    """The share of a frontal map in the painted zone: the side's half, above or below ZONE_SPLIT."""
+    half, split = frontal.shape[1] // 2, round(frontal.shape[0] * ZONE_SPLIT)
+    rows = slice(0, split) if zone == "upper" else slice(split, None)
+    cols = slice(0, half) if side == "right" else slice(half, None)
+    return float(frontal[rows, cols].sum())
+
+
+def _mean(values: list[float] | list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _targets(systems: dict[str, dict[str, Any]]) -> dict[str, bool]:
@@ -334,6 +377,10 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"attention: effusion sentences put {num(e['effusion_map_on_painted_half'])} of their frontal map "
                  f"on the painted half ({num(e['effusion_maps_mostly_on_painted_side'])} of {e['effusion_studies']} "
                  f"studies mostly there); picture: study {e['attention_study']}")
+    if "opacity_studies" in e:
+        lines.append(f"attention: opacity sentences put {num(e['opacity_map_on_painted_half'])} of their frontal map "
+                     f"on the painted half and {num(e['opacity_map_in_painted_zone'])} in the painted zone "
+                     f"({num(e['zone_share_if_uniform'])} if spread evenly; {e['opacity_studies']} studies)")
     lines.append(f"timings: {result['timings']}")
     return "\n".join(lines)
 

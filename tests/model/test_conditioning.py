@@ -94,3 +94,24 @@ def test_seed_ranges_and_the_summary_over_seeds() -> None:
     assert summary["seeds"] == [100, 101] and summary["cpu_min"]["mean"] == 10.0
     assert summary["f1_macro"]["mean"] == pytest.approx(0.95) and summary["f1_macro"]["std"] == pytest.approx(0.05)
     assert (summary["opacity_zone"]["min"], summary["laterality"]["max"]) == (0.8, 1.0)
+
+
+def test_the_painted_region_is_measured_where_it_was_painted() -> None:
+    """The attention figures' regions follow synthetic.draw: image left is the patient's right, an upper
+    zone above ZONE_SPLIT. A map all on the patient's right upper zone is all there, none elsewhere; an
+    even map puts ZONE_AREA in each zone."""
+    import numpy as np
+
+    from bench.conditioning import ZONE_AREA, _in_zone, _on_side
+    from model.datasets.synthetic import _grid
+
+    rows = cols = 24
+    y, x = _grid(rows)
+    spot = ((np.abs(y - 0.36) < 0.05) & (np.abs(x - 0.27) < 0.05)).astype(float)  # draw()'s right upper centre
+    spot /= spot.sum()
+    assert _on_side(spot, "right") == 1.0 and _on_side(spot, "left") == 0.0
+    assert _in_zone(spot, "right", "upper") == 1.0
+    assert _in_zone(spot, "right", "lower") == _in_zone(spot, "left", "upper") == 0.0
+    even = np.full((rows, cols), 1.0 / (rows * cols))
+    assert _in_zone(even, "left", "upper") == pytest.approx(ZONE_AREA, abs=0.5 / rows)
+    assert _in_zone(even, "left", "lower") == pytest.approx(0.5 - ZONE_AREA, abs=0.5 / rows)
