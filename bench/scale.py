@@ -149,7 +149,7 @@ def plans(url: str, last_job: int) -> dict[str, Any]:
 
 def query_times(url: str) -> dict[str, float]:
     """The database work of `xrq status` and `xrq backlog --dry-run`, in this process (no start-up)."""
-    from db.backlog import find_backlog, jobs_to_score
+    from db.backlog import count_backlog, find_backlog, jobs_to_score
     from db.engine import open_database
     from db.queries import activity, job_summary, list_jobs
     from db.schema import utcnow
@@ -159,6 +159,7 @@ def query_times(url: str) -> dict[str, float]:
              "status_activity": lambda: activity(db, utcnow() - timedelta(hours=1)),
              "status_job": lambda: job_summary(db, 1),
              "backlog_selection": lambda: find_backlog(db, stuck_after=timedelta(hours=1), max_attempts=3),
+             "backlog_dry_run_counts": lambda: count_backlog(db, stuck_after=timedelta(hours=1), max_attempts=3),
              "backlog_to_score": lambda: jobs_to_score(db)}
     out = {}
     try:

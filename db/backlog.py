@@ -31,27 +31,65 @@ class Backlog:
         return {job_id: sorted(set(ids)) for job_id, ids in sorted(merged.items())}
 
 
+@dataclass(frozen=True)
+class BacklogCounts:
+    """How many studies of each job a backlog run would queue again, and why (what a dry run says)."""
+
+    pending: dict[int, int]
+    stuck: dict[int, int]
+    retry: dict[int, int]
+    exhausted: int
+
+    def by_job(self) -> dict[int, int]:
+        merged: dict[int, int] = {}
+        for part in (self.pending, self.stuck, self.retry):  # disjoint: each asks for another status
+            for job_id, n in part.items():
+                merged[job_id] = merged.get(job_id, 0) + n
+        return dict(sorted(merged.items()))
+
+
+def _conditions(stuck_after: timedelta, max_attempts: int, now: datetime | None) -> dict[str, ColumnElement[bool]]:
+    """Each part of the backlog as a condition on job_studies (each on its status index)."""
+    cutoff = (now or utcnow()) - stuck_after
+    failed_retryable = and_(JobStudy.status == "failed", JobStudy.retryable.is_(True))
+    return {"pending": JobStudy.status == "pending",
+            "stuck": and_(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
+            "retry": and_(failed_retryable, JobStudy.attempts < max_attempts),
+            "exhausted": and_(failed_retryable, JobStudy.attempts >= max_attempts)}
+
+
 def find_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
                  now: datetime | None = None) -> Backlog:
-    now = now or utcnow()
-    cutoff = now - stuck_after
+    """The study ids a backlog run queues again (its work: as many rows as the backlog has)."""
+    parts = _conditions(stuck_after, max_attempts, now)
     with db.session() as s:
-        def grouped(*conditions: ColumnElement[bool]) -> dict[int, list[int]]:
+        def grouped(condition: ColumnElement[bool]) -> dict[int, list[int]]:
             # Sorted here, not by the database: an ORDER BY (job, study) makes SQLite walk every job's
             # studies in key order rather than take the few of a status from their index.
-            rows = s.execute(select(JobStudy.job_id, JobStudy.study_id).where(*conditions)).all()
+            rows = s.execute(select(JobStudy.job_id, JobStudy.study_id).where(condition)).all()
             out: dict[int, list[int]] = {}
             for job_id, study_id in rows:
                 out.setdefault(job_id, []).append(study_id)
             return {job_id: sorted(ids) for job_id, ids in sorted(out.items())}
 
-        failed_retryable = and_(JobStudy.status == "failed", JobStudy.retryable.is_(True))
-        return Backlog(
-            pending=grouped(JobStudy.status == "pending"),
-            stuck=grouped(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
-            retry=grouped(failed_retryable, JobStudy.attempts < max_attempts),
-            exhausted=sum(map(len, grouped(failed_retryable, JobStudy.attempts >= max_attempts).values())),
-        )
+        exhausted = s.scalar(select(func.count()).select_from(JobStudy).where(parts["exhausted"])) or 0
+        return Backlog(pending=grouped(parts["pending"]), stuck=grouped(parts["stuck"]), retry=grouped(parts["retry"]),
+                       exhausted=exhausted)
+
+
+def count_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
+                  now: datetime | None = None) -> BacklogCounts:
+    """What `find_backlog` would find, counted by job in the database: a dry run reads no study ids (a
+    backlog left to grow for a year can hold hundreds of thousands)."""
+    parts = _conditions(stuck_after, max_attempts, now)
+    with db.session() as s:
+        def counted(condition: ColumnElement[bool]) -> dict[int, int]:
+            rows = s.execute(select(JobStudy.job_id, func.count()).where(condition).group_by(JobStudy.job_id))
+            return {job_id: n for job_id, n in rows}
+
+        exhausted = s.scalar(select(func.count()).select_from(JobStudy).where(parts["exhausted"])) or 0
+        return BacklogCounts(pending=counted(parts["pending"]), stuck=counted(parts["stuck"]),
+                             retry=counted(parts["retry"]), exhausted=exhausted)
 
 
 def reopen(db: Database, job_id: int, study_ids: list[int]) -> None:

@@ -66,12 +66,12 @@ def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bo
     if not dry_run and not db_backlog.acquire(db, LOCK, ttl=ttl):
         run.locked_out = True
         return run
+    stuck_after = timedelta(seconds=settings.stuck_after)
     try:
-        found = db_backlog.find_backlog(db, stuck_after=timedelta(seconds=settings.stuck_after),
-                                        max_attempts=settings.max_attempts)
-        run.pending, run.stuck, run.retry, run.exhausted = (
-            _count(found.pending), _count(found.stuck), _count(found.retry), found.exhausted)
         if not dry_run:
+            found = db_backlog.find_backlog(db, stuck_after=stuck_after, max_attempts=settings.max_attempts)
+            run.pending, run.stuck, run.retry, run.exhausted = (
+                _count(found.pending), _count(found.stuck), _count(found.retry), found.exhausted)
             _redo(settings, runner, found.by_job(), run, keep_lock=lambda: db_backlog.extend(db, LOCK, ttl=ttl))
             db_backlog.extend(db, LOCK, ttl=ttl)
             _inbox(settings, runner, run)
@@ -80,7 +80,10 @@ def run_backlog(settings: Settings, runner: Runner | None = None, *, dry_run: bo
             if score:
                 _score(settings, run)
         else:  # what the real run would do, each step named (the inbox is only scanned by a real run)
-            run.requeued = {job: len(ids) for job, ids in found.by_job().items()}
+            counts = db_backlog.count_backlog(db, stuck_after=stuck_after, max_attempts=settings.max_attempts)
+            run.pending, run.stuck, run.retry, run.exhausted = (
+                sum(counts.pending.values()), sum(counts.stuck.values()), sum(counts.retry.values()), counts.exhausted)
+            run.requeued = counts.by_job()
             run.inbox = settings.inbox if settings.inbox and settings.model else None
             if score:
                 run.to_score = list(db_backlog.jobs_to_score(db))

@@ -41,6 +41,9 @@ def test_backlog_sorts_studies_by_why_they_need_work(db: Database) -> None:
     assert found.retry == {job: [e]}
     assert found.exhausted == 1
     assert found.by_job() == {job: [a, b, c, e]}
+    counts = backlog.count_backlog(db, stuck_after=timedelta(hours=2), max_attempts=3)  # what a dry run says
+    assert (counts.pending, counts.stuck, counts.retry, counts.exhausted) == ({job: 1}, {job: 2}, {job: 1}, 1)
+    assert counts.by_job() == {job: 4}
     backlog.reopen(db, job, [a, b, c, e])
     assert jobs.count_by_status(db, job) == {"pending": 4, "queued": 1, "failed": 2}
 
@@ -77,3 +80,18 @@ def test_a_long_run_keeps_its_lock(db: Database) -> None:
     assert backlog.acquire(db, "backlog", ttl=timedelta(seconds=-1), holder="long run")  # about to expire
     backlog.extend(db, "backlog", ttl=timedelta(hours=1), holder="long run")
     assert not backlog.acquire(db, "backlog", ttl=timedelta(hours=1), holder="next run")
+
+
+def test_a_dry_run_counts_what_a_run_would_find_without_reading_it(db: Database) -> None:
+    """Over many jobs (bench/scale_data's year: 1% pending, 1% stuck, 1% retryable), the counts a dry run
+    reads are the lengths of what a real run reads, job by job."""
+    from bench.scale_data import fill
+
+    fill(db, 3000, job_size=700)
+    found = backlog.find_backlog(db, stuck_after=timedelta(hours=1), max_attempts=3)
+    counts = backlog.count_backlog(db, stuck_after=timedelta(hours=1), max_attempts=3)
+    assert counts.by_job() == {job: len(ids) for job, ids in found.by_job().items()}
+    assert len(counts.by_job()) == 5
+    for part in ("pending", "stuck", "retry"):
+        assert getattr(counts, part) == {job: len(ids) for job, ids in getattr(found, part).items()}
+    assert counts.exhausted == found.exhausted
