@@ -165,6 +165,8 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
       left is the patient's right); and `xrq show UID --attention`'s picture of the first of them.
     - Where the opacity sentences looked: the same for a painted opacity, on its half and in its zone
       (the half, upper or lower: ZONE_AREA of the image, what an even spread would put there).
+    - For both, how often the map's hottest patch is in the painted half (zone): a map can have a clear
+      peak on the finding and still spread most of its weight thinly over the rest of the image.
     Reads the reports from the database file as a user would (the documented `reports` table).
     """
     import sqlite3
@@ -193,6 +195,7 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
     bundle = load(work / "model" / "best", device="cpu")
     studies = {s.uid: s for s in data.studies}
     shares: dict[str, list[float]] = {"effusion": [], "opacity_side": [], "opacity_zone": []}
+    peaks: dict[str, list[bool]] = {"effusion": [], "opacity_zone": []}  # the map's hottest patch is there
     shown = None
     for uid, text, _, token_ids in sorted(rows, key=lambda r: int(r[0])):
         found = studies[uid].findings
@@ -206,12 +209,14 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
         sentences = attention_maps(bundle, views, json.loads(token_ids)).sentences
         if effusion and (painted := _frontal_map(sentences, frontal_view, "effusion")) is not None:
             shares["effusion"].append(_on_side(painted, found.effusion))
+            peaks["effusion"].append(_on_side(_peak(painted), found.effusion) == 1.0)
             if shown is None and f"{found.effusion} pleural effusion" in lower:
                 shown = uid
         if opacity and (painted := _frontal_map(sentences, frontal_view, "opacit", "airspace")) is not None:
             side, zone = found.opacity.split()
             shares["opacity_side"].append(_on_side(painted, side))
             shares["opacity_zone"].append(_in_zone(painted, side, zone))
+            peaks["opacity_zone"].append(_in_zone(_peak(painted), side, zone) == 1.0)
     result: dict[str, Any] = {
         "auroc_confidence_findings_right": auroc(confidence, correct),
         "right": correct.count(True), "wrong": correct.count(False),
@@ -219,9 +224,11 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
         "effusion_studies": len(shares["effusion"]),
         "effusion_map_on_painted_half": _mean(shares["effusion"]),
         "effusion_maps_mostly_on_painted_side": _mean([x > 0.5 for x in shares["effusion"]]),
+        "effusion_peak_on_painted_half": _mean(peaks["effusion"]),
         "opacity_studies": len(shares["opacity_zone"]),
         "opacity_map_on_painted_half": _mean(shares["opacity_side"]),
         "opacity_map_in_painted_zone": _mean(shares["opacity_zone"]),
+        "opacity_peak_in_painted_zone": _mean(peaks["opacity_zone"]),
         "zone_share_if_uniform": ZONE_AREA,
         "attention_study": shown,
     }
@@ -261,6 +268,15 @@ def _in_zone(frontal: Any, side: str, zone: str) -> float:
     rows = slice(0, split) if zone == "upper" else slice(split, None)
     cols = slice(0, half) if side == "right" else slice(half, None)
     return float(frontal[rows, cols].sum())
+
+
+def _peak(frontal: Any) -> Any:
+    """A map with all its weight on the original's hottest patch (where a reader's eye goes first)."""
+    import numpy as np
+
+    out = np.zeros_like(frontal)
+    out[np.unravel_index(int(np.argmax(frontal)), frontal.shape)] = 1.0
+    return out
 
 
 def _mean(values: list[float] | list[bool]) -> float | None:
@@ -376,11 +392,13 @@ def table(result: dict[str, Any]) -> str:
                  f"vs {num(e['mean_confidence_wrong'])})")
     lines.append(f"attention: effusion sentences put {num(e['effusion_map_on_painted_half'])} of their frontal map "
                  f"on the painted half ({num(e['effusion_maps_mostly_on_painted_side'])} of {e['effusion_studies']} "
-                 f"studies mostly there); picture: study {e['attention_study']}")
+                 f"studies mostly there, the hottest patch there in {num(e.get('effusion_peak_on_painted_half'))}); "
+                 f"picture: study {e['attention_study']}")
     if "opacity_studies" in e:
         lines.append(f"attention: opacity sentences put {num(e['opacity_map_on_painted_half'])} of their frontal map "
                      f"on the painted half and {num(e['opacity_map_in_painted_zone'])} in the painted zone "
-                     f"({num(e['zone_share_if_uniform'])} if spread evenly; {e['opacity_studies']} studies)")
+                     f"({num(e['zone_share_if_uniform'])} if spread evenly; the hottest patch there in "
+                     f"{num(e['opacity_peak_in_painted_zone'])} of {e['opacity_studies']} studies)")
     lines.append(f"timings: {result['timings']}")
     return "\n".join(lines)
 
