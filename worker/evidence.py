@@ -53,7 +53,7 @@ def draw_attention(settings: Settings, detail: StudyDetail, views: list[Image | 
     attention = attention_maps(bundle, readable, evidence.token_ids)
     marked, unsure = marked_words(bundle.tokenizer, evidence.token_ids, evidence.token_logprobs, threshold)
     sure = "" if evidence.confidence is None else f", confidence {evidence.confidence:.2f}"
-    title = f"Study {detail.uid}: where model {evidence.model.name} looked, sentence by sentence{sure}"
+    title = f"Study {detail.uid}: where the model ({evidence.model.name}) looked, sentence by sentence{sure}"
     report = f"{marked}   ([word]: probability below {threshold:g})"
     render_attention(out, readable, attention, title=title, report=report)
     return AttentionShown(out, marked, unsure, threshold, evidence.confidence, len(attention.sentences))
