@@ -82,6 +82,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    # No JIT: xrq's queries are short walks of an index that stream their rows, and from about two
+    # million rows up PostgreSQL's cost estimates for them pass jit_above_cost, so each would first
+    # compile and optimise its expressions with LLVM (a third of a second or more) to save nothing.
+    # A SET per new connection, not a startup option: connection poolers (PgBouncer) refuse those.
+    try:
+        dbapi_connection.execute("SET jit = off")
+        dbapi_connection.commit()
+    except Exception:  # a server without the setting (before PostgreSQL 11) or that forbids it: JIT stays
+        dbapi_connection.rollback()
+
+
 def create(url: str) -> Engine:
     """An engine for `url`, checked by connecting once. Raises DatabaseURLError/DatabaseUnavailableError."""
     url = normalise_url(url)
@@ -91,6 +103,7 @@ def create(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            event.listen(engine, "connect", _postgres_session)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise DatabaseURLError(f"cannot use {url!r}: {exc}; {_URL_HELP}") from exc
     try:
@@ -243,12 +256,34 @@ def _is_full(reason: str, sqlstate: str | None) -> bool:
             or "could not extend file" in lowered)
 
 
+def newest_migration_file() -> str:
+    """The newest revision in migrations/versions, read from the file names alone (NNNN_what.py, revision
+    NNNN, one line of history: tests/db/test_engine.py holds every file to that) without Alembic."""
+    return max(p.name[:4] for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _at_newest(engine: Engine) -> bool:
+    """Whether the database's recorded revision is already this xrq's newest, by one plain SELECT.
+
+    The common case of every command: Alembic (a third of a second to import and to read its scripts
+    on a busy two-core host) is only loaded when there is something to migrate or to explain.
+    """
+    try:
+        with engine.connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SADatabaseError:  # no xrq tables yet, or a database error Alembic's path will name
+        return False
+    return current == [newest_migration_file()]
+
+
 def open_database(url: str, *, upgrade: bool | None = None) -> Database:
     """Connect to `url` and migrate it (or, with automatic migration off, check it is migrated): the one
     way the rest of xrq gets a database. `upgrade` overrides the process's setting."""
     engine = create(url)
     try:
-        if _auto_migrate if upgrade is None else upgrade:
+        if _at_newest(engine):
+            pass
+        elif _auto_migrate if upgrade is None else upgrade:
             migrate(engine)
         else:
             check_schema(engine)

@@ -35,6 +35,22 @@ def test_plain_postgresql_url_uses_psycopg3() -> None:
     assert normalise_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
 
 
+@pytest.mark.postgres
+def test_postgresql_sessions_run_without_jit(postgres_url: str) -> None:
+    """At ten million rows the planner's costs pass jit_above_cost and each listing would first compile
+    with LLVM: every connection xrq opens says jit = off, the server's default left as it is."""
+    from sqlalchemy import text
+
+    db = open_database(postgres_url)
+    try:
+        with db.engine.connect() as one, db.engine.connect() as two:  # two pooled connections, each set
+            assert one.execute(text("SHOW jit")).scalar() == "off"
+            assert two.execute(text("SHOW jit")).scalar() == "off"
+            assert one.execute(text("SELECT reset_val FROM pg_settings WHERE name = 'jit'")).scalar() == "on"
+    finally:
+        db.dispose()
+
+
 @pytest.mark.parametrize("url", ["not a url", "mysql://u@h/db"])
 def test_bad_url_is_a_named_error(url: str) -> None:
     with pytest.raises(DatabaseURLError, match=re.escape("sqlite:///xrq.db")):
@@ -113,6 +129,41 @@ def test_without_automatic_migration_a_schema_behind_the_code_is_a_named_error(d
     finally:
         set_auto_migrate(True)
         engine.dispose()
+
+
+def test_the_migration_files_are_one_line_named_by_revision() -> None:
+    """What opening a database at its newest revision relies on to skip Alembic: file NNNN_*.py holds
+    revision NNNN, revising the one before; the newest file is Alembic's head."""
+    from db.engine import MIGRATIONS, head_revision, newest_migration_file
+
+    files = sorted((MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    assert [p.name for p in files] == sorted(p.name for p in (MIGRATIONS / "versions").glob("*.py")
+                                             if p.name != "__init__.py")
+    previous = None
+    for path in files:
+        source = path.read_text()
+        assert re.search(rf"^revision = [\"']{path.name[:4]}[\"']$", source, re.M), path.name
+        assert re.search(rf"^down_revision = {repr(previous) if previous else 'None'}$".replace("'", "[\"']"),
+                         source, re.M), path.name
+        previous = path.name[:4]
+    assert newest_migration_file() == head_revision() == previous
+
+
+def test_a_database_at_the_newest_revision_opens_without_alembic(db_url: str) -> None:
+    """Every command opens the database: at the newest revision that is one SELECT, not Alembic's import
+    and scripts (a third of a second of each `xrq status`); a database behind still migrates."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = ("import sys; from db.engine import open_database; open_database(sys.argv[1]).dispose(); "
+             "print('alembic' in sys.modules)")
+    run = [sys.executable, "-c", probe, db_url]
+    first = subprocess.run(run, cwd=REPO, capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # an empty database: migrated
+    again = subprocess.run(run, cwd=REPO, capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "False"
 
 
 def test_driver_errors_a_user_can_fix_are_named(tmp_path: Path) -> None:
