@@ -6,8 +6,9 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from db.engine import Database
@@ -49,47 +50,79 @@ class BacklogCounts:
 
 
 def _conditions(stuck_after: timedelta, max_attempts: int, now: datetime | None) -> dict[str, ColumnElement[bool]]:
-    """Each part of the backlog as a condition on job_studies (each on its status index)."""
+    """Each part of the backlog as a condition on job_studies, read from ix_job_studies_backlog alone.
+
+    Each repeats the index's own condition (status <> 'done'): PostgreSQL would infer it, SQLite uses a
+    partial index only for a query that states its condition term for term.
+    """
     cutoff = (now or utcnow()) - stuck_after
-    failed_retryable = and_(JobStudy.status == "failed", JobStudy.retryable.is_(True))
-    return {"pending": JobStudy.status == "pending",
-            "stuck": and_(JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
+    not_done = JobStudy.status != "done"
+    failed_retryable = and_(not_done, JobStudy.status == "failed", JobStudy.retryable.is_(True))
+    return {"pending": and_(not_done, JobStudy.status == "pending"),
+            "stuck": and_(not_done, JobStudy.status.in_(("queued", "running")), JobStudy.updated_at < cutoff),
             "retry": and_(failed_retryable, JobStudy.attempts < max_attempts),
             "exhausted": and_(failed_retryable, JobStudy.attempts >= max_attempts)}
+
+
+PARTS = ("pending", "stuck", "retry")
+
+
+def backlog_queries(*, stuck_after: timedelta, max_attempts: int,
+                    now: datetime | None = None) -> dict[str, Select[*tuple[Any, ...]]]:
+    """The statements of the backlog: each part's (job, study) ids ('pending', 'stuck', 'retry'), its
+    count by job ('pending counts' ...: the dry run), and 'exhausted'. Named for their plans
+    (tests/cli/test_scale.py, bench/scale.py): each reads ix_job_studies_backlog only."""
+    parts = _conditions(stuck_after, max_attempts, now)
+    queries: dict[str, Select[*tuple[Any, ...]]] = {}
+    for part in PARTS:
+        # Not sorted by the database: an ORDER BY (job, study) would sort what the index gives in
+        # (status, job) order; find_backlog sorts each job's few ids itself.
+        queries[part] = select(JobStudy.job_id, JobStudy.study_id).where(parts[part])
+        queries[f"{part} counts"] = (select(JobStudy.job_id, func.count()).where(parts[part])
+                                     .group_by(JobStudy.job_id))
+    queries["exhausted"] = select(func.count()).select_from(JobStudy).where(parts["exhausted"])
+    return queries
+
+
+def backlog_plans(db: Database, *, stuck_after: timedelta, max_attempts: int) -> dict[str, list[str]]:
+    """Each backlog statement's plan (PostgreSQL's EXPLAIN, SQLite's EXPLAIN QUERY PLAN), a line a step."""
+    plans: dict[str, list[str]] = {}
+    with db.engine.connect() as conn:
+        for name, query in backlog_queries(stuck_after=stuck_after, max_attempts=max_attempts).items():
+            sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+            if db.dialect == "postgresql":
+                plans[name] = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}")]
+            else:
+                plans[name] = [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    return plans
 
 
 def find_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
                  now: datetime | None = None) -> Backlog:
     """The study ids a backlog run queues again (its work: as many rows as the backlog has)."""
-    parts = _conditions(stuck_after, max_attempts, now)
+    queries = backlog_queries(stuck_after=stuck_after, max_attempts=max_attempts, now=now)
     with db.session() as s:
-        def grouped(condition: ColumnElement[bool]) -> dict[int, list[int]]:
-            # Sorted here, not by the database: an ORDER BY (job, study) makes SQLite walk every job's
-            # studies in key order rather than take the few of a status from their index.
-            rows = s.execute(select(JobStudy.job_id, JobStudy.study_id).where(condition)).all()
+        def grouped(part: str) -> dict[int, list[int]]:
             out: dict[int, list[int]] = {}
-            for job_id, study_id in rows:
+            for job_id, study_id in s.execute(queries[part]):
                 out.setdefault(job_id, []).append(study_id)
             return {job_id: sorted(ids) for job_id, ids in sorted(out.items())}
 
-        exhausted = s.scalar(select(func.count()).select_from(JobStudy).where(parts["exhausted"])) or 0
-        return Backlog(pending=grouped(parts["pending"]), stuck=grouped(parts["stuck"]), retry=grouped(parts["retry"]),
-                       exhausted=exhausted)
+        return Backlog(pending=grouped("pending"), stuck=grouped("stuck"), retry=grouped("retry"),
+                       exhausted=s.scalar(queries["exhausted"]) or 0)
 
 
 def count_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,
                   now: datetime | None = None) -> BacklogCounts:
     """What `find_backlog` would find, counted by job in the database: a dry run reads no study ids (a
     backlog left to grow for a year can hold hundreds of thousands)."""
-    parts = _conditions(stuck_after, max_attempts, now)
+    queries = backlog_queries(stuck_after=stuck_after, max_attempts=max_attempts, now=now)
     with db.session() as s:
-        def counted(condition: ColumnElement[bool]) -> dict[int, int]:
-            rows = s.execute(select(JobStudy.job_id, func.count()).where(condition).group_by(JobStudy.job_id))
-            return {job_id: n for job_id, n in rows}
+        def counted(part: str) -> dict[int, int]:
+            return {job_id: n for job_id, n in s.execute(queries[f"{part} counts"])}
 
-        exhausted = s.scalar(select(func.count()).select_from(JobStudy).where(parts["exhausted"])) or 0
-        return BacklogCounts(pending=counted(parts["pending"]), stuck=counted(parts["stuck"]),
-                             retry=counted(parts["retry"]), exhausted=exhausted)
+        return BacklogCounts(pending=counted("pending"), stuck=counted("stuck"), retry=counted("retry"),
+                             exhausted=s.scalar(queries["exhausted"]) or 0)
 
 
 def reopen(db: Database, job_id: int, study_ids: list[int]) -> None:

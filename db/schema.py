@@ -97,7 +97,11 @@ class JobStudy(Base):
     __table_args__ = (Index("ix_job_studies_status", "job_id", "status"),
                       Index("ix_job_studies_status_updated", "status", "updated_at"),
                       Index("ix_job_studies_failed", "study_id", "job_id", sqlite_where=text("status = 'failed'"),
-                            postgresql_where=text("status = 'failed'")))
+                            postgresql_where=text("status = 'failed'")),
+                      # Every column the backlog reads, for the rows it can want (0014; db/backlog.py).
+                      Index("ix_job_studies_backlog", "status", "job_id", "retryable", "attempts", "updated_at",
+                            "study_id", sqlite_where=text("status <> 'done'"),
+                            postgresql_where=text("status <> 'done'")))
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True, index=True)
