@@ -51,7 +51,7 @@ FULL = {
 }
 XRQ_TABLES = ("models", "jobs", "studies", "images", "job_studies", "reports", "truth")
 SMALL = {"models", "jobs"}  # a handful of rows whatever N: read whole, as they should be
-PARTIAL = ("ix_job_studies_failed",)  # a partial index holds only the rows its filter wants
+PARTIAL = ("ix_job_studies_failed", "ix_job_studies_backlog")  # a partial index holds only the rows its filter wants
 
 
 def filters(last_job: int) -> dict[str, list[str]]:
@@ -118,7 +118,9 @@ def analyze_and_size(url: str) -> dict[str, Any]:
 
 
 def plans(url: str, last_job: int) -> dict[str, Any]:
-    """Each filter's listing query as the database plans it: the indexes used, any whole-table read."""
+    """Each filter's listing query, and each backlog statement, as the database plans it: the indexes
+    used, any whole-table read."""
+    from db.backlog import backlog_plans
     from db.engine import open_database
     from db.listing import explain
     from db.queries import ReportFilter
@@ -131,8 +133,10 @@ def plans(url: str, last_job: int) -> dict[str, Any]:
     db = open_database(url)
     out: dict[str, Any] = {}
     try:
-        for name, where in wheres.items():
-            lines = explain(db, where)
+        statements = {name: explain(db, where) for name, where in wheres.items()}
+        statements.update({f"backlog {name}": lines for name, lines in
+                           backlog_plans(db, stuck_after=timedelta(hours=1), max_attempts=3).items()})
+        for name, lines in statements.items():
             plan = "\n".join(lines)
             if db.dialect == "postgresql":
                 indexes = sorted(set(re.findall(r"(?:using|Index Scan on) (\w+)", plan)))
