@@ -17,7 +17,8 @@ process of the CLI of this tree (bench/measure.py):
   job, `evaluate --model`): what stays flat as N grows;
 - `xrq status`, `xrq status JOB`, `xrq backlog --dry-run`: wall time, against `xrq --version` (the
   interpreter and the CLI's start) and `xrq db current` (that and opening the database); their
-  queries timed in this process too;
+  queries timed in this process too, and on PostgreSQL beside the same queries with the planner's JIT
+  on and without the backlog's index (migration 0014), in the same run (the best of three each);
 - plans: each filter's listing query as the database plans it (PostgreSQL: the cursor's plan, EXPLAIN
   DECLARE), the indexes it uses and whether it reads a whole table.
 
@@ -151,14 +152,15 @@ def plans(url: str, last_job: int) -> dict[str, Any]:
     return out
 
 
-def query_times(url: str) -> dict[str, float]:
-    """The database work of `xrq status` and `xrq backlog --dry-run`, in this process (no start-up)."""
+def query_times(url: str, given: Any = None, best_of: int = 1) -> dict[str, float]:
+    """The database work of `xrq status` and `xrq backlog --dry-run`, in this process (no start-up); on
+    `given` (a Database, left open) instead of a new one when given; the best of `best_of` runs each."""
     from db.backlog import count_backlog, find_backlog, jobs_to_score
     from db.engine import open_database
     from db.queries import activity, job_summary, list_jobs
     from db.schema import utcnow
 
-    db = open_database(url)
+    db = given or open_database(url)
     calls = {"status_jobs": lambda: list_jobs(db),
              "status_activity": lambda: activity(db, utcnow() - timedelta(hours=1)),
              "status_job": lambda: job_summary(db, 1),
@@ -168,9 +170,47 @@ def query_times(url: str) -> dict[str, float]:
     out = {}
     try:
         for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            out[name] = round(time.perf_counter() - started, 3)
+            times = []
+            for _ in range(best_of):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            out[name] = round(min(times), 3)
+    finally:
+        if given is None:
+            db.dispose()
+    return out
+
+
+def before_and_after(url: str) -> dict[str, dict[str, float]]:
+    """`query_times` as they were, beside as they are, in this one run on this one database (PostgreSQL):
+    the planner's JIT on (xrq's sessions turn it off), and without migration 0014's backlog index
+    (dropped, timed, created again)."""
+    from sqlalchemy import event
+
+    from db.engine import open_database
+    from db.schema import Base
+
+    out = {"now": query_times(url, best_of=3)}
+    db = open_database(url)
+
+    def jit_on(connection: Any, _record: Any) -> None:  # after xrq's own `SET jit = off`
+        connection.execute("SET jit = on")
+        connection.commit()
+
+    event.listen(db.engine, "connect", jit_on)
+    try:
+        out["jit_on"] = query_times(url, db, best_of=3)
+    finally:
+        db.dispose()
+    (index,) = [i for i in Base.metadata.tables["job_studies"].indexes if i.name == "ix_job_studies_backlog"]
+    db = open_database(url)
+    try:
+        index.drop(db.engine)
+        try:
+            out["without_backlog_index"] = query_times(url, best_of=3)
+        finally:
+            index.create(db.engine)
     finally:
         db.dispose()
     return out
@@ -213,7 +253,11 @@ def measure(kind: str, n: int, workdir: Path, full: list[str], keep: bool) -> di
         result["status"] = {"status": run(["status"]), "status_json": run(["status", "--json"]),
                             "status_job": run(["status", str(last_base_job)]),
                             "backlog_dry_run": run(["backlog", "--dry-run"])}
-        result["queries_s"] = query_times(url)
+        if kind == "postgres":
+            result["queries_before_after_s"] = before_and_after(url)
+            result["queries_s"] = result["queries_before_after_s"]["now"]
+        else:
+            result["queries_s"] = query_times(url)
         result["full"] = {name: run(FULL[name]) for name in full}
         for name in ("all.jsonl", "all.csv", "all.parquet"):
             (workdir / name).unlink(missing_ok=True)
