@@ -119,6 +119,7 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
         timings[f"submit_{name}_s"] = time.perf_counter() - tic
         systems[name] = _evaluate(xrq, work / "eval" / name, "--job", job["job_id"])
         systems[name]["val_loss"] = trained[name]["scores"].get("val_loss")
+        systems[name]["last_train_loss"] = _last_loss(work / name / "metrics.jsonl")
     tic = time.perf_counter()
     evidence = _evidence(xrq, work, data, jobs["model"], picture)
     timings["evidence_s"] = time.perf_counter() - tic
@@ -130,7 +131,33 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
             "studies": studies,
             "phrasing": asdict(data.phrasing), "systems": systems, "image_blind_f1_max": blind_max,
             "targets": _targets(systems), "checks": _checks(systems, blind_max, studies["test"]), "evidence": evidence,
-            "timings": {k: round(v, 1) for k, v in timings.items()}}
+            "timings": {k: round(v, 1) for k, v in timings.items()}, "environment": environment()}
+
+
+def _last_loss(metrics: Path) -> float | None:
+    """The training loss of the last step in a run's metrics.jsonl (None if it has none)."""
+    last = None
+    with metrics.open() as rows:
+        for line in rows:
+            last = json.loads(line).get("loss", last)
+    return last
+
+
+def environment() -> dict[str, Any]:
+    """What a result depends on beyond the code and the seed: the libraries' versions and the CPU's
+    instruction set (its kernels round differently, and a training amplifies that)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    out: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for name in ("torch", "transformers", "tokenizers", "numpy", "pillow", "pycocoevalcap"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _evaluate(xrq: _Xrq, out: Path, *source: Any) -> dict[str, Any]:

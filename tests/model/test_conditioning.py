@@ -2,9 +2,10 @@
 
 Each test runs bench/conditioning.py (`xrq truth import`, `xrq train` twice, `xrq submit`, `xrq evaluate`)
 on a seeded synthetic set. The small run (a few minutes) fails when the model's clinical findings F1 does
-not beat the same training on blanked images by a clear margin; the full run (the benchmark itself, about
-a quarter of an hour on two CPU cores) holds the model to the issue's targets. Training is budgeted in
-steps and seeded, so each run gives the same numbers on every CPU.
+not beat the same training on blanked images by a clear margin; the full run (the benchmark itself, small-v2
+with --augment, about half an hour on two CPU cores) holds the model to the issue's targets. Training is budgeted in
+steps and seeded, so each run gives the same numbers on one host and install (another CPU's kernels round
+differently, and a training amplifies that: see the full run's test).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from tests.conftest import REPO
 MARGIN = 0.2  # clinical F1-macro, model minus image-blind
 
 
-def conditioning(size: str, seed: int = 0) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "bench.conditioning", "--size", size, "--seed", str(seed), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=3000, check=False)
+def conditioning(size: str, seed: int = 0, *options: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench.conditioning", "--size", size, "--seed", str(seed), *options,
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=3000, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return cast(dict[str, Any], json.loads(done.stdout))
 
@@ -40,7 +41,9 @@ def small_run() -> dict[str, Any]:
 def figures(result: dict[str, Any]) -> str:
     return json.dumps({"image_blind_f1_max": result["image_blind_f1_max"], "checks": result["checks"],
                        **{k: {m: s[m] for m in ("f1_macro", "f1", "laterality", "distinct", "n_studies")}
-                          for k, s in result["systems"].items()}}, indent=1)
+                          for k, s in result["systems"].items()},
+                       "last_train_loss": {k: s.get("last_train_loss") for k, s in result["systems"].items()},
+                       "environment": result.get("environment")}, indent=1)
 
 
 @pytest.mark.slow
@@ -72,10 +75,17 @@ def test_the_benchmark_reports_confidence_and_attention(small_run: dict[str, Any
 
 @pytest.mark.slow
 def test_the_benchmark_meets_the_issue_targets() -> None:
-    """The full benchmark (seed 0, 4,500 steps on 3,000 studies; about 11 minutes on two cores): F1-macro
-    0.90 where reports that ignore the image can expect 0.43 at best, laterality 0.95, 27 distinct reports
-    for 25 distinct truths, 22 of them word for word."""
-    full = conditioning("full")
+    """The full benchmark with small-v2 and --augment (seed 0, 4,500 steps on 3,000 studies; about 27 minutes
+    on two cores, the image-blind training beside it): F1-macro 0.91 where reports that ignore the image can
+    expect 0.43 at best, laterality 1.00 over 113 pairs (opacity zone 0.89), 24 of 25 distinct truths
+    written word for word.
+
+    One host and install give the same figures on every run, but not every host the same: the small preset
+    on seed 0 scored F1 0.92 and laterality 0.96 here and 0.75 and under 0.9 on CI's host (twice, the same
+    figures), its laterality margin being thin on every seed (0.92 to 0.97). small-v2 --augment has put
+    every effusion and opacity on its side on every seed run so far (0, 100, 101). On failure the message
+    carries each training's last loss and the environment (libraries, CPU instruction set) to compare."""
+    full = conditioning("full", 0, "--preset", "small-v2", "--train-arg=--augment")
     assert all(full["targets"].values()), f"{full['targets']}\n{figures(full)}"
     assert all(full["checks"].values()), figures(full)
 
