@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from db.engine import Database
+from db.engine import Database, plan_lines
 from db.schema import Evaluation, JobStudy, Lock, Report, Study, Truth, utcnow
 
 
@@ -86,15 +86,9 @@ def backlog_queries(*, stuck_after: timedelta, max_attempts: int,
 
 def backlog_plans(db: Database, *, stuck_after: timedelta, max_attempts: int) -> dict[str, list[str]]:
     """Each backlog statement's plan (PostgreSQL's EXPLAIN, SQLite's EXPLAIN QUERY PLAN), a line a step."""
-    plans: dict[str, list[str]] = {}
     with db.engine.connect() as conn:
-        for name, query in backlog_queries(stuck_after=stuck_after, max_attempts=max_attempts).items():
-            sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
-            if db.dialect == "postgresql":
-                plans[name] = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}")]
-            else:
-                plans[name] = [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-    return plans
+        return {name: plan_lines(conn, query)
+                for name, query in backlog_queries(stuck_after=stuck_after, max_attempts=max_attempts).items()}
 
 
 def find_backlog(db: Database, *, stuck_after: timedelta, max_attempts: int,

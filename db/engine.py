@@ -7,13 +7,14 @@ names `xrq db upgrade`, the one step that migrates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -256,6 +257,17 @@ def _is_full(reason: str, sqlstate: str | None) -> bool:
             or "could not extend file" in lowered)
 
 
+def plan_lines(conn: Connection, query: Any, *, cursor: bool = False) -> list[str]:
+    """`query`'s plan on `conn`, one line a step: PostgreSQL's EXPLAIN (`cursor`: of the query as a
+    server-side cursor runs it, which plans for the first rows), SQLite's EXPLAIN QUERY PLAN."""
+    sql = str(query.compile(conn.engine, compile_kwargs={"literal_binds": True}))
+    if conn.dialect.name == "postgresql":
+        declare = "DECLARE c NO SCROLL CURSOR FOR " if cursor else ""
+        return [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {declare}{sql}")]
+    return [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+@functools.cache
 def newest_migration_file() -> str:
     """The newest revision in migrations/versions, read from the file names alone (NNNN_what.py, revision
     NNNN, one line of history: tests/db/test_engine.py holds every file to that) without Alembic."""
@@ -282,7 +294,7 @@ def open_database(url: str, *, upgrade: bool | None = None) -> Database:
     engine = create(url)
     try:
         if _at_newest(engine):
-            pass
+            pass  # the common case: nothing to migrate, nothing to check
         elif _auto_migrate if upgrade is None else upgrade:
             migrate(engine)
         else:

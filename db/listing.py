@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from db.engine import Database
+from db.engine import Database, plan_lines
 from db.errors import NotFoundError
 from db.schema import Image, Job, JobStudy, Model, Report, Study
 
@@ -160,12 +160,11 @@ def _plan_for(conn: Connection, where: ReportFilter) -> None:
 def explain(db: Database, where: ReportFilter) -> list[str]:
     """The plan of the listing's query as `report_rows` runs it (PostgreSQL: its cursor's; SQLite: EXPLAIN
     QUERY PLAN), one line a step: what bench/scale.py records and the tests check for each filter's index."""
-    sql = str(listing_query(db, where).compile(db.engine, compile_kwargs={"literal_binds": True}))
+    query = listing_query(db, where)
     with db.engine.connect() as conn:
         if db.dialect == "postgresql":
             _plan_for(conn, where)
-            return [row[0] for row in conn.exec_driver_sql(f"EXPLAIN DECLARE c NO SCROLL CURSOR FOR {sql}")]
-        return [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+        return plan_lines(conn, query, cursor=True)
 
 
 def count_rows(db: Database, where: ReportFilter, *, after: Cursor | None = None) -> int:
