@@ -81,12 +81,14 @@ SIZES = {
 
 
 def run(seed: int, size: Size, work: Path, device: str | None = None, train_args: tuple[str, ...] = (),
-        blind: bool = True, picture: Path | None = None) -> dict[str, Any]:
+        blind: bool = True, picture: Path | None = None, trained_model: Path | None = None) -> dict[str, Any]:
     """Generate, train twice, report and score in `work`; the benchmark's whole result as a dict.
 
     `train_args` go to both trainings as they are (e.g. --augment); without `blind` there is no
     image-blind run (ablations: half the CPU), and the targets that need it are left out. `picture`:
-    where to copy `xrq show --attention`'s picture of a test study with a painted effusion."""
+    where to copy `xrq show --attention`'s picture of a test study with a painted effusion.
+    `trained_model`: score this model (trained on this seed's data, e.g. a kept run's `model/best`)
+    instead of training one; there is no image-blind run then."""
     timings: dict[str, float] = {}
     tic = time.perf_counter()
     data = generate(work / "data", seed=seed, n_train=size.n_train, n_val=size.n_val, n_test=size.n_test,
@@ -97,19 +99,22 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
     xrq("truth", "import", data.reports_csv, data.projections_csv, "--split-file", data.split_csv,
         "--collection", "synthetic", "--json")
     systems: dict[str, dict[str, Any]] = {}
-    trainings = (("model", False), ("image_blind", True)) if blind else (("model", False),)
+    trainings = (("model", False), ("image_blind", True)) if blind and trained_model is None else (("model", False),)
     # The trainings run side by side, each on its share of the cores (never more threads than cores:
     # two trainings at OMP_NUM_THREADS=2 on a 2-core host took 3.5 h a seed instead of 0.5 h).
     threads = min(core_share(len(trainings)), fixed_torch_threads() or core_share(len(trainings)))
     tic = time.perf_counter()
-    running = {name: xrq.start_threads(threads,
+    if trained_model is not None:
+        (work / "model").mkdir()
+        (work / "model" / "best").symlink_to(trained_model.resolve(), target_is_directory=True)
+    running = {} if trained_model is not None else {name: xrq.start_threads(threads,
         "train", "--reports", data.reports_csv, "--projections", data.projections_csv, "--images", data.images(blank),
         "--split", "benchmark", "--split-file", data.split_csv, "--out", work / name, "--preset", size.preset,
         "--tokenizer", "train",
         "--seed", seed, "--max-steps", size.steps, "--batch-size", size.batch_size, "--lr", size.lr,
         "--warmup", size.warmup, "--init-std", size.init_std, "--dropout", 0, "--max-tokens", size.max_tokens,
         "--eval-every", size.steps, *on, *train_args, "--json") for name, blank in trainings}
-    trained = {name: xrq.finish(process) for name, process in running.items()}
+    trained = {name: xrq.finish(process) for name, process in running.items()} or {"model": {"scores": {}}}
     timings["train_s"] = time.perf_counter() - tic
     jobs = {}
     for name, blank in trainings:
@@ -135,8 +140,10 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
 
 
 def _last_loss(metrics: Path) -> float | None:
-    """The training loss of the last step in a run's metrics.jsonl (None if it has none)."""
+    """The training loss of the last step in a run's metrics.jsonl (None if it has none, or no file)."""
     last = None
+    if not metrics.exists():  # a model scored with --model: trained elsewhere
+        return None
     with metrics.open() as rows:
         for line in rows:
             last = json.loads(line).get("loss", last)
@@ -200,7 +207,7 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
 
     from model.datasets.synthetic import lateral_findings
     from model.imaging.images import decode
-    from model.inference.attention import attention_maps
+    from model.inference.attention import METHODS, attention_maps
     from model.metrics.calibration import auroc
     from model.metrics.labeller import is_positive, label
     from model.network.store import load
@@ -221,8 +228,8 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
             for k in (True, False)}
     bundle = load(work / "model" / "best", device="cpu")
     studies = {s.uid: s for s in data.studies}
-    shares: dict[str, list[float]] = {"effusion": [], "opacity_side": [], "opacity_zone": []}
-    peaks: dict[str, list[bool]] = {"effusion": [], "opacity_zone": []}  # the map's hottest patch is there
+    maps: dict[str, dict[str, list[float]]] = {m: {"effusion": [], "opacity_side": [], "opacity_zone": [],
+                                                   "effusion_peak": [], "opacity_zone_peak": []} for m in METHODS}
     shown = None
     for uid, text, _, token_ids in sorted(rows, key=lambda r: int(r[0])):
         found = studies[uid].findings
@@ -233,30 +240,26 @@ def _evidence(xrq: _Xrq, work: Path, data: Any, job_id: int, picture: Path | Non
             continue
         views = [decode(data.images() / name) for name, _ in studies[uid].images]
         frontal_view = [projection for _, projection in studies[uid].images].index("Frontal")
-        sentences = attention_maps(bundle, views, json.loads(token_ids)).sentences
-        if effusion and (painted := _frontal_map(sentences, frontal_view, "effusion")) is not None:
-            shares["effusion"].append(_on_side(painted, found.effusion))
-            peaks["effusion"].append(_on_side(_peak(painted), found.effusion) == 1.0)
-            if shown is None and f"{found.effusion} pleural effusion" in lower:
-                shown = uid
-        if opacity and (painted := _frontal_map(sentences, frontal_view, "opacit", "airspace")) is not None:
-            side, zone = found.opacity.split()
-            shares["opacity_side"].append(_on_side(painted, side))
-            shares["opacity_zone"].append(_in_zone(painted, side, zone))
-            peaks["opacity_zone"].append(_in_zone(_peak(painted), side, zone) == 1.0)
+        for method, got in maps.items():
+            sentences = attention_maps(bundle, views, json.loads(token_ids), method=method).sentences
+            if effusion and (painted := _frontal_map(sentences, frontal_view, "effusion")) is not None:
+                got["effusion"].append(_on_side(painted, found.effusion))
+                got["effusion_peak"].append(_on_side(_peak(painted), found.effusion))
+                if shown is None and f"{found.effusion} pleural effusion" in lower:
+                    shown = uid
+            if opacity and (painted := _frontal_map(sentences, frontal_view, "opacit", "airspace")) is not None:
+                side, zone = found.opacity.split()
+                got["opacity_side"].append(_on_side(painted, side))
+                got["opacity_zone"].append(_in_zone(painted, side, zone))
+                got["opacity_zone_peak"].append(_in_zone(_peak(painted), side, zone))
     result: dict[str, Any] = {
         "auroc_confidence_findings_right": auroc(confidence, correct),
         "right": correct.count(True), "wrong": correct.count(False),
         "mean_confidence_right": mean[True], "mean_confidence_wrong": mean[False],
-        "effusion_studies": len(shares["effusion"]),
-        "effusion_map_on_painted_half": _mean(shares["effusion"]),
-        "effusion_maps_mostly_on_painted_side": _mean([x > 0.5 for x in shares["effusion"]]),
-        "effusion_peak_on_painted_half": _mean(peaks["effusion"]),
-        "opacity_studies": len(shares["opacity_zone"]),
-        "opacity_map_on_painted_half": _mean(shares["opacity_side"]),
-        "opacity_map_in_painted_zone": _mean(shares["opacity_zone"]),
-        "opacity_peak_in_painted_zone": _mean(peaks["opacity_zone"]),
+        **_shares(maps["attention"]),  # the raw cross-attention, what `xrq show --attention` draws by default
         "zone_share_if_uniform": ZONE_AREA,
+        "relevance": _shares(maps["relevance"]),  # `--attention-method relevance`: carried back through the encoder
+        "occlusion": _shares(maps["occlusion"]),  # `--attention-method occlusion`: what each patch holds up
         "attention_study": shown,
     }
     if shown is not None:
@@ -304,6 +307,19 @@ def _peak(frontal: Any) -> Any:
     out = np.zeros_like(frontal)
     out[np.unravel_index(int(np.argmax(frontal)), frontal.shape)] = 1.0
     return out
+
+
+def _shares(got: dict[str, list[float]]) -> dict[str, Any]:
+    """One method's figures: the mean share of the maps on the painted half (zone), and how often the
+    hottest patch is there."""
+    return {"effusion_studies": len(got["effusion"]),
+            "effusion_map_on_painted_half": _mean(got["effusion"]),
+            "effusion_maps_mostly_on_painted_side": _mean([x > 0.5 for x in got["effusion"]]),
+            "effusion_peak_on_painted_half": _mean(got["effusion_peak"]),
+            "opacity_studies": len(got["opacity_zone"]),
+            "opacity_map_on_painted_half": _mean(got["opacity_side"]),
+            "opacity_map_in_painted_zone": _mean(got["opacity_zone"]),
+            "opacity_peak_in_painted_zone": _mean(got["opacity_zone_peak"])}
 
 
 def _mean(values: list[float] | list[bool]) -> float | None:
@@ -426,6 +442,14 @@ def table(result: dict[str, Any]) -> str:
                      f"on the painted half and {num(e['opacity_map_in_painted_zone'])} in the painted zone "
                      f"({num(e['zone_share_if_uniform'])} if spread evenly; the hottest patch there in "
                      f"{num(e['opacity_peak_in_painted_zone'])} of {e['opacity_studies']} studies)")
+    for method in ("relevance", "occlusion"):
+        if method in e:
+            r = e[method]
+            lines.append(f"{method}: effusion {num(r['effusion_map_on_painted_half'])} on the painted half (the "
+                         f"hottest patch there in {num(r['effusion_peak_on_painted_half'])}); opacity "
+                         f"{num(r['opacity_map_on_painted_half'])} on its half, "
+                         f"{num(r['opacity_map_in_painted_zone'])} in its zone (the hottest patch there in "
+                         f"{num(r['opacity_peak_in_painted_zone'])})")
     lines.append(f"timings: {result['timings']}")
     return "\n".join(lines)
 
@@ -467,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda, cpu ... for training and reporting  [default: cuda if available]")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it, instead of a temporary one")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help="score this trained model (a kept run's SEED/model/best) instead of training one; "
+                             "give the seed it was trained on")
     parser.add_argument("--attention-picture", type=Path, metavar="PNG",
                         help="copy the attention picture of a study with a painted effusion here")
     args = parser.parse_args(argv)
@@ -478,11 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             (args.keep / str(seed)).mkdir(parents=True)
             result = run(seed, size, (args.keep / str(seed)).resolve(), args.device, tuple(args.train_arg),
-                         not args.no_blind, args.attention_picture)
+                         not args.no_blind, args.attention_picture, args.model)
         else:
             with tempfile.TemporaryDirectory(prefix="xrq-conditioning-") as folder:
                 result = run(seed, size, Path(folder), args.device, tuple(args.train_arg), not args.no_blind,
-                             args.attention_picture)
+                             args.attention_picture, args.model)
         result["timings"]["total_s"] = round(time.perf_counter() - tic, 1)
         result["timings"]["cpu_s"] = round(_children_cpu() - cpu, 1)  # every xrq command's CPU time, all cores
         if args.record:

@@ -223,9 +223,15 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
                    "and print the report with its unsure words marked.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --attention: words the model gave a lower probability are marked [like this].")
+@click.option("--attention-method", "method", type=click.Choice(["attention", "relevance", "occlusion"]),
+              default="attention", show_default=True,
+              help="With --attention: the decoder's raw cross-attention; relevance, that attention weighted by what "
+                   "raised each sentence's words and carried back through the encoder (a backward pass a sentence); "
+                   "occlusion, how far each sentence's probability falls with each patch painted over (a pass a "
+                   "patch: the one whose maps fall on the finding; seconds on a GPU, longer on a CPU).")
 @click.pass_context
 def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path, attention: bool,
-         threshold: float) -> None:
+         threshold: float, method: str) -> None:
     """Draw a study's images beside its report, with the ground truth and scores when known.
 
     UID is the study's uid, as `xrq reports` lists it (1000 for `1000_IM-0003-1001.dcm.png`);
@@ -254,14 +260,14 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
         bar = output.Progress(output.stderr_is_terminal(), desc="Drawing")
         try:
             index = show_job(settings, job, out, on_start=bar.start, progress=bar.update, attention=attention,
-                             threshold=threshold)
+                             threshold=threshold, method=method)
         finally:
             bar.close()
         click.echo(f"Wrote {printable(str(index))}")
     elif attention:
         output.output_file(out, suffixes=(".png",))
         picture, shown = show_study_attention(settings, out, uid=uid, study_id=study_id, job_id=job,
-                                              threshold=threshold)
+                                              threshold=threshold, method=method)
         sure = "" if shown.confidence is None else f" (confidence {shown.confidence:.2f})"
         click.echo(f"Report{sure}, {shown.unsure_words} word(s) below {threshold:g} in [brackets]:")
         click.echo(f"  {printable(shown.marked_report)}")

@@ -76,20 +76,21 @@ def _remember(key: tuple[str, int, str], data: bytes) -> None:
             _cache_size -= len(old)
 
 
-def attention_response(db: Database, database_url: str, report_id: int) -> Response:
-    """The report's attention picture (worker.evidence.attention_png), drawn on demand and kept like the
-    images: a report's tokens never change. The first one a server process draws loads the model that
-    wrote the report (seconds; then it stays loaded in that process)."""
+def attention_response(db: Database, database_url: str, report_id: int, method: str = "attention") -> Response:
+    """The report's attention picture (worker.evidence.attention_png; `method` as `xrq show
+    --attention-method`), drawn on demand and kept like the images: a report's tokens never change. The
+    first one a server process draws loads the model that wrote the report (seconds; then it stays
+    loaded in that process)."""
     from model.errors import ModelError
     from worker.errors import NoEvidenceError
     from worker.settings import Settings
     from worker.show import attention_png
 
-    key = (db.url, report_id, "attention")
+    key = (db.url, report_id, method)
     data = _cached(key)
     if data is None:
         try:
-            data = attention_png(Settings.from_env().replace(database_url=database_url), report_id)
+            data = attention_png(Settings.from_env().replace(database_url=database_url), report_id, method=method)
         except NoEvidenceError as exc:
             return Response(f"no attention to show: {exc}", status_code=404, media_type="text/plain")
         except ModelError as exc:

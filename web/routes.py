@@ -174,16 +174,20 @@ def next_report(request: Request) -> Response:
 
 
 def attention(request: Request) -> Response:
-    """Where the model looked for each sentence of a report (drawn on demand: the report page loads it lazily)."""
+    """Where the model looked for each sentence of a report (drawn on demand: the report page loads it lazily);
+    `?method=relevance` or `occlusion` for the other maps of `xrq show --attention-method`."""
     user = require(request)
     report_id = _int(request.path_params["report_id"])
     if report_id is None:
         return Response("no such report", status_code=404, media_type="text/plain")
+    method = request.query_params.get("method", "attention")
+    if method not in ("attention", "relevance", "occlusion"):
+        return Response("method: attention, relevance or occlusion", status_code=400, media_type="text/plain")
     db = request.app.state.db
     hidden = _hidden_from_reader(request, user, report_place(db, report_id)[0])
     if hidden is not None:
         return hidden
-    return attention_response(db, request.app.state.config.database_url, report_id)
+    return attention_response(db, request.app.state.config.database_url, report_id, method)
 
 
 def image(request: Request) -> Response:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 DEFAULT_THRESHOLD = 0.5  # a word the model gave less than even odds is marked
+DEFAULT_METHOD = "attention"
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,12 @@ class AttentionShown:
 
 
 def draw_attention(settings: Settings, detail: StudyDetail, views: list[Image | str], out: Path,
-                   threshold: float = DEFAULT_THRESHOLD) -> AttentionShown:
-    """Write the attention picture of the study's report to `out` (PNG); say which words were unsure."""
+                   threshold: float = DEFAULT_THRESHOLD, method: str = DEFAULT_METHOD) -> AttentionShown:
+    """Write the attention picture of the study's report to `out` (PNG); say which words were unsure.
+
+    `method`: "attention", the decoder's raw cross-attention; "relevance", that attention weighted by
+    its gradient and carried back through the encoder to the patches it came from
+    (`model.inference.attention.relevance`)."""
     from model.figures.attention import render_attention
     from model.inference.attention import attention_maps, marked_words
 
@@ -50,7 +55,7 @@ def draw_attention(settings: Settings, detail: StudyDetail, views: list[Image | 
         raise NoEvidenceError(f"study {detail.uid} has a view that cannot be read now: "
                                    + next(v for v in views if isinstance(v, str)))
     bundle = runtime.job_bundle(settings, evidence.model)
-    attention = attention_maps(bundle, readable, evidence.token_ids)
+    attention = attention_maps(bundle, readable, evidence.token_ids, method=method)
     marked, unsure = marked_words(bundle.tokenizer, evidence.token_ids, evidence.token_logprobs, threshold)
     sure = "" if evidence.confidence is None else f", confidence {evidence.confidence:.2f}"
     title = f"Study {detail.uid}: where the model ({evidence.model.name}) looked, sentence by sentence{sure}"

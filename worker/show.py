@@ -45,18 +45,19 @@ def show_study(settings: Settings, out: str | Path, *, uid: str | None = None, s
 
 def show_study_attention(settings: Settings, out: str | Path, *, uid: str | None = None,
                          study_id: int | None = None, job_id: int | None = None,
-                         threshold: float | None = None) -> tuple[Path, AttentionShown]:
+                         threshold: float | None = None, method: str | None = None) -> tuple[Path, AttentionShown]:
     """`show_study`, and beside it `NAME-attention.png`: where the model looked (`worker.evidence`)."""
-    from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
+    from worker.evidence import DEFAULT_METHOD, DEFAULT_THRESHOLD, attention_path, draw_attention
 
     detail = study_detail(runtime.database(settings.database_url), uid, study_id=study_id, job_id=job_id)
     views = study_views(detail, settings.max_pixels)
     shown = draw_attention(settings, detail, views, attention_path(Path(out)),
-                           DEFAULT_THRESHOLD if threshold is None else threshold)
+                           DEFAULT_THRESHOLD if threshold is None else threshold, method or DEFAULT_METHOD)
     return _render(detail, views, Path(out)), shown
 
 
-def attention_png(settings: Settings, report_id: int, threshold: float | None = None) -> bytes:
+def attention_png(settings: Settings, report_id: int, threshold: float | None = None,
+                  method: str | None = None) -> bytes:
     """The attention picture of one stored report as PNG bytes: what the review application shows.
 
     The study's views as the report's job found them, its model loaded once per process (as a worker
@@ -65,7 +66,7 @@ def attention_png(settings: Settings, report_id: int, threshold: float | None = 
     import tempfile
 
     from db.evidence import report_place
-    from worker.evidence import DEFAULT_THRESHOLD, draw_attention
+    from worker.evidence import DEFAULT_METHOD, DEFAULT_THRESHOLD, draw_attention
 
     db = runtime.database(settings.database_url)
     study_id, job_id = report_place(db, report_id)
@@ -73,13 +74,13 @@ def attention_png(settings: Settings, report_id: int, threshold: float | None = 
     with tempfile.TemporaryDirectory(prefix="xrq-attention-") as tmp:
         out = Path(tmp) / "attention.png"
         draw_attention(settings, detail, study_views(detail, settings.max_pixels), out,
-                       DEFAULT_THRESHOLD if threshold is None else threshold)
+                       DEFAULT_THRESHOLD if threshold is None else threshold, method or DEFAULT_METHOD)
         return out.read_bytes()
 
 
 def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
              on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
-             attention: bool = False, threshold: float | None = None) -> Path:
+             attention: bool = False, threshold: float | None = None, method: str | None = None) -> Path:
     """One picture per study of the job in `out_dir` (made if absent; its parent must exist), each
     named by the study's uid, thumbnails of the views, and `index.html` listing them; returns the index.
 
@@ -105,10 +106,10 @@ def show_job(settings: Settings, job_id: int, out_dir: str | Path, *,
             views = study_views(detail, settings.max_pixels)
             picture = _render(detail, views, out_dir / f"{stem}.png")
             if attention and detail.report_id is not None:
-                from worker.evidence import DEFAULT_THRESHOLD, attention_path, draw_attention
+                from worker.evidence import DEFAULT_METHOD, DEFAULT_THRESHOLD, attention_path, draw_attention
 
                 draw_attention(settings, detail, views, attention_path(picture),
-                               DEFAULT_THRESHOLD if threshold is None else threshold)
+                               DEFAULT_THRESHOLD if threshold is None else threshold, method or DEFAULT_METHOD)
             page.write(_index_row(detail, picture.name, _thumbnails(views, out_dir / THUMBS, stem)) + "\n")
             if progress is not None:
                 progress(1)

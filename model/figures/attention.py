@@ -42,6 +42,7 @@ def render_attention(out: str | Path | BinaryIO, images: Sequence[Image.Image], 
     head = "\n".join(textwrap.fill(line, chars) for line in [
         top, f"{attention.averaged}; each map sums to one over its view", *([printable(report)] if report else [])])
     head_height = 0.2 * (head.count("\n") + 1) + 0.2
+    weight = "attention" if attention.method == "attention" else "weight"
     fig = Figure(figsize=(width, 3.4 * rows + head_height), dpi=DPI)
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[head_height, *[3.4] * rows])
     ax_head = fig.add_subplot(grid[0, :])
@@ -57,7 +58,7 @@ def render_attention(out: str | Path | BinaryIO, images: Sequence[Image.Image], 
             ax.imshow(heat, cmap=CMAP, alpha=ALPHA, extent=(0, grey.width, grey.height, 0), interpolation="bilinear",
                       vmin=0, vmax=float(heat.max()) or 1.0)
             label = textwrap.shorten(printable(sentence.text), 45, placeholder="…")
-            ax.set_title(f"{label}\nview {c + 1}: {sentence.view_share[c]:.0%} of the attention", fontsize=8,
+            ax.set_title(f"{label}\nview {c + 1}: {sentence.view_share[c]:.0%} of the {weight}", fontsize=8,
                          parse_math=False)
     if not attention.sentences:
         ax = fig.add_subplot(grid[1, 0])

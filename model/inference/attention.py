@@ -36,10 +36,13 @@ from model.imaging.preprocess import pixel_values
 from model.inference.text import clean_report
 from model.network.bundle import Bundle
 
-__all__ = ["SentenceAttention", "StudyAttention", "attention_maps", "marked_words", "sentence_spans"]
+__all__ = ["METHODS", "SentenceAttention", "StudyAttention", "attention_maps", "marked_words", "sentence_spans"]
 
 SENTENCE_ENDS = (".", "!", "?")
 LAYERS = "mean over all decoder layers and heads"
+RELEVANCE = "gradient-weighted, carried back through the encoder"
+OCCLUSION = "how far each sentence's probability falls with the patch painted over"
+METHODS = ("attention", "relevance", "occlusion")
 _EAGER = threading.Lock()  # the attention implementation is switched on the shared model for one pass
 
 
@@ -60,7 +63,8 @@ class StudyAttention:
     sentences: list[SentenceAttention]
     views: int
     grid: tuple[int, int]  # patches per view, (rows, columns)
-    averaged: str = LAYERS
+    averaged: str = LAYERS  # what a map is, in words
+    method: str = "attention"  # one of METHODS
 
 
 def sentence_spans(tokenizer: PreTrainedTokenizerFast, token_ids: Sequence[int]) -> list[tuple[str, int, int]]:
@@ -89,30 +93,178 @@ def sentence_spans(tokenizer: PreTrainedTokenizerFast, token_ids: Sequence[int])
     return [s for s in spans if s[0]]
 
 
-def attention_maps(bundle: Bundle, views: Sequence[Image.Image], token_ids: Sequence[int]) -> StudyAttention:
+def attention_maps(bundle: Bundle, views: Sequence[Image.Image], token_ids: Sequence[int],
+                   method: str = "attention") -> StudyAttention:
     """Per sentence of the report `token_ids` (as stored: start token excluded), per view, where the
     decoder looked (see the module docstring). `views` are the study's decoded images, in order; the
-    model sees the first `bundle.max_views`."""
+    model sees the first `bundle.max_views`. `method`: "attention", the raw cross-attention;
+    "relevance", that attention weighted by what raised the words, carried back through the encoder
+    (`relevance`); "occlusion", how much the words' probability needs each patch (`occlusion`)."""
+    if method not in METHODS:
+        raise ModelError(f"no attention method {method!r}: one of {', '.join(METHODS)}")
     if not token_ids:
         raise ModelError("this report has no stored tokens to replay: it was written before xrq stored them")
     if not views:
         raise ModelError("the study has no readable image to attend to")
     pixels, _mask = pixel_values(bundle.processor, [list(views)], bundle.max_views)  # (1, V, 3, H, W)
-    weights = cross_attention(bundle, pixels, token_ids)  # (n, V*T)
     v = pixels.shape[1]
-    per_view = weights.reshape(len(token_ids), v, -1)  # (n, V, T): T = CLS + patches
     enc = cast(Any, bundle.model.config.encoder)
     grid = (enc.image_size // enc.patch_size, enc.image_size // enc.patch_size)
-    if grid[0] * grid[1] != per_view.shape[-1] - 1:
-        raise ModelError(f"expected {grid[0]}x{grid[1]} patches and a CLS token per view, got {per_view.shape[-1]}")
+    spans = sentence_spans(bundle.tokenizer, token_ids)
+    if method == "attention":
+        weights = cross_attention(bundle, pixels, token_ids)  # (n, V*T)
+        rows = [weights[start:end].mean(dim=0) for _, start, end in spans]
+    elif not spans:
+        rows = []
+    else:
+        replay = relevance if method == "relevance" else occlusion
+        rows = list(replay(bundle, pixels, token_ids, [(start, end) for _, start, end in spans]))
     sentences = []
-    for text, start, end in sentence_spans(bundle.tokenizer, token_ids):
-        mean = per_view[start:end].mean(dim=0).double()  # (V, T)
+    for (text, start, end), row in zip(spans, rows, strict=True):
+        mean = row.reshape(v, -1).double()  # (V, T): T = CLS + patches
+        if grid[0] * grid[1] != mean.shape[-1] - 1:
+            raise ModelError(f"expected {grid[0]}x{grid[1]} patches and a CLS token per view, got {mean.shape[-1]}")
         share = mean.sum(dim=1)  # (V,)
-        maps = mean[:, 1:] / mean[:, 1:].sum(dim=1, keepdim=True)  # (V, P): each view's patches sum to one
+        patches = mean[:, 1:]
+        total = patches.sum(dim=1, keepdim=True)
+        # Each view's patches sum to one; a view nothing of which raised the words (relevance) is even.
+        maps = torch.where(total > 0, patches / total.clamp(min=1e-300), torch.full_like(patches, 1 / patches.shape[1]))
+        views_share = share / share.sum() if share.sum() > 0 else torch.full_like(share, 1 / v)
         sentences.append(SentenceAttention(text, start, end, maps.reshape(v, *grid).numpy(),
-                                           tuple((share / share.sum()).tolist())))
-    return StudyAttention(sentences, v, grid)
+                                           tuple(views_share.tolist())))
+    return StudyAttention(sentences, v, grid, {"attention": LAYERS, "relevance": RELEVANCE}.get(method, OCCLUSION),
+                          method)
+
+
+def relevance(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
+              spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(S, V*T) relevance of each input token of each view for each span [start, end) of the report.
+
+    Gradient-weighted attention carried back through the encoder (Chefer, Gur and Wolf, "Generic
+    attention-model explainability for interpreting bi-modal and encoder-decoder transformers",
+    ICCV 2021), for the span's log-probability (the sum of its tokens' under the model):
+
+    - every attention map A of a layer is weighted by its gradient, Ā = mean over heads of
+      (∂logp/∂A ⊙ A)⁺: the heads and positions that raised the span's probability, not every weight;
+    - the encoder's self-attention: R = I, then R ← R + Ā·R layer by layer, per view; its mixing part
+      (R − I) normalised row by row, plus I (what each output token carries of each input patch);
+    - the decoder's cross-attention of the span's positions, summed over layers, through that R.
+
+    The decoder's own self-attention term of the paper is left out: a sentence's map is read from the
+    positions that wrote its tokens, as `cross_attention`'s is. The raw cross-attention says where the
+    decoder drew from among the encoder's outputs; those outputs are already mixed across patches by
+    the encoder, and the relevance undoes that mixing, weighted by what mattered for the words.
+    """
+    model = bundle.model
+    dev = bundle.device
+    start = model.config.decoder_start_token_id
+    inputs = torch.tensor([[start, *token_ids[:-1]]], device=dev)  # (1, n)
+    targets = torch.tensor(list(token_ids), device=dev)
+    encoder, decoder = cast(Any, model.encoder), cast(Any, model.decoder)
+    b, v = pixels.shape[:2]
+    with _EAGER, torch.enable_grad():
+        dtype = next(cast(torch.nn.Module, model).parameters()).dtype
+        configs = _configs(encoder, decoder)
+        before = [c._attn_implementation for c in configs]
+        for c in configs:
+            c._attn_implementation = "eager"
+        try:
+            flat = pixels.to(dev, dtype=dtype).reshape(b * v, *pixels.shape[2:])
+            encoded = encoder(pixel_values=flat, output_attentions=True, return_dict=True)
+            tokens = encoded.last_hidden_state  # (V, T, C)
+            if hasattr(model, "view_join"):
+                tokens = model.view_join(tokens.reshape(b, v, *tokens.shape[1:]))
+            hidden = tokens.reshape(1, -1, tokens.shape[-1])  # (1, V*T, C)
+            if hasattr(model, "enc_to_dec_proj"):
+                hidden = model.enc_to_dec_proj(hidden)
+            out = decoder(input_ids=inputs, attention_mask=torch.ones_like(inputs),
+                          encoder_hidden_states=hidden, output_attentions=True, use_cache=False, return_dict=True)
+            logp = out.logits[0].float().log_softmax(-1).gather(1, targets[:, None])[:, 0]  # (n,)
+            self_maps, cross_maps = list(encoded.attentions), list(out.cross_attentions)
+            if not self_maps or not cross_maps:
+                raise ModelError("this model returns no attention weights to carry the relevance back")
+            rows = []
+            for first, end in spans:
+                grads = torch.autograd.grad(logp[first:end].sum(), self_maps + cross_maps, retain_graph=True)
+                weighted = [(g * a).float().clamp(min=0).mean(dim=1).detach()
+                            for g, a in zip(grads, self_maps + cross_maps, strict=True)]
+                mixing = _encoder_relevance(weighted[:len(self_maps)])  # (V, T, T)
+                cross = sum(w[0, first:end].sum(dim=0) for w in weighted[len(self_maps):])  # (V*T,)
+                per_view = cast(torch.Tensor, cross).reshape(v, 1, -1)  # (V, 1, T)
+                rows.append(torch.bmm(per_view, mixing).reshape(-1))  # (V*T,)
+        finally:
+            for c, implementation in zip(configs, before, strict=True):
+                c._attn_implementation = implementation
+    return torch.stack(rows).cpu()
+
+
+def _configs(*models: Any) -> list[Any]:
+    """Every distinct config the modules of `models` read their attention implementation from: a
+    model's layers can hold their own (a ViT built inside an encoder-decoder keeps the one it was
+    built with), so switching the top one's is not enough for the encoder to return its weights."""
+    seen: dict[int, Any] = {}
+    for model in models:
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                seen.setdefault(id(config), config)
+    return list(seen.values())
+
+
+def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
+              spans: Sequence[tuple[int, int]], batch: int = 16) -> torch.Tensor:
+    """(S, V*T) how much each patch of each view holds up each span [start, end) of the report.
+
+    Each patch of each view in turn is painted over with the processor's mean grey (0 after
+    normalisation) and the report's tokens are replayed, teacher-forced, on the occluded study; a
+    patch's weight for a span is how far the span's log-probability (the sum of its tokens') falls
+    without it (a rise counts as nothing). The CLS slot gets none. This asks the model, not its
+    internals: the map is on what the sentence needs in the image. V x P passes, `batch` at a time
+    (98 for two views of a 7x7 grid, 392 for two of 14x14): seconds on a GPU, longer on a CPU.
+    """
+    model = bundle.model
+    dev = bundle.device
+    start = model.config.decoder_start_token_id
+    inputs = torch.tensor([[start, *token_ids[:-1]]], device=dev)  # (1, n)
+    targets = torch.tensor(list(token_ids), device=dev)
+    enc = cast(Any, model.config.encoder)
+    side, size = enc.image_size // enc.patch_size, enc.patch_size
+    v = pixels.shape[1]
+    dtype = next(cast(torch.nn.Module, model).parameters()).dtype
+    study = pixels.to(dev, dtype=dtype)
+
+    def logprobs(studies: torch.Tensor) -> torch.Tensor:  # (B, V, 3, H, W) -> (B, n)
+        logits = model(pixel_values=studies, view_mask=None,
+                       decoder_input_ids=inputs.expand(studies.shape[0], -1)).logits
+        return logits.float().log_softmax(-1).gather(2, targets[None, :, None].expand(studies.shape[0], -1, 1))[..., 0]
+
+    holes = [(view, row, col) for view in range(v) for row in range(side) for col in range(side)]
+    with torch.inference_mode():
+        whole = logprobs(study)[0]  # (n,)
+        occluded = []
+        for first in range(0, len(holes), batch):
+            chunk = study.repeat(len(holes[first:first + batch]), 1, 1, 1, 1)
+            for i, (view, row, col) in enumerate(holes[first:first + batch]):
+                chunk[i, view, :, row * size:(row + 1) * size, col * size:(col + 1) * size] = 0
+            occluded.append(logprobs(chunk))
+        without = torch.cat(occluded)  # (V*P, n)
+    rows = []
+    for first, end in spans:
+        drop = (whole[first:end].sum() - without[:, first:end].sum(dim=1)).clamp(min=0).reshape(v, -1)  # (V, P)
+        rows.append(torch.cat([drop.new_zeros(v, 1), drop], dim=1).reshape(-1))  # (V*T,), CLS first
+    return torch.stack(rows).cpu() if rows else torch.zeros(0, v * (side * side + 1))
+
+
+def _encoder_relevance(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(V, T, T): R = I, R ← R + Ā·R over the layers' gradient-weighted maps Ā (V, T, T); then R − I
+    normalised so each row sums to one (a row of zeros stays zero), plus I."""
+    eye = torch.eye(layers[0].shape[-1], dtype=layers[0].dtype, device=layers[0].device).expand_as(layers[0])
+    r = eye.clone()
+    for a in layers:
+        r = r + torch.bmm(a, r)
+    mixing = r - eye
+    total = mixing.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, mixing / total.clamp(min=1e-12), mixing) + eye
 
 
 def cross_attention(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:

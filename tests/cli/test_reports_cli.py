@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageStat
+from PIL import Image, ImageChops, ImageStat
 
 from cli.main import cli
 from testing.badfiles import make_bad_files
@@ -196,6 +196,14 @@ def test_show_attention_draws_where_the_model_looked_and_marks_unsure_words(env:
     run(env, "show", "--job", "1", "-o", str(job), "--attention")
     assert sorted(p.name for p in job.glob("*-attention.png")) == [
         "1000-attention.png", "25-attention.png", "54-attention.png", "7-attention.png"]
+    # The other methods: the same picture's layout, other maps.
+    for method in ("relevance", "occlusion"):
+        other = tmp_path / f"{method}.png"
+        assert run(env, "show", "1000", "-o", str(other), "--attention", "--attention-method", method,
+                   "--threshold", "0.2").splitlines()[1] == printed[1]
+        drawn = Image.open(tmp_path / f"{method}-attention.png")
+        assert drawn.size == picture.size
+        assert ImageChops.difference(drawn.convert("RGB"), picture.convert("RGB")).getbbox() is not None
 
 
 def test_show_attention_of_a_report_without_tokens_says_why(env: dict[str, str], tmp_path: Path) -> None:

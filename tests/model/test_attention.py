@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from model.errors import ModelError
 from model.figures.attention import render_attention
 from model.imaging.preprocess import pixel_values
-from model.inference.attention import attention_maps, marked_words, sentence_spans
+from model.inference.attention import _encoder_relevance, attention_maps, marked_words, sentence_spans
 from model.inference.confidence import draft
 from model.network.bundle import Bundle, build
 from tests.conftest import EXAMPLES, REPO
@@ -108,3 +109,66 @@ def test_the_picture_renders_to_a_file_object(bundle: Bundle, views: list[Image.
     render_attention(buffer, views, attention_maps(bundle, views, ids), title="study 7", report="the heart …")
     picture = Image.open(io.BytesIO(buffer.getvalue()))
     assert picture.format == "PNG" and picture.height > picture.width * 0.8  # two rows (sentences), two columns
+
+
+def test_relevance_maps_are_maps_and_leave_the_fast_kernels(bundle: Bundle, views: list[Image.Image]) -> None:
+    """`method="relevance"`: one backward pass a sentence, through eager attention in the encoder and
+    the decoder (whose layers hold their own configs), switched back after."""
+    ids = _report_ids(bundle, "the heart is normal in size. there is a small left pleural effusion.")
+    raw = attention_maps(bundle, views, ids)
+    relevance = attention_maps(bundle, views, ids, method="relevance")
+    assert [s.text for s in relevance.sentences] == [s.text for s in raw.sentences]
+    assert relevance.grid == raw.grid and relevance.averaged != raw.averaged
+    for sentence, plain in zip(relevance.sentences, raw.sentences, strict=True):
+        assert sentence.maps.shape == (2, 14, 14) and (sentence.maps >= 0).all()
+        assert np.allclose(sentence.maps.sum(axis=(1, 2)), 1.0) and math.isclose(sum(sentence.view_share), 1.0)
+        assert not np.allclose(sentence.maps, plain.maps)
+    again = attention_maps(bundle, views, ids, method="relevance")
+    assert all(np.array_equal(a.maps, b.maps) for a, b in zip(again.sentences, relevance.sentences, strict=True))
+    implementations = {m.config._attn_implementation for m in bundle.model.modules() if hasattr(m, "config")}
+    assert implementations == {"sdpa"}
+    with pytest.raises(ModelError, match="no attention method 'saliency'"):
+        attention_maps(bundle, views, ids, method="saliency")
+
+
+def test_the_encoder_relevance_is_the_rollout_of_its_weighted_maps() -> None:
+    """Two tokens, two layers by hand: R = (I + A2)(I + A1); its mixing part R - I normalised by row, plus I."""
+    a1 = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # token 0 drew on token 1
+    a2 = torch.tensor([[[0.0, 0.0], [0.5, 0.0]]])  # token 1 drew on token 0
+    r = (torch.eye(2) + a2[0]) @ (torch.eye(2) + a1[0])  # [[1, 1], [0.5, 1.5]]
+    mixing = r - torch.eye(2)  # [[0, 1], [0.5, 0.5]]
+    expected = mixing / mixing.sum(dim=-1, keepdim=True) + torch.eye(2)
+    assert torch.allclose(_encoder_relevance([a1, a2])[0], expected)
+    # A layer nothing mixed in leaves the identity: a row of zeros is not divided.
+    assert torch.equal(_encoder_relevance([torch.zeros(1, 2, 2)])[0], torch.eye(2))
+
+
+def test_an_occlusion_map_is_the_fall_of_the_sentence_without_each_patch(bundle: Bundle,
+                                                                         views: list[Image.Image]) -> None:
+    """`method="occlusion"`: the weight of patch (row, col) of a view is how far the sentence's log-probability
+    falls when that patch is painted over with the mean grey (0 after normalisation), by hand here."""
+    ids = _report_ids(bundle, "the heart is normal in size. there is a small left pleural effusion.")
+    occluded = attention_maps(bundle, views, ids, method="occlusion")
+    sentence = occluded.sentences[1]
+    assert occluded.method == "occlusion" and np.allclose(sentence.maps.sum(axis=(1, 2)), 1.0)
+    pixels, _mask = pixel_values(bundle.processor, [views], bundle.max_views)
+    inputs = torch.tensor([[bundle.model.config.decoder_start_token_id, *ids[:-1]]])
+    size = bundle.model.config.encoder.patch_size
+
+    def logprob(study: torch.Tensor) -> float:
+        with torch.inference_mode():
+            logits = bundle.model(pixel_values=study, view_mask=None, decoder_input_ids=inputs).logits[0]
+        picked = logits.log_softmax(-1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        return float(picked[sentence.start:sentence.end].sum())
+
+    def fall(view: int, row: int, col: int) -> float:
+        study = pixels.clone()
+        study[0, view, :, row * size:(row + 1) * size, col * size:(col + 1) * size] = 0
+        return max(0.0, logprob(pixels) - logprob(study))
+
+    weights = sentence.maps * np.array(sentence.view_share)[:, None, None]  # back to one scale over both views
+    order = np.argsort(weights, axis=None)[::-1]
+    top, second = (np.unravel_index(int(i), weights.shape) for i in order[:2])
+    assert math.isclose(weights[top] / weights[second], fall(*top) / fall(*second), rel_tol=1e-3)
+    low = np.unravel_index(int(np.argmin(weights)), weights.shape)
+    assert fall(*low) <= fall(*top) * weights[low] / weights[top] + 1e-4

@@ -70,6 +70,10 @@ def test_the_benchmark_reports_confidence_and_attention(small_run: dict[str, Any
     assert 0.0 <= evidence["auroc_confidence_findings_right"] <= 1.0
     assert 0.0 < evidence["mean_confidence_right"] <= 1.0 and 0.0 < evidence["mean_confidence_wrong"] <= 1.0
     assert evidence["effusion_studies"] >= 20 and 0.0 < evidence["effusion_map_on_painted_half"] < 1.0
+    relevance = evidence["relevance"]  # the same studies, the maps carried back through the encoder
+    assert relevance["effusion_studies"] == evidence["effusion_studies"]
+    assert 0.0 < relevance["effusion_map_on_painted_half"] < 1.0
+    assert relevance["effusion_map_on_painted_half"] != evidence["effusion_map_on_painted_half"]
     assert evidence["attention_study"] is not None
 
 
