@@ -14,6 +14,14 @@ CLS token included), then the view's patches are renormalised, so every map sums
 view's patches: a map says where in that view, the share says how much that view. Nothing here
 touches the batch path: `generate` and the engine never ask for attention.
 
+Two other readings of "where" answer a different question, and are chosen with `method`:
+
+- `relevance`: the cross-attention weighted by its gradient and carried back through the encoder's
+  self-attention (Chefer et al. 2021): which patches the attention that raised the words came from.
+- `occlusion`: how far each sentence's probability falls with each patch painted over: what the
+  sentence needs in the image. On the synthetic benchmark it is the one that falls on the painted
+  finding (README); the raw attention does not, because the encoder has already mixed the patches.
+
 `attention_maps` is the entry point for any caller (`xrq show --attention`, the review application);
 `model.figures.attention` draws the maps over the images.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -34,8 +35,13 @@ def conditioning(size: str, seed: int = 0, *options: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def small_run() -> dict[str, Any]:
-    return conditioning("small")
+def kept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("conditioning") / "kept"
+
+
+@pytest.fixture(scope="module")
+def small_run(kept: Path) -> dict[str, Any]:
+    return conditioning("small", 0, "--keep", str(kept))
 
 
 def figures(result: dict[str, Any]) -> str:
@@ -75,6 +81,17 @@ def test_the_benchmark_reports_confidence_and_attention(small_run: dict[str, Any
     assert 0.0 < relevance["effusion_map_on_painted_half"] < 1.0
     assert relevance["effusion_map_on_painted_half"] != evidence["effusion_map_on_painted_half"]
     assert evidence["attention_study"] is not None
+
+
+@pytest.mark.slow
+def test_a_kept_model_scores_as_its_run_did(small_run: dict[str, Any], kept: Path) -> None:
+    """`--model DIR` scores a trained model again without training it (the attention figures of a kept run,
+    measured after the run): the same data from the seed, the same reports, the same figures."""
+    again = conditioning("small", 0, "--no-blind", "--model", str(kept / "0" / "model" / "best"))
+    assert again["timings"]["train_s"] < 5 and "image_blind" not in again["systems"]
+    for figure in ("f1_macro", "laterality", "distinct", "bleu_4"):
+        assert again["systems"]["model"][figure] == small_run["systems"]["model"][figure]
+    assert again["evidence"]["occlusion"] == small_run["evidence"]["occlusion"]
 
 
 @pytest.mark.slow
