@@ -219,16 +219,22 @@ def _configs(*models: Any) -> list[Any]:
     return list(seen.values())
 
 
+OCCLUSION_WINDOWS = 7  # windows per side of a view that occlusion paints over in turn, at most
+
+
 def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
-              spans: Sequence[tuple[int, int]], batch: int = 16) -> torch.Tensor:
+              spans: Sequence[tuple[int, int]], window: int | None = None, batch: int = 16) -> torch.Tensor:
     """(S, V*T) how much each patch of each view holds up each span [start, end) of the report.
 
-    Each patch of each view in turn is painted over with the processor's mean grey (0 after
-    normalisation) and the report's tokens are replayed, teacher-forced, on the occluded study; a
-    patch's weight for a span is how far the span's log-probability (the sum of its tokens') falls
-    without it (a rise counts as nothing). The CLS slot gets none. This asks the model, not its
-    internals: the map is on what the sentence needs in the image. V x P passes, `batch` at a time
-    (98 for two views of a 7x7 grid, 392 for two of 14x14): seconds on a GPU, longer on a CPU.
+    Each window of `window` x `window` patches of each view in turn is painted over with the
+    processor's mean grey (0 after normalisation) and the report's tokens are replayed, teacher-forced,
+    on the occluded study; a window's weight for a span is how far the span's log-probability (the sum
+    of its tokens') falls without it (a rise counts as nothing), shared evenly by its patches. The CLS
+    slot gets none. This asks the model, not its internals: the map is on what the sentence needs in
+    the image. The default window keeps at most OCCLUSION_WINDOWS x OCCLUSION_WINDOWS of them a view:
+    one patch for a 7x7 grid (small presets), 2x2 for 14x14 (base): 49 passes a view, `batch` at a
+    time, each a whole encoder and decoder pass: under a second a study for small-v2 on a CPU core,
+    minutes for a base-sized model on a CPU, seconds on a GPU.
     """
     model = bundle.model
     dev = bundle.device
@@ -237,6 +243,7 @@ def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
     targets = torch.tensor(list(token_ids), device=dev)
     enc = cast(Any, model.config.encoder)
     side, size = enc.image_size // enc.patch_size, enc.patch_size
+    step = window or -(-side // OCCLUSION_WINDOWS)  # patches per window side
     v = pixels.shape[1]
     dtype = next(cast(torch.nn.Module, model).parameters()).dtype
     study = pixels.to(dev, dtype=dtype)
@@ -246,21 +253,26 @@ def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
                        decoder_input_ids=inputs.expand(studies.shape[0], -1)).logits
         return logits.float().log_softmax(-1).gather(2, targets[None, :, None].expand(studies.shape[0], -1, 1))[..., 0]
 
-    holes = [(view, row, col) for view in range(v) for row in range(side) for col in range(side)]
+    corners = range(0, side, step)
+    holes = [(view, row, col) for view in range(v) for row in corners for col in corners]
     with torch.inference_mode():
         whole = logprobs(study)[0]  # (n,)
         occluded = []
         for first in range(0, len(holes), batch):
             chunk = study.repeat(len(holes[first:first + batch]), 1, 1, 1, 1)
             for i, (view, row, col) in enumerate(holes[first:first + batch]):
-                chunk[i, view, :, row * size:(row + 1) * size, col * size:(col + 1) * size] = 0
+                chunk[i, view, :, row * size:(row + step) * size, col * size:(col + step) * size] = 0
             occluded.append(logprobs(chunk))
-        without = torch.cat(occluded)  # (V*P, n)
+        without = torch.cat(occluded)  # (holes, n)
     rows = []
     for first, end in spans:
-        drop = (whole[first:end].sum() - without[:, first:end].sum(dim=1)).clamp(min=0).reshape(v, -1)  # (V, P)
-        rows.append(torch.cat([drop.new_zeros(v, 1), drop], dim=1).reshape(-1))  # (V*T,), CLS first
-    return torch.stack(rows).cpu() if rows else torch.zeros(0, v * (side * side + 1))
+        falls = (whole[first:end].sum() - without[:, first:end].sum(dim=1)).clamp(min=0).cpu()  # (holes,)
+        drop = torch.zeros(v, side, side, dtype=falls.dtype)
+        for fall, (view, row, col) in zip(falls.tolist(), holes, strict=True):
+            patches = drop[view, row:row + step, col:col + step]
+            patches += fall / patches.numel()
+        rows.append(torch.cat([drop.new_zeros(v, 1), drop.reshape(v, -1)], dim=1).reshape(-1))  # (V*T,), CLS first
+    return torch.stack(rows) if rows else torch.zeros(0, v * (side * side + 1))
 
 
 def _encoder_relevance(layers: Sequence[torch.Tensor]) -> torch.Tensor:

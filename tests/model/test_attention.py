@@ -13,7 +13,13 @@ from PIL import Image
 from model.errors import ModelError
 from model.figures.attention import render_attention
 from model.imaging.preprocess import pixel_values
-from model.inference.attention import _encoder_relevance, attention_maps, marked_words, sentence_spans
+from model.inference.attention import (
+    _encoder_relevance,
+    attention_maps,
+    marked_words,
+    occlusion,
+    sentence_spans,
+)
 from model.inference.confidence import draft
 from model.network.bundle import Bundle, build
 from tests.conftest import EXAMPLES, REPO
@@ -143,10 +149,12 @@ def test_the_encoder_relevance_is_the_rollout_of_its_weighted_maps() -> None:
     assert torch.equal(_encoder_relevance([torch.zeros(1, 2, 2)])[0], torch.eye(2))
 
 
-def test_an_occlusion_map_is_the_fall_of_the_sentence_without_each_patch(bundle: Bundle,
-                                                                         views: list[Image.Image]) -> None:
-    """`method="occlusion"`: the weight of patch (row, col) of a view is how far the sentence's log-probability
-    falls when that patch is painted over with the mean grey (0 after normalisation), by hand here."""
+def test_an_occlusion_map_is_the_fall_of_the_sentence_without_each_window(bundle: Bundle,
+                                                                          views: list[Image.Image]) -> None:
+    """`method="occlusion"`: the weight of a window of patches of a view is how far the sentence's
+    log-probability falls when the window is painted over with the mean grey (0 after normalisation), by
+    hand here, shared by its patches. The tiny preset's 14x14 patches go in 2x2 windows (at most 7 a side);
+    `window=1` paints single patches."""
     ids = _report_ids(bundle, "the heart is normal in size. there is a small left pleural effusion.")
     occluded = attention_maps(bundle, views, ids, method="occlusion")
     sentence = occluded.sentences[1]
@@ -161,14 +169,21 @@ def test_an_occlusion_map_is_the_fall_of_the_sentence_without_each_patch(bundle:
         picked = logits.log_softmax(-1).gather(1, torch.tensor(ids)[:, None])[:, 0]
         return float(picked[sentence.start:sentence.end].sum())
 
-    def fall(view: int, row: int, col: int) -> float:
+    def fall(view: int, row: int, col: int, step: int) -> float:
         study = pixels.clone()
-        study[0, view, :, row * size:(row + 1) * size, col * size:(col + 1) * size] = 0
+        study[0, view, :, row * size:(row + step) * size, col * size:(col + step) * size] = 0
         return max(0.0, logprob(pixels) - logprob(study))
 
-    weights = sentence.maps * np.array(sentence.view_share)[:, None, None]  # back to one scale over both views
-    order = np.argsort(weights, axis=None)[::-1]
-    top, second = (np.unravel_index(int(i), weights.shape) for i in order[:2])
-    assert math.isclose(weights[top] / weights[second], fall(*top) / fall(*second), rel_tol=1e-3)
-    low = np.unravel_index(int(np.argmin(weights)), weights.shape)
-    assert fall(*low) <= fall(*top) * weights[low] / weights[top] + 1e-4
+    weights = sentence.maps * np.array(sentence.view_share)[:, None, None]  # one scale over both views
+    windows = weights[:, ::2, ::2]
+    assert np.array_equal(windows, weights[:, 1::2, 1::2]) and np.array_equal(windows, weights[:, ::2, 1::2])
+    order = np.argsort(windows, axis=None)[::-1]
+    top, second = ((v, 2 * r, 2 * c) for v, r, c in (np.unravel_index(int(i), windows.shape) for i in order[:2]))
+    assert math.isclose(weights[top] / weights[second], fall(*top, 2) / fall(*second, 2), rel_tol=1e-3)
+    # One patch at a time: the same by hand.
+    single = occlusion(bundle, pixels, ids, [(sentence.start, sentence.end)], window=1)[0].reshape(2, -1)[:, 1:]
+    single = single.reshape(2, 14, 14).double().numpy()
+    first, next_ = (np.unravel_index(int(i), single.shape) for i in np.argsort(single, axis=None)[::-1][:2])
+    assert math.isclose(single[first] / single[next_], fall(*first, 1) / fall(*next_, 1), rel_tol=1e-3)
+    low = np.unravel_index(int(np.argmin(single)), single.shape)
+    assert fall(*low, 1) <= fall(*first, 1) * single[low] / single[first] + 1e-4
