@@ -14,6 +14,7 @@ import click
 from cli import listing, output
 from cli.context import COUNT, settings_from
 from cli.documents import DOCUMENT_FORMATS, export_documents
+from model.defaults import ATTENTION_METHODS
 from model.printable import printable
 
 if TYPE_CHECKING:
@@ -223,8 +224,8 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
                    "and print the report with its unsure words marked.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --attention: words the model gave a lower probability are marked [like this].")
-@click.option("--attention-method", "method", type=click.Choice(["attention", "relevance", "occlusion"]),
-              default="attention", show_default=True,
+@click.option("--attention-method", "method", type=click.Choice(ATTENTION_METHODS),
+              default=ATTENTION_METHODS[0], show_default=True,
               help="With --attention: the decoder's raw cross-attention; relevance, that attention weighted by what "
                    "raised each sentence's words and carried back through the encoder (a backward pass a sentence); "
                    "occlusion, how far each sentence's probability falls with each patch painted over (a pass a "

@@ -46,6 +46,11 @@ PRESET_NAMES = tuple(PRESETS)  # what `xrq model init --preset` and `xrq train -
 
 DEFAULT_MAX_VIEWS = 4  # views of a study a model looks at, unless its config says otherwise
 
+ATTENTION_METHODS = ("attention", "relevance", "occlusion")
+"""What a map of `xrq show --attention` is (model/inference/attention.py): the decoder's raw cross-attention,
+that attention weighted by its gradient and carried back through the encoder, or how far each sentence's
+probability falls with each window of the image painted over. The first is the default."""
+
 VIEW_JOINS = ("none", "embedding", "positions", "both")
 """What the multi-view join adds to each view's tokens (model/network/multiview.py's `ViewJoin`): nothing,
 the view-slot embedding, the 2-D sin-cos positions, or both."""

@@ -21,6 +21,7 @@ from db import accounts, readers, review, worklist
 from db.accounts import Account
 from db.evidence import report_evidence, report_place
 from db.review_schema import STATES, ReviewConflictError, ReviewRefusedError
+from model.defaults import ATTENTION_METHODS
 from web.auth import check_csrf, end_session, login, require, start_session
 from web.images import attention_response, image_response
 from web.pages import render
@@ -180,9 +181,9 @@ def attention(request: Request) -> Response:
     report_id = _int(request.path_params["report_id"])
     if report_id is None:
         return Response("no such report", status_code=404, media_type="text/plain")
-    method = request.query_params.get("method", "attention")
-    if method not in ("attention", "relevance", "occlusion"):
-        return Response("method: attention, relevance or occlusion", status_code=400, media_type="text/plain")
+    method = request.query_params.get("method", ATTENTION_METHODS[0])
+    if method not in ATTENTION_METHODS:
+        return Response(f"method: one of {', '.join(ATTENTION_METHODS)}", status_code=400, media_type="text/plain")
     db = request.app.state.db
     hidden = _hidden_from_reader(request, user, report_place(db, report_id)[0])
     if hidden is not None:

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
+from model.defaults import ATTENTION_METHODS
 from model.errors import ModelError
 from model.imaging.preprocess import pixel_values
 from model.inference.text import clean_report
@@ -50,7 +51,7 @@ SENTENCE_ENDS = (".", "!", "?")
 LAYERS = "mean over all decoder layers and heads"
 RELEVANCE = "gradient-weighted, carried back through the encoder"
 OCCLUSION = "how far each sentence's probability falls with the patch painted over"
-METHODS = ("attention", "relevance", "occlusion")
+METHODS = ATTENTION_METHODS
 _EAGER = threading.Lock()  # the attention implementation is switched on the shared model for one pass
 
 
