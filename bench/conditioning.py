@@ -136,7 +136,8 @@ def run(seed: int, size: Size, work: Path, device: str | None = None, train_args
             "studies": studies,
             "phrasing": asdict(data.phrasing), "systems": systems, "image_blind_f1_max": blind_max,
             "targets": _targets(systems), "checks": _checks(systems, blind_max, studies["test"]), "evidence": evidence,
-            "timings": {k: round(v, 1) for k, v in timings.items()}, "environment": environment()}
+            "timings": {k: round(v, 1) for k, v in timings.items()}, "environment": environment(),
+            **({"trained_model": str(trained_model)} if trained_model is not None else {})}
 
 
 def _last_loss(metrics: Path) -> float | None:
@@ -301,11 +302,13 @@ def _in_zone(frontal: Any, side: str, zone: str) -> float:
 
 
 def _peak(frontal: Any) -> Any:
-    """A map with all its weight on the original's hottest patch (where a reader's eye goes first)."""
+    """A map with all its weight on the original's hottest patch (where a reader's eye goes first); none
+    for a map of zeros (nothing in the view was needed: it has no hottest patch, and counts as a miss)."""
     import numpy as np
 
     out = np.zeros_like(frontal)
-    out[np.unravel_index(int(np.argmax(frontal)), frontal.shape)] = 1.0
+    if frontal.max() > 0:
+        out[np.unravel_index(int(np.argmax(frontal)), frontal.shape)] = 1.0
     return out
 
 
@@ -497,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-picture", type=Path, metavar="PNG",
                         help="copy the attention picture of a study with a painted effusion here")
     args = parser.parse_args(argv)
+    if args.model and args.seeds and len(args.seeds) > 1:
+        parser.error("--model scores one model: give the one --seed it was trained on")
     changes = {k: v for k, v in (("steps", args.steps), ("preset", args.preset)) if v is not None}
     size = Size(**{**asdict(SIZES[args.size]), **changes})
     results = []

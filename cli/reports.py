@@ -228,8 +228,8 @@ def export(ctx: click.Context, jobs: tuple[int, ...], fmt: str | None, out: Path
               default=ATTENTION_METHODS[0], show_default=True,
               help="With --attention: the decoder's raw cross-attention; relevance, that attention weighted by what "
                    "raised each sentence's words and carried back through the encoder (a backward pass a sentence); "
-                   "occlusion, how far each sentence's probability falls with each patch painted over (a pass a "
-                   "patch: the one whose maps fall on the finding; seconds on a GPU, longer on a CPU).")
+                   "occlusion, how far each sentence's probability falls with each window of patches painted over "
+                   "(a pass a window: the one whose maps fall on the finding; fast on a GPU, slow on a CPU).")
 @click.pass_context
 def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | None, out: Path, attention: bool,
          threshold: float, method: str) -> None:
@@ -244,6 +244,7 @@ def show(ctx: click.Context, uid: str | None, study_id: int | None, job: int | N
       xrq show --id 3 -o study3.png
       xrq show --job 1 -o pictures/     (a PNG per study, named by uid, and an index.html)
       xrq show 1000 -o study1000.png --attention     (+ study1000-attention.png)
+      xrq show 1000 -o study1000.png --attention --attention-method occlusion
 
     With --attention the report's stored tokens go through its model once more (teacher-forced, one
     pass): for each sentence, the decoder's cross-attention over each view, averaged over heads, layers

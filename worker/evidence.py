@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from db.evidence import report_evidence
 from db.queries import StudyDetail
+from model.defaults import ATTENTION_METHODS
 from worker import runtime
 from worker.errors import NoEvidenceError
 from worker.settings import Settings
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 DEFAULT_THRESHOLD = 0.5  # a word the model gave less than even odds is marked
-DEFAULT_METHOD = "attention"
+DEFAULT_METHOD = ATTENTION_METHODS[0]  # the raw cross-attention
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ def draw_attention(settings: Settings, detail: StudyDetail, views: list[Image | 
     """Write the attention picture of the study's report to `out` (PNG); say which words were unsure.
 
     `method`: "attention", the decoder's raw cross-attention; "relevance", that attention weighted by
-    its gradient and carried back through the encoder to the patches it came from
-    (`model.inference.attention.relevance`)."""
+    its gradient and carried back through the encoder to the patches it came from; "occlusion", how far
+    each sentence's probability falls with each window painted over (`model.inference.attention`)."""
     from model.figures.attention import render_attention
     from model.inference.attention import attention_maps, marked_words
 

@@ -18,8 +18,8 @@ Two other readings of "where" answer a different question, and are chosen with `
 
 - `relevance`: the cross-attention weighted by its gradient and carried back through the encoder's
   self-attention (Chefer et al. 2021): which patches the attention that raised the words came from.
-- `occlusion`: how far each sentence's probability falls with each patch painted over: what the
-  sentence needs in the image. On the synthetic benchmark it is the one that falls on the painted
+- `occlusion`: how far each sentence's probability falls with each window of patches painted over:
+  what the sentence needs in the image. On the synthetic benchmark it is the one that falls on the painted
   finding (README); the raw attention does not, because the encoder has already mixed the patches.
 
 `attention_maps` is the entry point for any caller (`xrq show --attention`, the review application);
@@ -49,9 +49,10 @@ __all__ = ["METHODS", "SentenceAttention", "StudyAttention", "attention_maps", "
 
 SENTENCE_ENDS = (".", "!", "?")
 LAYERS = "mean over all decoder layers and heads"
-RELEVANCE = "gradient-weighted, carried back through the encoder"
-OCCLUSION = "how far each sentence's probability falls with the patch painted over"
 METHODS = ATTENTION_METHODS
+DESCRIBED = dict(zip(METHODS, (  # what a map is, in words, by method: the head of its picture
+    LAYERS, "gradient-weighted, carried back through the encoder",
+    "how far each sentence's probability falls with each window painted over"), strict=True))
 _EAGER = threading.Lock()  # the attention implementation is switched on the shared model for one pass
 
 
@@ -108,7 +109,8 @@ def attention_maps(bundle: Bundle, views: Sequence[Image.Image], token_ids: Sequ
     decoder looked (see the module docstring). `views` are the study's decoded images, in order; the
     model sees the first `bundle.max_views`. `method`: "attention", the raw cross-attention;
     "relevance", that attention weighted by what raised the words, carried back through the encoder
-    (`relevance`); "occlusion", how much the words' probability needs each patch (`occlusion`)."""
+    (`relevance`); "occlusion", how much the words' probability needs each window of patches
+    (`occlusion`). A view none of which the words needed has a map of zeros and a share of 0."""
     if method not in METHODS:
         raise ModelError(f"no attention method {method!r}: one of {', '.join(METHODS)}")
     if not token_ids:
@@ -136,13 +138,14 @@ def attention_maps(bundle: Bundle, views: Sequence[Image.Image], token_ids: Sequ
         share = mean.sum(dim=1)  # (V,)
         patches = mean[:, 1:]
         total = patches.sum(dim=1, keepdim=True)
-        # Each view's patches sum to one; a view nothing of which raised the words (relevance) is even.
-        maps = torch.where(total > 0, patches / total.clamp(min=1e-300), torch.full_like(patches, 1 / patches.shape[1]))
-        views_share = share / share.sum() if share.sum() > 0 else torch.full_like(share, 1 / v)
+        # Each view's patches sum to one, but a view none of which the words needed (occlusion: no window
+        # lowered them; relevance: no gradient) keeps a map of zeros, drawn blank: an even map would be
+        # drawn all hot, as if everything mattered.
+        maps = torch.where(total > 0, patches / total.clamp(min=1e-300), torch.zeros_like(patches))
+        views_share = share / share.sum() if share.sum() > 0 else torch.zeros_like(share)
         sentences.append(SentenceAttention(text, start, end, maps.reshape(v, *grid).numpy(),
                                            tuple(views_share.tolist())))
-    return StudyAttention(sentences, v, grid, {"attention": LAYERS, "relevance": RELEVANCE}.get(method, OCCLUSION),
-                          method)
+    return StudyAttention(sentences, v, grid, DESCRIBED[method], method)
 
 
 def relevance(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
@@ -167,18 +170,22 @@ def relevance(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
     model = bundle.model
     dev = bundle.device
     start = model.config.decoder_start_token_id
-    inputs = torch.tensor([[start, *token_ids[:-1]]], device=dev)  # (1, n)
-    targets = torch.tensor(list(token_ids), device=dev)
     encoder, decoder = cast(Any, model.encoder), cast(Any, model.decoder)
     b, v = pixels.shape[:2]
-    with _EAGER, torch.enable_grad():
+    if not spans:
+        return torch.zeros(0, v * ((encoder.config.image_size // encoder.config.patch_size) ** 2 + 1))
+    # Gradients even when the caller is in inference mode; the pixels ask for them, so the graph exists
+    # whether or not the weights do.
+    with _EAGER, torch.inference_mode(False), torch.enable_grad():
+        inputs = torch.tensor([[start, *token_ids[:-1]]], device=dev)  # (1, n); made here: not inference tensors
+        targets = torch.tensor(list(token_ids), device=dev)
         dtype = next(cast(torch.nn.Module, model).parameters()).dtype
         configs = _configs(encoder, decoder)
         before = [c._attn_implementation for c in configs]
         for c in configs:
             c._attn_implementation = "eager"
         try:
-            flat = pixels.to(dev, dtype=dtype).reshape(b * v, *pixels.shape[2:])
+            flat = pixels.to(dev, dtype=dtype).reshape(b * v, *pixels.shape[2:]).clone().requires_grad_(True)
             encoded = encoder(pixel_values=flat, output_attentions=True, return_dict=True)
             tokens = encoded.last_hidden_state  # (V, T, C)
             if hasattr(model, "view_join"):
@@ -189,7 +196,7 @@ def relevance(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
             out = decoder(input_ids=inputs, attention_mask=torch.ones_like(inputs),
                           encoder_hidden_states=hidden, output_attentions=True, use_cache=False, return_dict=True)
             logp = out.logits[0].float().log_softmax(-1).gather(1, targets[:, None])[:, 0]  # (n,)
-            self_maps, cross_maps = list(encoded.attentions), list(out.cross_attentions)
+            self_maps, cross_maps = list(encoded.attentions or ()), list(out.cross_attentions or ())
             if not self_maps or not cross_maps:
                 raise ModelError("this model returns no attention weights to carry the relevance back")
             rows = []
@@ -233,7 +240,7 @@ def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
     of its tokens') falls without it (a rise counts as nothing), shared evenly by its patches. The CLS
     slot gets none. This asks the model, not its internals: the map is on what the sentence needs in
     the image. The default window keeps at most OCCLUSION_WINDOWS x OCCLUSION_WINDOWS of them a view:
-    one patch for a 7x7 grid (small presets), 2x2 for 14x14 (base): 49 passes a view, `batch` at a
+    one patch for a 7x7 grid (the small presets), 2x2 for 14x14 (tiny, base): 49 passes a view, `batch` at a
     time, each a whole encoder and decoder pass: for a two-view study 0.7 s with small-v2 and 97 s with
     a base-sized model on one shared CPU core; on a GPU a batch of passes takes milliseconds.
     """
@@ -250,24 +257,27 @@ def occlusion(bundle: Bundle, pixels: torch.Tensor, token_ids: Sequence[int],
     study = pixels.to(dev, dtype=dtype)
 
     def logprobs(studies: torch.Tensor) -> torch.Tensor:  # (B, V, 3, H, W) -> (B, n)
-        logits = model(pixel_values=studies, view_mask=None,
-                       decoder_input_ids=inputs.expand(studies.shape[0], -1)).logits
+        ids = inputs.expand(studies.shape[0], -1)
+        logits = model(pixel_values=studies, view_mask=None, decoder_input_ids=ids,
+                       decoder_attention_mask=torch.ones_like(ids)).logits
         return logits.float().log_softmax(-1).gather(2, targets[None, :, None].expand(studies.shape[0], -1, 1))[..., 0]
 
     corners = range(0, side, step)
     holes = [(view, row, col) for view in range(v) for row in corners for col in corners]
-    with torch.inference_mode():
-        whole = logprobs(study)[0]  # (n,)
-        occluded = []
+    falls_of = []  # per chunk (holes in it, n): the whole study's log-probabilities minus the occluded ones
+    # The lock: another thread's replay may switch the shared model to eager attention mid-pass.
+    with _EAGER, torch.inference_mode():
         for first in range(0, len(holes), batch):
-            chunk = study.repeat(len(holes[first:first + batch]), 1, 1, 1, 1)
-            for i, (view, row, col) in enumerate(holes[first:first + batch]):
+            taken = holes[first:first + batch]
+            chunk = study.repeat(len(taken) + 1, 1, 1, 1, 1)  # row 0 whole: compared within one batch shape
+            for i, (view, row, col) in enumerate(taken, start=1):
                 chunk[i, view, :, row * size:(row + step) * size, col * size:(col + step) * size] = 0
-            occluded.append(logprobs(chunk))
-        without = torch.cat(occluded)  # (holes, n)
+            out = logprobs(chunk)
+            falls_of.append(out[:1] - out[1:])
+        fallen = torch.cat(falls_of).cpu()  # (holes, n)
     rows = []
     for first, end in spans:
-        falls = (whole[first:end].sum() - without[:, first:end].sum(dim=1)).clamp(min=0).cpu()  # (holes,)
+        falls = fallen[:, first:end].sum(dim=1).clamp(min=0)  # (holes,)
         drop = torch.zeros(v, side, side, dtype=falls.dtype)
         for fall, (view, row, col) in zip(falls.tolist(), holes, strict=True):
             patches = drop[view, row:row + step, col:col + step]

@@ -196,7 +196,7 @@ def test_show_attention_draws_where_the_model_looked_and_marks_unsure_words(env:
     run(env, "show", "--job", "1", "-o", str(job), "--attention")
     assert sorted(p.name for p in job.glob("*-attention.png")) == [
         "1000-attention.png", "25-attention.png", "54-attention.png", "7-attention.png"]
-    # The other methods: the same picture's layout, other maps.
+    # The other methods reach the maps: the same layout, each picture naming its method in its head.
     for method in ("relevance", "occlusion"):
         other = tmp_path / f"{method}.png"
         assert run(env, "show", "1000", "-o", str(other), "--attention", "--attention-method", method,

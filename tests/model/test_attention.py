@@ -128,6 +128,7 @@ def test_relevance_maps_are_maps_and_leave_the_fast_kernels(bundle: Bundle, view
     for sentence, plain in zip(relevance.sentences, raw.sentences, strict=True):
         assert sentence.maps.shape == (2, 14, 14) and (sentence.maps >= 0).all()
         assert np.allclose(sentence.maps.sum(axis=(1, 2)), 1.0) and math.isclose(sum(sentence.view_share), 1.0)
+        assert all(view.std() > 0 for view in sentence.maps)  # a map, not a flat or empty fallback
         assert not np.allclose(sentence.maps, plain.maps)
     again = attention_maps(bundle, views, ids, method="relevance")
     assert all(np.array_equal(a.maps, b.maps) for a, b in zip(again.sentences, relevance.sentences, strict=True))
@@ -135,6 +136,9 @@ def test_relevance_maps_are_maps_and_leave_the_fast_kernels(bundle: Bundle, view
     assert implementations == {"sdpa"}
     with pytest.raises(ModelError, match="no attention method 'saliency'"):
         attention_maps(bundle, views, ids, method="saliency")
+    with torch.inference_mode():  # as a server's caller may be: the replay asks for its gradients itself
+        inside = attention_maps(bundle, views, ids, method="relevance")
+    assert all(np.array_equal(a.maps, b.maps) for a, b in zip(inside.sentences, relevance.sentences, strict=True))
 
 
 def test_the_encoder_relevance_is_the_rollout_of_its_weighted_maps() -> None:

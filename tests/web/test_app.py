@@ -191,9 +191,10 @@ def test_a_report_page_shows_where_the_model_looked(sqlite_url: str, tmp_path: P
     start = time.perf_counter()
     assert client.get(f"/reports/{first}/attention.png").content == drawn.content  # kept: not drawn again
     assert time.perf_counter() - start < 0.5
-    assert f'href="/reports/{first}/attention.png?method=relevance"' in page
-    relevance = client.get(f"/reports/{first}/attention.png?method=relevance")
-    assert relevance.status_code == 200 and relevance.content != drawn.content
+    for method in ("relevance", "occlusion"):  # linked; their pictures name their method in their heads
+        assert f'href="/reports/{first}/attention.png?method={method}"' in page
+        other = client.get(f"/reports/{first}/attention.png?method={method}")
+        assert other.status_code == 200 and other.content != drawn.content
     assert client.get(f"/reports/{first}/attention.png?method=saliency").status_code == 400
     with db.session() as s:
         s.execute(update(Report).where(Report.id == second).values(token_ids=None))
