@@ -14,12 +14,16 @@ by round so a noisy shared machine slows both alike:
   folder fsync'd before the success status goes back;
 - `storescp +xa +B --fork -od DIR` (DCMTK): writes each file as read and answers, without fsync (a
   process per association);
-- the same Storage SCP as `xrq listen` (pynetdicom, xrq's handler and checks) writing each instance
+- the same Storage SCP as `xrq listen` (xrq's acceptor, handler and checks) writing each instance
   to its inbox folder without any fsync: not a mode xrq has, only this benchmark's measure of what
-  the SCP costs by itself, the ceiling that no durable scheme (a write-ahead journal included) could
-  pass.
+  the SCP costs by itself, the ceiling of any durable scheme;
+- the receiver xrq had before (pynetdicom's `AE.start_server`, the same checks, the same durable
+  inbox): the before of the change to interop/ul.py, measured in the same run.
 
-storescu and storescp run with TCP_NODELAY=1 (see NODELAY).
+storescu and storescp run with TCP_NODELAY=1 (see NODELAY). Every receiver, and the durable floor
+below, runs in a process of its own session: on a Linux machine with autogroup scheduling
+(`/proc/sys/kernel/sched_autogroup_enabled`), a new session competes as one group with everything
+else running, so a busy machine slows each of them alike instead of favouring the bench's own.
 
 Reported: the median rate of each over the rounds, xrq's as a fraction of storescp's (the issue's
 target: at least 0.5) and the unsynced SCP's as a fraction of storescp's (its ceiling). Also the
@@ -112,8 +116,8 @@ def receiver(kind: str, work: Path, port: int) -> subprocess.Popen[bytes]:
         # every syntax; as read; a process per association (as xrq has a thread per association)
         cmd = ["storescp", "+xa", "+B", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)]
         env = {**os.environ, **NODELAY}
-    elif kind == "unsynced":
-        cmd = [sys.executable, "-m", "bench.listen", "--serve-unsynced", str(port), str(work / "inbox")]
+    elif kind in ("unsynced", "pynetdicom"):
+        cmd = [sys.executable, "-m", "bench.listen", f"--serve-{kind}", str(port), str(work / "inbox")]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
     else:
         cmd = [sys.executable, "-c", "from cli.main import main; main()", "listen",
@@ -154,6 +158,37 @@ def serve_unsynced(port: int, folder: Path) -> None:
     threading.Event().wait()
 
 
+def serve_pynetdicom(port: int, folder: Path) -> None:
+    """Run the receiver xrq had before interop/ul.py on `port` until terminated: pynetdicom's
+    `AE.start_server` (its reactor, 4 MiB PDUs), every storage class in every syntax, and xrq's
+    checks and durable inbox behind its C-STORE handler (through a request shaped as ul's)."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from interop.inbox import Inbox
+    from interop.scp import MAX_PDU, ScpConfig, StorageSCP, decodable_transfer_syntaxes, parse_allow
+    from interop.ul import Requestor, Store
+
+    config = ScpConfig(port=port, allow=parse_allow(["BENCH@127.0.0.1"]), min_free_bytes=0)
+    scp = StorageSCP(config, Inbox(folder).open(), on_stored=lambda study: None)
+
+    def on_store(event: Any) -> int:
+        request = event.request
+        return scp.store(Store(Requestor(str(event.assoc.requestor.ae_title).strip(), event.assoc.requestor.address),
+                               str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                               str(event.context.transfer_syntax), event.encoded_dataset(include_meta=False),
+                               request.DataSet.getbuffer().nbytes))
+
+    ae = AE(ae_title="XRQ")
+    ae.maximum_pdu_size = MAX_PDU
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(str(context.abstract_syntax), decodable_transfer_syntaxes())
+    ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    threading.Event().wait()
+
+
 def one_round(kind: str, files: list[Path], syntax: str, associations: int) -> float:
     work = Path(tempfile.mkdtemp(prefix=f"xrq-bench-{kind}-"))
     port = free_port()
@@ -170,17 +205,24 @@ def one_round(kind: str, files: list[Path], syntax: str, associations: int) -> f
         shutil.rmtree(work, ignore_errors=True)
 
 
-def durable_floor(files: list[Path]) -> float:
+def durable_floor(folder: Path) -> float:
     """Instances per second that the inbox alone can make durable on this disk (no network): each file's
     bytes through `Inbox.store` (temporary file, fsync, rename, folder fsync), what every acknowledgement
-    waits for."""
+    waits for. Measured in a process of its own session, as the receivers are."""
+    out = subprocess.run([sys.executable, "-m", "bench.listen", "--floor", str(folder)], cwd=REPO, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         start_new_session=True)
+    return float(out.stdout)
+
+
+def measure_floor(folder: Path) -> float:
     from interop.inbox import Inbox
 
-    blobs = [(f.name.removesuffix(".dcm"), f.read_bytes()) for f in files]
+    blobs = [f.read_bytes() for f in sorted(folder.glob("*.dcm"))]
     with tempfile.TemporaryDirectory(prefix="xrq-bench-floor-") as tmp:
         inbox = Inbox(Path(tmp)).open()
         started = time.perf_counter()
-        for i, (_, blob) in enumerate(blobs):
+        for i, blob in enumerate(blobs):
             inbox.store("1.2.3", f"1.2.3.{i + 1}", [blob])
         return len(blobs) / (time.perf_counter() - started)
 
@@ -192,36 +234,52 @@ def main() -> None:
     parser.add_argument("--associations", type=int, default=1, help="storescu processes sending at once")
     parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "dicom" / "rsna_pneumonia_cr.dcm")
     parser.add_argument("--serve-unsynced", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-pynetdicom", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--receivers", default="xrq,storescp,unsynced,pynetdicom",
+                        help="which receivers to measure (xrq and storescp always)")
     parser.add_argument("--syntax", default="-xy", help="storescu's proposal option (-xy: JPEG baseline, the "
                                                          "source's; -x=: uncompressed)")
     args = parser.parse_args()
     if args.serve_unsynced:
         serve_unsynced(int(args.serve_unsynced[0]), Path(args.serve_unsynced[1]))
         return
+    if args.serve_pynetdicom:
+        serve_pynetdicom(int(args.serve_pynetdicom[0]), Path(args.serve_pynetdicom[1]))
+        return
+    if args.floor:
+        print(measure_floor(args.floor))
+        return
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install dcmtk)")
     with tempfile.TemporaryDirectory(prefix="xrq-bench-files-") as tmp:
         files = make_files(args.source, Path(tmp) / "files", args.instances)
-        rates: dict[str, list[float]] = {"xrq": [], "storescp": [], "unsynced": [], "durable_floor": []}
+        kinds = ["xrq", "storescp", *(k for k in args.receivers.split(",") if k in ("unsynced", "pynetdicom"))]
+        rates: dict[str, list[float]] = {kind: [] for kind in [*kinds, "durable_floor"]}
         for r in range(args.rounds):
-            order = ("xrq", "storescp", "unsynced") if r % 2 == 0 else ("unsynced", "storescp", "xrq")
-            for kind in order:
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 rates[kind].append(one_round(kind, files, args.syntax, args.associations))
-            rates["durable_floor"].append(durable_floor(files))
+            rates["durable_floor"].append(durable_floor(files[0].parent))
         size = files[0].stat().st_size
-    xrq, bound = statistics.median(rates["xrq"]), statistics.median(rates["storescp"])
-    floor, ceiling = statistics.median(rates["durable_floor"]), statistics.median(rates["unsynced"])
-    print(json.dumps({
+    median = {kind: statistics.median(values) for kind, values in rates.items()}
+    xrq, bound, floor = median["xrq"], median["storescp"], median["durable_floor"]
+    result: dict[str, Any] = {
         "instances": args.instances, "rounds": args.rounds, "associations": args.associations,
         "bytes_per_instance": size,
         "xrq_per_s": round(xrq, 1), "storescp_per_s": round(bound, 1), "ratio": round(xrq / bound, 3),
-        "durable_floor_per_s": round(floor, 1), "ratio_to_durable_floor": round(xrq / floor, 3),
-        "unsynced_scp_per_s": round(ceiling, 1), "unsynced_scp_ratio": round(ceiling / bound, 3),
-        "ratio_to_unsynced_scp": round(xrq / ceiling, 3),
-        "rounds_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-    }, indent=2))
+        "durable_floor_per_s": round(floor, 1), "ratio_to_durable_floor": round(xrq / floor, 3)}
+    if "unsynced" in median:
+        result.update(unsynced_scp_per_s=round(median["unsynced"], 1),
+                      unsynced_scp_ratio=round(median["unsynced"] / bound, 3),
+                      ratio_to_unsynced_scp=round(xrq / median["unsynced"], 3))
+    if "pynetdicom" in median:
+        result.update(pynetdicom_scp_per_s=round(median["pynetdicom"], 1),
+                      pynetdicom_scp_ratio=round(median["pynetdicom"] / bound, 3),
+                      speedup_over_pynetdicom=round(xrq / median["pynetdicom"], 2))
+    result.update(rounds_per_s={k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+                  load_average=os.getloadavg()[0], cpus=os.cpu_count(), python=platform.python_version())
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def storescu(port: int, *files: Path, aet: str = "MODALITY", called: str = "XRQ", propose: str = "-xy",
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+             timeout: float = 60, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """DCMTK's storescu sending `files` in one association; `propose`: its transfer syntax option (-xy:
-    JPEG baseline, what tests/interop/studies.py writes, and the uncompressed ones)."""
-    return subprocess.run([tool("storescu"), "-v", "--no-halt", propose, "-R", "-aet", aet, "-aec", called,
+    JPEG baseline, what tests/interop/studies.py writes, and the uncompressed ones); `extra`: more options."""
+    return subprocess.run([tool("storescu"), "-v", "--no-halt", propose, "-R", *extra, "-aet", aet, "-aec", called,
                            "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,425 @@
+"""xrq's DICOM acceptor: the upper layer (PS3.8) and the DIMSE of C-STORE and C-ECHO (PS3.7), one
+blocking thread per association.
+
+Why not pynetdicom's `AE.start_server`: its reactor polls in turns of a millisecond on two threads per
+association, and on one association its Storage SCP, writing nothing durable, received 0.16 of DCMTK
+storescp's rate here (bench/listen.py); no durable write can then reach half. Here a thread reads a
+PDU with blocking reads and answers the moment the data set is whole. What is protocol knowledge stays
+pynetdicom's: decoding the A-ASSOCIATE-RQ, negotiating the presentation contexts (and SCP/SCU roles),
+encoding the A-ASSOCIATE-AC and -RJ. What is left is framing, a few lines each: P-DATA-TF and its PDVs
+(PS3.8 9.3.5), the command set in implicit VR little endian (PS3.7 9.3, E), release and abort.
+
+`Acceptor` knows nothing of inboxes: it asks `Services` whether a peer may associate and what status a
+stored instance gets (interop/scp.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# PDU types (PS3.8 9.3.1)
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
+C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
+NO_DATA_SET = 0x0101
+UNRECOGNIZED_OPERATION = 0x0211
+_HEADER = struct.Struct(">BxI")  # type, reserved, length
+_PDV = struct.Struct(">IBB")  # item length, presentation context id, message control header
+_ELEMENT = struct.Struct("<HHI")  # group, element, value length (implicit VR little endian)
+_MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage class proposed is ~30 kB
+
+
+class Rejection(Exception):
+    """Raised inside an association to reject it: (result, source, diagnostic) of the A-ASSOCIATE-RJ."""
+
+
+class Abort(Exception):
+    """Raised inside an association that must end with an A-P-ABORT (reason, PS3.8 9.3.8)."""
+
+    def __init__(self, reason: int, why: str) -> None:
+        super().__init__(why)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Requestor:
+    """The requestor of an association, as it called itself and where it called from."""
+    aet: str
+    host: str
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}"
+
+
+@dataclass(frozen=True)
+class Store:
+    """One C-STORE request, whole: `data_set` is None when it passed `max_data_set_bytes` (then only
+    its size is known)."""
+    peer: Requestor
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    data_set: bytes | None
+    size: int
+
+
+class Services(Protocol):
+    def admit(self, peer: Requestor) -> bool: ...
+    def store(self, request: Store) -> int: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pdu: int = 4 * 1024 * 1024  # the Maximum Length we announce and hold peers to
+    max_associations: int = 10
+    max_data_set_bytes: int = 512 * 1024 * 1024
+    artim: float = 30.0  # seconds to send the A-ASSOCIATE-RQ once connected
+    idle: float = 60.0  # seconds of silence inside an association before it is aborted
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError("the peer closed the connection")
+        got += k
+    return buf
+
+
+def read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
+    """One PDU: (type, variable field). A PDU longer than `limit` ends the association."""
+    kind, length = _HEADER.unpack(_read_exact(sock, _HEADER.size))
+    if length > limit:
+        raise Abort(0x06, f"a PDU of {length} bytes, more than the {limit} announced")
+    return kind, _read_exact(sock, length)
+
+
+def _uid(value: bytes | bytearray | memoryview) -> str:
+    return bytes(value).rstrip(b"\0 ").decode("ascii", "replace")
+
+
+def decode_command(command: bytes | bytearray) -> dict[int, bytes]:
+    """A command set (group 0000, implicit VR little endian) as {element: value bytes}."""
+    found: dict[int, bytes] = {}
+    offset = 0
+    while offset + _ELEMENT.size <= len(command):
+        group, element, length = _ELEMENT.unpack_from(command, offset)
+        offset += _ELEMENT.size
+        if group != 0 or offset + length > len(command):
+            raise Abort(0x06, "a command set that is not group 0000")
+        found[element] = bytes(command[offset:offset + length])
+        offset += length
+    return found
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def _even(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def encode_response(command_field: int, message_id: int, status: int, sop_class: str,
+                    sop_instance: str | None) -> bytes:
+    """The response command set (PS3.7 9.3.1.2, 9.3.5.2), elements in tag order, group length first."""
+    elements = [(0x0002, _even(sop_class)), (0x0100, _us(command_field | 0x8000)), (0x0120, _us(message_id)),
+                (0x0800, _us(NO_DATA_SET)), (0x0900, _us(status))]
+    if sop_instance is not None:
+        elements.append((0x1000, _even(sop_instance)))
+    body = b"".join(_ELEMENT.pack(0, element, len(value)) + value for element, value in elements)
+    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def p_data(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF with the whole command in one last-fragment PDV (a response is ~150 bytes)."""
+    pdv = _PDV.pack(len(command) + 2, context_id, 0x03) + command
+    return _HEADER.pack(P_DATA, len(pdv)) + pdv
+
+
+def abort_pdu(reason: int = 0) -> bytes:
+    return _HEADER.pack(ABORT, 4) + bytes((0, 0, 2, reason))  # source 2: the service provider
+
+
+RELEASE_RP_PDU = _HEADER.pack(RELEASE_RP, 4) + bytes(4)
+
+
+@dataclass
+class _Message:
+    """A DIMSE request being received over one presentation context."""
+    context_id: int
+    command: bytearray
+    fields: dict[int, bytes] | None = None
+    fragments: list[memoryview] | None = None
+    size: int = 0
+
+
+class Association:
+    """One association, from the A-ASSOCIATE-RQ to its release or abort."""
+
+    def __init__(self, acceptor: Acceptor, sock: socket.socket, host: str) -> None:
+        self.acceptor, self.sock, self.host = acceptor, sock, host
+        self.peer = Requestor("", host)
+        self.contexts: dict[int, tuple[str, str]] = {}  # accepted id -> (abstract syntax, transfer syntax)
+        self.message: _Message | None = None
+
+    def run(self) -> None:
+        limits = self.acceptor.limits
+        self.sock.settimeout(limits.artim)
+        kind, body = read_pdu(self.sock, _MAX_ASSOCIATE_RQ)
+        if kind != ASSOCIATE_RQ:
+            raise Abort(0x02, f"PDU type {kind} before an A-ASSOCIATE-RQ")
+        if not self.acceptor.negotiate(self, body):
+            return
+        try:
+            self.sock.settimeout(limits.idle)
+            while True:
+                kind, body = read_pdu(self.sock, limits.max_pdu + 1024)  # slack for peers that count headers
+                if kind == P_DATA:
+                    self.on_p_data(body)
+                elif kind == RELEASE_RQ:
+                    self.sock.sendall(RELEASE_RP_PDU)
+                    return
+                elif kind == ABORT:
+                    log.info("%s aborted the association", self.peer)
+                    return
+                else:
+                    raise Abort(0x02, f"an unexpected PDU (type {kind})")
+        finally:
+            self.acceptor.leave()
+
+    def on_p_data(self, body: bytearray) -> None:
+        view, offset = memoryview(body), 0
+        while offset + _PDV.size <= len(body):
+            length, context_id, header = _PDV.unpack_from(body, offset)
+            start, offset = offset + _PDV.size, offset + 4 + length
+            if length < 2 or offset > len(body):
+                raise Abort(0x06, "a PDV that runs past its PDU")
+            if context_id not in self.contexts:
+                raise Abort(0x06, f"presentation context {context_id} was not accepted")
+            self.on_fragment(context_id, header, view[start:offset])
+
+    def on_fragment(self, context_id: int, header: int, data: memoryview) -> None:
+        is_command, last = header & 0x01, header & 0x02
+        message = self.message
+        if is_command:
+            if message is None:
+                message = self.message = _Message(context_id, bytearray())
+            elif message.fields is not None:
+                raise Abort(0x02, "a command fragment inside a data set")
+            message.command += data
+            if last:
+                message.fields = decode_command(message.command)
+                if _us_value(message.fields.get(0x0800)) == NO_DATA_SET:
+                    self.dispatch(message)
+                else:
+                    message.fragments = []
+            return
+        if message is None or message.fragments is None or message.context_id != context_id:
+            raise Abort(0x02, "a data set fragment without its command")
+        message.size += len(data)
+        if message.size <= self.acceptor.limits.max_data_set_bytes:
+            message.fragments.append(data)  # a view into its PDU: joined once, when whole
+        elif message.fragments:
+            message.fragments.clear()  # too large: count the rest, keep nothing
+        if last:
+            self.dispatch(message)
+
+    def dispatch(self, message: _Message) -> None:
+        self.message = None
+        fields = message.fields or {}
+        command = _us_value(fields.get(0x0100))
+        message_id = _us_value(fields.get(0x0110))
+        sop_class = _uid(fields.get(0x0002, b""))
+        sop_instance = _uid(fields.get(0x1000, b""))
+        if command == C_ECHO_RQ:
+            status, instance = 0x0000, None
+        elif command == C_STORE_RQ:
+            whole = message.size <= self.acceptor.limits.max_data_set_bytes and message.fragments is not None
+            data_set = b"".join(message.fragments) if whole and message.fragments is not None else None
+            request = Store(self.peer, sop_class, sop_instance, self.contexts[message.context_id][1],
+                            data_set, message.size)
+            status, instance = self.acceptor.services.store(request), sop_instance
+        else:
+            log.warning("%s asked for command 0x%04X, which xrq does not provide", self.peer, command)
+            status, instance = UNRECOGNIZED_OPERATION, None
+        response = encode_response(command, message_id, status, sop_class, instance)
+        self.sock.sendall(p_data(message.context_id, response))
+
+
+def _us_value(raw: bytes | None) -> int:
+    return struct.unpack("<H", raw[:2])[0] if raw and len(raw) >= 2 else -1
+
+
+class Acceptor:
+    """Listens on (host, port) and serves each association on its own thread."""
+
+    def __init__(self, aet: str, address: tuple[str, int], contexts: list[Any], services: Services,
+                 limits: Limits, implementation: tuple[str, str]) -> None:
+        self.aet, self.address, self.contexts, self.services = aet, address, contexts, services
+        self.limits, self.implementation = limits, implementation
+        self._lock = threading.Lock()
+        self._active = 0
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1]) if self._listener is not None else self.address[1]
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(self.address)
+            listener.listen(64)
+        except OSError:
+            listener.close()
+            raise
+        listener.settimeout(0.25)  # how often the accept loop looks at `stop`
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, name="xrq-scp-accept", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._sockets:  # wakes each association's blocking read; it then ends
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, (host, _) = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a response is one small write
+            with self._lock:
+                self._sockets.add(sock)
+            threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association",
+                             daemon=True).start()
+
+    def _serve(self, sock: socket.socket, host: str) -> None:
+        association = Association(self, sock, host)
+        try:
+            association.run()
+        except Abort as abort:
+            log.warning("aborted the association with %s: %s", association.peer, abort)
+            with contextlib.suppress(OSError):
+                sock.sendall(abort_pdu(abort.reason))
+        except TimeoutError:
+            log.warning("aborted the association with %s: silent past its timeout", association.peer)
+            with contextlib.suppress(OSError):
+                sock.sendall(abort_pdu(0))
+        except (ConnectionError, OSError) as exc:
+            if not self._stopping.is_set():
+                log.info("the connection from %s ended: %s", association.peer, exc)
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+            sock.close()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def negotiate(self, association: Association, body: bytearray) -> bool:
+        """Answer the A-ASSOCIATE-RQ: reject it (False) or accept the contexts we can serve (True)."""
+        from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+        pdu = A_ASSOCIATE_RQ()
+        try:
+            pdu.decode(_HEADER.pack(ASSOCIATE_RQ, len(body)) + bytes(body))
+        except Exception as exc:  # a malformed request: pynetdicom's decoder raises several types
+            raise Abort(0x06, f"an A-ASSOCIATE-RQ that cannot be decoded ({exc})") from exc
+        request = pdu.to_primitive()
+        association.peer = peer = Requestor(str(request.calling_ae_title).strip(), association.host)
+        if not self.services.admit(peer):
+            association.sock.sendall(_reject_pdu(0x01, 0x01, 0x03))  # permanent, user, calling AE not recognised
+            return False
+        with self._lock:
+            full = self._active >= self.limits.max_associations
+            if not full:
+                self._active += 1
+        if full:
+            log.warning("rejected an association from %s: %d associations at once already",
+                        peer, self.limits.max_associations)
+            association.sock.sendall(_reject_pdu(0x02, 0x03, 0x02))  # transient, provider, local limit exceeded
+            return False
+        try:
+            accept, contexts = self._accept_pdu(request)
+            association.contexts = contexts
+            association.sock.sendall(accept)
+        except BaseException:
+            self.leave()
+            raise
+        return True
+
+    def _accept_pdu(self, request: Any) -> tuple[bytes, dict[int, tuple[str, str]]]:
+        from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+        from pynetdicom.pdu import A_ASSOCIATE_AC
+        from pynetdicom.pdu_primitives import (
+            A_ASSOCIATE,
+            ImplementationClassUIDNotification,
+            ImplementationVersionNameNotification,
+            MaximumLengthNotification,
+            SCP_SCU_RoleSelectionNegotiation,
+        )
+        from pynetdicom.presentation import negotiate_as_acceptor
+
+        roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in request.user_information
+                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None}
+        results, role_items = negotiate_as_acceptor(request.presentation_context_definition_list,
+                                                    self.contexts, roles or None)
+        accepted = {int(cx.context_id or 0): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                    for cx in results if cx.result == 0x00}
+        answer = A_ASSOCIATE()
+        answer.application_context_name = APPLICATION_CONTEXT_NAME
+        answer.calling_ae_title, answer.called_ae_title = request.calling_ae_title, request.called_ae_title
+        answer.result, answer.result_source = 0x00, 0x01
+        answer.presentation_context_definition_results_list = results
+        length = MaximumLengthNotification()
+        length.maximum_length_received = self.limits.max_pdu
+        uid = ImplementationClassUIDNotification()
+        uid.implementation_class_uid = self.implementation[0]
+        name = ImplementationVersionNameNotification()
+        name.implementation_version_name = self.implementation[1]
+        answer.user_information = [length, uid, name, *role_items]
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(answer)
+        return pdu.encode(), accepted
+
+
+def _reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = result, source, diagnostic
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+

@@ -1,0 +1,112 @@
+"""xrq's own DICOM acceptor (interop/ul.py) at the edges a PACS and a broken peer reach: data sets in
+many PDUs, stored as sent; timeouts; a PDU larger than announced; the file meta held to pydicom's."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pynetdicom.dsutils import encode_file_meta
+
+from interop.inbox import Inbox
+from interop.scp import IMPLEMENTATION, ScpConfig, StorageSCP, file_head, parse_allow
+from interop.ul import Requestor, Store
+from tests.interop.peers import free_port, storescu, tool, wait_for
+from tests.interop.studies import make_study
+
+
+@pytest.fixture
+def scp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StorageSCP]:
+    timeouts = getattr(request, "param", {})
+    config = ScpConfig(port=free_port(), allow=parse_allow(["MODALITY@127.0.0.1"]), min_free_bytes=0, **timeouts)
+    server = StorageSCP(config, Inbox(tmp_path / "inbox").open(), on_stored=lambda study: None)
+    server.start()
+    yield server
+    server.stop()
+
+
+def data_set_bytes(path: Path) -> bytes:
+    """A file's data set as encoded, after its File Meta Information."""
+    raw = path.read_bytes()
+    meta_length = struct.unpack_from("<I", raw, 128 + 4 + 8)[0]
+    return raw[128 + 4 + 12 + meta_length:]
+
+
+@pytest.mark.parametrize("aet,sop", [("BENCH", "1.2.3.45"), ("A", "1.2.3.4"),
+                                     ("MODALITY_SIXTEEN", "1.2.840.113619.2.55.3.604688119.969.1268071029.320")])
+def test_the_file_meta_is_pydicoms_byte_for_byte(aet: str, sop: str) -> None:
+    request = Store(Requestor(aet, "127.0.0.1"), "1.2.840.10008.5.1.4.1.1.1", sop, "1.2.840.10008.1.2.4.50",
+                    b"", 0)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = request.sop_class, sop
+    meta.TransferSyntaxUID = request.transfer_syntax
+    meta.ImplementationClassUID, meta.ImplementationVersionName = IMPLEMENTATION
+    meta.SourceApplicationEntityTitle = aet
+    assert file_head(request) == b"\0" * 128 + b"DICM" + encode_file_meta(meta)
+
+
+def test_a_data_set_in_many_small_pdus_is_stored_as_sent(scp: StorageSCP, tmp_path: Path) -> None:
+    study, files = make_study(tmp_path / "s", 1)
+    tool("storescu")
+    out = storescu(scp.port, files[0], extra=("--max-send-pdu", "4096"))  # ~30 P-DATA-TFs for one instance
+    assert out.returncode == 0, out.stdout + out.stderr
+    stored = scp.inbox.incoming / study / files[0].name
+    assert data_set_bytes(stored) == data_set_bytes(files[0])  # no transcoding, nothing lost between PDUs
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.SourceApplicationEntityTitle == "MODALITY" and ds.pixel_array.shape == (1024, 1024)
+
+
+def receive_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("scp", [{"artim_timeout": 0.5}], indirect=True)
+def test_a_connection_that_never_asks_is_aborted(scp: StorageSCP) -> None:
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=30) as sock:
+        assert receive_all(sock) == b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"  # A-ABORT, then closed
+
+
+@pytest.mark.parametrize("scp", [{"idle_timeout": 0.5}], indirect=True)
+def test_a_silent_association_is_aborted(scp: StorageSCP) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="XRQ")
+    assert assoc.is_established
+    wait_for(lambda: assoc.is_aborted, timeout=30, what="the listener to abort a silent association")
+
+
+def test_a_pdu_larger_than_announced_is_aborted(scp: StorageSCP) -> None:
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "MODALITY", "XRQ"
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=30) as sock:
+        sock.sendall(pdu.encode())
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+        sock.recv(65536)
+        sock.sendall(struct.pack(">BxI", 4, 64 * 1024 * 1024))  # a 64 MiB P-DATA-TF, 4 MiB announced
+        assert receive_all(sock).endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06")  # invalid parameter
+    assert wait_for(lambda: scp.counters.stored == 0, timeout=5, what="nothing stored")
