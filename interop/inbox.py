@@ -2,21 +2,29 @@
 
 Layout under the inbox folder:
 
+    journal/NNN.wal            acknowledged instances, appended and synced (interop/journal.py)
     tmp/                       instances being written (a temporary name, then fsync, then rename)
     incoming/STUDY/SOP.dcm     received and acknowledged, not yet handed to the pipeline
     studies/STUDY/SOP.dcm      every instance of a study that was handed over (the job's files)
     studies/STUDY/.pending     present from the move until the submission is recorded
 
-A study is handed over by moving its incoming files into studies/STUDY (renames on one file system)
-and submitting that folder; `.pending` makes a crash between the two harmless: a restarted listener
-submits it again (the same content is the same job). A study that gets another instance after it
-was handed over is submitted again, whole: the new report covers every image. Names are the UIDs
-(digits and dots, checked), never anything else a peer sent.
+An instance is acknowledged once it is in the journal (one fdatasync); the journal's thread then
+writes it into incoming/ (a temporary file, fsync, rename, folder fsync), and a restart writes there
+whatever a crash left in the journal. An instance too large for a journal segment is written into
+incoming/ directly before its acknowledgement.
+
+A study is handed over (once the journal has written all of it) by moving its incoming files into
+studies/STUDY (renames on one file system) and submitting that folder; `.pending` makes a crash
+between the two harmless: a restarted listener submits it again (the same content is the same job).
+A study that gets another instance after it was handed over is submitted again, whole: the new
+report covers every image. Names are the UIDs (digits and dots, checked), never anything else a
+peer sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -24,7 +32,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+
+from interop.journal import SEGMENT_BYTES, Journal
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PENDING = ".pending"
@@ -32,6 +43,26 @@ PENDING = ".pending"
 
 def valid_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and bool(_UID.match(uid))
+
+
+def sync_file_system(path: Path) -> None:
+    """syncfs(2) on the file system holding `path` (Linux); os.sync() elsewhere."""
+    syncfs = getattr(_libc(), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    finally:
+        os.close(fd)
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,9 +77,10 @@ class Inbox:
     """The inbox folder. One lock orders the renames into incoming/ against a hand-over of the same
     folder (the writes themselves run in parallel, outside it)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, journal: bool = True, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self.journal = Journal(self.root / "journal", self.write, self.sync, segment_bytes) if journal else None
 
     @property
     def tmp(self) -> Path:
@@ -68,14 +100,47 @@ class Inbox:
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
+        if self.journal is not None:
+            self.journal.replay(self.handed_over)
+            self.journal.start()
         return self
+
+    def close(self) -> None:
+        """Write what the journal holds into incoming/ (a stop; a crash leaves it to the next start)."""
+        if self.journal is not None:
+            self.journal.close()
+
+    def settle(self, study_uid: str) -> None:
+        """Wait until every acknowledged instance of a study is in incoming/ (or handed over)."""
+        if self.journal is not None:
+            self.journal.settle(study_uid)
+
+    def handed_over(self, study_uid: str, sop_uid: str) -> bool:
+        """Whether an instance is in studies/ (moved there only once written and synced)."""
+        return (self.studies / study_uid / f"{sop_uid}.dcm").exists()
+
+    def sync(self) -> None:
+        """Make every file written with `write(..., sync=False)` durable: one syncfs of the inbox's file
+        system (one commit of its journal for any number of files), or sync() where there is none."""
+        sync_file_system(self.root)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def store(self, study_uid: str, sop_uid: str, chunks: Iterator[bytes] | list[bytes]) -> Path:
-        """Write one instance durably: a temporary file, fsync, rename into incoming/STUDY, fsync the
-        folder. Returns the final path; raises OSError (nothing half-written remains) on failure."""
+    def store(self, study_uid: str, sop_uid: str, chunks: list[bytes]) -> None:
+        """Make one instance durable, in the journal or (too large for it) as its file in incoming/;
+        raises OSError (nothing acknowledged remains half-written) on failure."""
+        if not (valid_uid(study_uid) and valid_uid(sop_uid)):
+            raise ValueError("a StudyInstanceUID or SOPInstanceUID that is not a UID")
+        if self.journal is not None and self.journal.fits(sum(len(chunk) for chunk in chunks)):
+            self.journal.append(study_uid, sop_uid, chunks)
+        else:
+            self.write(study_uid, sop_uid, chunks)
+
+    def write(self, study_uid: str, sop_uid: str, chunks: Iterator[bytes] | list[bytes], sync: bool = True) -> Path:
+        """Write one instance into incoming/STUDY: a temporary file, fsync, rename, fsync the folder.
+        Returns the final path; raises OSError (nothing half-written remains) on failure. `sync=False`
+        leaves out the fsyncs (the journal's thread, which holds the instance durably until a `sync`)."""
         if not (valid_uid(study_uid) and valid_uid(sop_uid)):
             raise ValueError("a StudyInstanceUID or SOPInstanceUID that is not a UID")
         folder = self.incoming / study_uid
@@ -85,15 +150,17 @@ class Inbox:
                 for chunk in chunks:
                     f.write(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             final = folder / f"{sop_uid}.dcm"
             with self._lock:
                 new_folder = not folder.exists()
                 folder.mkdir(exist_ok=True)
-                if new_folder:
+                if new_folder and sync:
                     fsync_dir(self.incoming)
                 os.replace(tmp, final)
-            fsync_dir(folder)
+            if sync:
+                fsync_dir(folder)
             return final
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -114,6 +181,7 @@ class Inbox:
 
     def hand_over(self, study_uid: str) -> Path:
         """Move a study's incoming instances into studies/STUDY (marked pending); the folder to submit."""
+        self.settle(study_uid)
         src = self.incoming / study_uid
         dest = self.studies / study_uid
         dest.mkdir(exist_ok=True)

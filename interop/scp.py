@@ -39,6 +39,7 @@ _STUDY_INSTANCE_UID = 0x0020000D
 IMPLEMENTATION = (derived_uid("implementation", "xrq"), "XRQ_1")
 
 _UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
+_IMPLICIT, _DEFLATED = _UNCOMPRESSED[0], _UNCOMPRESSED[2]
 _COMPRESSED = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5")
@@ -178,7 +179,7 @@ class StorageSCP:
             return self._refuse(DOES_NOT_MATCH, "instance %r: not a UID", request, sop_uid[:80])
         head = file_head(request)
         try:
-            study_uid, same = identify(head + request.data_set, sop_class, sop_uid)
+            study_uid, same = identify(head, request.data_set, request.transfer_syntax, sop_class, sop_uid)
         except Exception:  # a data set pydicom cannot read
             return self._refuse(CANNOT_UNDERSTAND, "instance %s cannot be read", request, sop_uid)
         if not same or not valid_uid(study_uid):
@@ -223,12 +224,21 @@ def _short(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH", 2, element) + vr + struct.pack("<H", len(value)) + value
 
 
-def identify(file: bytes, sop_class: str, sop_uid: str) -> tuple[str, bool]:
+def identify(head: bytes, data_set: bytes, transfer_syntax: str, sop_class: str, sop_uid: str) -> tuple[str, bool]:
     """(StudyInstanceUID, whether the data set's SOP Class and Instance UIDs are the request's). Reads
-    the elements up to the StudyInstanceUID only (the SOP UIDs come before it, in group 0008)."""
+    the elements up to the StudyInstanceUID only (the SOP UIDs come before it, in group 0008), from the
+    data set itself (0.1 ms) or, deflated, through pydicom's file reader (which inflates it)."""
     from io import BytesIO
 
-    from pydicom.filereader import read_partial
+    from pydicom.dataset import Dataset
+    from pydicom.filereader import read_dataset, read_partial
 
-    ds = read_partial(BytesIO(file), stop_when=lambda tag, vr, length: tag > _STUDY_INSTANCE_UID)
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        return tag > _STUDY_INSTANCE_UID
+
+    ds: Dataset
+    if transfer_syntax == _DEFLATED:
+        ds = read_partial(BytesIO(head + data_set), stop_when=stop)
+    else:
+        ds = read_dataset(BytesIO(data_set), transfer_syntax == _IMPLICIT, True, stop_when=stop)
     return str(ds.StudyInstanceUID), str(ds.SOPInstanceUID) == sop_uid and str(ds.SOPClassUID) == sop_class

@@ -106,6 +106,7 @@ class Listener:
         self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout=600)
+        self.inbox.close()
 
     def run_forever(self) -> None:
         self.start()

@@ -28,6 +28,7 @@ def scp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StorageSCP]:
     server.start()
     yield server
     server.stop()
+    server.inbox.close()
 
 
 def data_set_bytes(path: Path) -> bytes:
@@ -55,10 +56,28 @@ def test_a_data_set_in_many_small_pdus_is_stored_as_sent(scp: StorageSCP, tmp_pa
     tool("storescu")
     out = storescu(scp.port, files[0], extra=("--max-send-pdu", "4096"))  # ~30 P-DATA-TFs for one instance
     assert out.returncode == 0, out.stdout + out.stderr
+    scp.inbox.settle(study)
     stored = scp.inbox.incoming / study / files[0].name
     assert data_set_bytes(stored) == data_set_bytes(files[0])  # no transcoding, nothing lost between PDUs
     ds = pydicom.dcmread(stored)
     assert ds.file_meta.SourceApplicationEntityTitle == "MODALITY" and ds.pixel_array.shape == (1024, 1024)
+
+
+@pytest.mark.parametrize("propose,syntax", [("-xi", "1.2.840.10008.1.2"), ("-xe", "1.2.840.10008.1.2.1"),
+                                             ("-xd", "1.2.840.10008.1.2.1.99")])
+def test_each_uncompressed_syntax_is_read_and_stored_as_sent(scp: StorageSCP, tmp_path: Path, propose: str,
+                                                             syntax: str) -> None:
+    """Implicit and explicit VR data sets are read where they lie; a deflated one is inflated to read."""
+    study, files = make_study(tmp_path / "s", 1)
+    ds = pydicom.dcmread(files[0])
+    ds.decompress()  # JPEG baseline as written: storescu converts only between uncompressed syntaxes
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    out = storescu(scp.port, plain, propose=propose)
+    assert out.returncode == 0 and scp.counters.stored == 1, out.stdout + out.stderr
+    scp.inbox.settle(study)
+    stored = pydicom.dcmread(scp.inbox.incoming / study / f"{ds.SOPInstanceUID}.dcm")  # decompress() gave a new one
+    assert stored.file_meta.TransferSyntaxUID == syntax and stored.StudyInstanceUID == study
 
 
 def receive_all(sock: socket.socket) -> bytes:
