@@ -271,6 +271,7 @@ class Acceptor:
         self._lock = threading.Lock()
         self._active = 0
         self._sockets: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -304,6 +305,9 @@ class Acceptor:
             for sock in self._sockets:  # wakes each association's blocking read; it then ends
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            threads = list(self._threads)
+        for thread in threads:  # an instance being stored finishes (or fails) before the inbox closes
+            thread.join(timeout=30)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -317,10 +321,12 @@ class Acceptor:
                     return
                 raise
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a response is one small write
+            thread = threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association",
+                                      daemon=True)
             with self._lock:
                 self._sockets.add(sock)
-            threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association",
-                             daemon=True).start()
+                self._threads.add(thread)
+            thread.start()
 
     def _serve(self, sock: socket.socket, host: str) -> None:
         association = Association(self, sock, host)
@@ -340,6 +346,7 @@ class Acceptor:
         finally:
             with self._lock:
                 self._sockets.discard(sock)
+                self._threads.discard(threading.current_thread())
             sock.close()
 
     def leave(self) -> None:
