@@ -83,6 +83,12 @@ class Limits:
     artim: float = 30.0  # seconds to send the A-ASSOCIATE-RQ once connected
     idle: float = 60.0  # seconds of silence inside an association before it is aborted
 
+    @property
+    def max_connections(self) -> int:
+        """Connections open at once, associated or not: beyond it a new one is closed unanswered (those
+        over `max_associations` are answered with a rejection, so they need a few places too)."""
+        return 2 * self.max_associations + 16
+
 
 def _read_exact(sock: socket.socket, n: int) -> bytearray:
     buf = bytearray(n)
@@ -320,6 +326,12 @@ class Acceptor:
                 if self._stopping.is_set():
                     return
                 raise
+            with self._lock:
+                crowded = len(self._threads) >= self.limits.max_connections
+            if crowded:  # connections that never associate would each hold a thread until their ARTIM
+                log.warning("closed a connection from %s: %d connections open already", host, len(self._threads))
+                sock.close()
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a response is one small write
             thread = threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association",
                                       daemon=True)

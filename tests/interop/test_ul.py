@@ -129,3 +129,18 @@ def test_a_pdu_larger_than_announced_is_aborted(scp: StorageSCP) -> None:
         sock.sendall(struct.pack(">BxI", 4, 64 * 1024 * 1024))  # a 64 MiB P-DATA-TF, 4 MiB announced
         assert receive_all(sock).endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06")  # invalid parameter
     assert wait_for(lambda: scp.counters.stored == 0, timeout=5, what="nothing stored")
+
+
+@pytest.mark.parametrize("scp", [{"max_associations": 1}], indirect=True)
+def test_connections_that_never_associate_are_bounded(scp: StorageSCP) -> None:
+    """Each connection holds a thread until its A-ASSOCIATE-RQ (or its ARTIM): past 2 x the associations
+    + 16 (18 here), a new one is closed at once, unanswered."""
+    socks = [socket.create_connection(("127.0.0.1", scp.port), timeout=10) for _ in range(18)]
+    try:
+        wait_for(lambda: scp._acceptor is not None and len(scp._acceptor._threads) == 18, timeout=10,
+                 what="18 connections served")
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as extra:
+            assert extra.recv(16) == b""  # closed by the listener, no PDU
+    finally:
+        for sock in socks:
+            sock.close()
