@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from interop.journal import SEGMENT_BYTES, Journal
+from interop.journal import SEGMENT_BYTES, Journal, Record
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PENDING = ".pending"
@@ -115,9 +115,14 @@ class Inbox:
         if self.journal is not None:
             self.journal.settle(study_uid)
 
-    def handed_over(self, study_uid: str, sop_uid: str) -> bool:
-        """Whether an instance is in studies/ (moved there only once written and synced)."""
-        return (self.studies / study_uid / f"{sop_uid}.dcm").exists()
+    def handed_over(self, record: Record) -> bool:
+        """Whether a journal record is in studies/ as it is (a file there is synced before it is moved;
+        one that differs is another version of the instance, or torn: the record is written again)."""
+        path = self.studies / record.study_uid / f"{record.sop_uid}.dcm"
+        try:
+            return path.stat().st_size == len(record.data) and path.read_bytes() == record.data
+        except OSError:
+            return False
 
     def sync(self) -> None:
         """Make every file written with `write(..., sync=False)` durable: one syncfs of the inbox's file
@@ -127,7 +132,7 @@ class Inbox:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def store(self, study_uid: str, sop_uid: str, chunks: list[bytes]) -> None:
+    def store(self, study_uid: str, sop_uid: str, chunks: list[bytes | bytearray]) -> None:
         """Make one instance durable, in the journal or (too large for it) as its file in incoming/;
         raises OSError (nothing acknowledged remains half-written) on failure."""
         if not (valid_uid(study_uid) and valid_uid(sop_uid)):
@@ -137,7 +142,8 @@ class Inbox:
         else:
             self.write(study_uid, sop_uid, chunks)
 
-    def write(self, study_uid: str, sop_uid: str, chunks: Iterator[bytes] | list[bytes], sync: bool = True) -> Path:
+    def write(self, study_uid: str, sop_uid: str, chunks: Iterator[bytes] | list[bytes | bytearray],
+              sync: bool = True) -> Path:
         """Write one instance into incoming/STUDY: a temporary file, fsync, rename, fsync the folder.
         Returns the final path; raises OSError (nothing half-written remains) on failure. `sync=False`
         leaves out the fsyncs (the journal's thread, which holds the instance durably until a `sync`)."""
@@ -180,15 +186,23 @@ class Inbox:
         return sorted(p.parent.name for p in self.studies.glob(f"*/{PENDING}"))
 
     def hand_over(self, study_uid: str) -> Path:
-        """Move a study's incoming instances into studies/STUDY (marked pending); the folder to submit."""
+        """Move a study's incoming instances into studies/STUDY (marked pending); the folder to submit.
+        The files are listed, then synced, then moved: one the journal writes meanwhile stays in
+        incoming/ for the next hand-over (a late image)."""
         self.settle(study_uid)
         src = self.incoming / study_uid
         dest = self.studies / study_uid
+        new = not dest.exists()
         dest.mkdir(exist_ok=True)
         (dest / PENDING).touch()
         fsync_dir(dest)
+        if new:
+            fsync_dir(self.studies)
+        names = sorted(src.glob("*.dcm"))
+        if self.journal is not None:
+            self.sync()  # the journal's files are written without a sync each
         with self._lock:
-            for path in sorted(src.glob("*.dcm")):
+            for path in names:
                 os.replace(path, dest / path.name)
             with contextlib.suppress(OSError):
                 src.rmdir()

@@ -25,6 +25,7 @@ study and SOP instance UIDs' lengths (u8 each), the UIDs, the file's bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -54,7 +55,7 @@ class Record:
     data: bytes  # the whole file
 
 
-def encode(study_uid: str, sop_uid: str, chunks: list[bytes]) -> list[bytes]:
+def encode(study_uid: str, sop_uid: str, chunks: list[bytes | bytearray]) -> list[bytes | bytearray]:
     """A record as the buffers to write one after the other (no copy of the instance's bytes)."""
     study, sop = study_uid.encode("ascii"), sop_uid.encode("ascii")
     parts = [_UIDS.pack(len(study), len(sop)), study, sop, *chunks]
@@ -132,8 +133,9 @@ class Journal:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # an append, a batch written, a settle, a close
         self._waiting: Counter[str] = Counter()  # study uid -> records not yet written and synced
+        self._settling: Counter[str] = Counter()  # studies someone waits on: their records are due now
         self._todo: list[_Work] = []
-        self._urgent = False  # a study is waiting to be handed over
+        self._appending = 0  # appends between their reservation and their sync
         self._closing = False
         self._last_append = 0.0
         self._current: Segment | None = None
@@ -147,9 +149,10 @@ class Journal:
         """Whether an instance of `nbytes` goes through the journal (a large one is written directly)."""
         return nbytes + 1024 <= self.segment_bytes // 4
 
-    def replay(self, handed_over: Callable[[str, str], bool]) -> int:
-        """Write, durably, every whole record of the segments left by an earlier run that was not
-        handed over, then delete those segments. Returns how many were written."""
+    def replay(self, handed_over: Callable[[Record], bool]) -> int:
+        """Write, durably, every whole record of the segments left by an earlier run unless it was
+        handed over as it is, then delete those segments. Returns how many were written. Segments are
+        read in the order they were made, so the last version of an instance sent twice wins."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob("*.making"):
             leftover.unlink()
@@ -157,7 +160,7 @@ class Journal:
         segments = sorted(self.folder.glob("*.wal"))
         for path in segments:
             for record in records(path.read_bytes()):
-                if not handed_over(record.study_uid, record.sop_uid):
+                if not handed_over(record):
                     self.write(record.study_uid, record.sop_uid, [record.data], sync=True)
                     written += 1
             path.unlink()
@@ -169,17 +172,18 @@ class Journal:
         return written
 
     def start(self) -> None:
-        self._current = self._make()
+        with self._lock:
+            self._current = self._make()
         self._thread = threading.Thread(target=self._run, name="xrq-inbox-journal", daemon=True)
         self._thread.start()
 
-    def append(self, study_uid: str, sop_uid: str, chunks: list[bytes]) -> None:
+    def append(self, study_uid: str, sop_uid: str, chunks: list[bytes | bytearray]) -> None:
         """Durable when this returns (raises OSError otherwise): one pwrite under the lock, then one
         fdatasync outside it (a sync covers every write before it, so concurrent appends share them)."""
         record = encode(study_uid, sop_uid, chunks)
         size = sum(len(part) for part in record)
         with self._lock:
-            if self._current is None:
+            if self._current is None or self._closing:
                 raise OSError("the journal is closed")
             if self._offset + size > self.segment_bytes:
                 self._rotate()
@@ -187,47 +191,61 @@ class Journal:
             self._offset += size
             segment.pending += 1
             self._waiting[study_uid] += 1
+            self._appending += 1
         try:
             if os.pwritev(segment.fd, record, offset) != size:
                 raise OSError(f"a short write into {segment.path.name}")
             os.fdatasync(segment.fd)
         except OSError:
+            with contextlib.suppress(OSError):  # refused, so never replayed: unmark it (best effort)
+                os.pwrite(segment.fd, bytes(len(MAGIC)), offset)
             with self._lock:
-                segment.pending -= 1
+                self._appending -= 1
                 self._waiting[study_uid] -= 1
+                self._release(segment)
                 self._changed.notify_all()
             raise
         with self._lock:
+            self._appending -= 1
             self._todo.append(_Work(segment, offset, size, study_uid, sop_uid))
             self._last_append = time.monotonic()
-            if len(self._todo) >= BACKLOG:
+            if len(self._todo) >= BACKLOG or self._settling[study_uid] or self._closing:
                 self._changed.notify_all()
 
     def settle(self, study_uid: str, timeout: float = 600) -> None:
         """Wait until every acknowledged instance of a study is written into the inbox and synced."""
         with self._changed:
-            if self._waiting[study_uid] > 0:
-                self._urgent = True
-                self._changed.notify_all()
-            self._changed.wait_for(lambda: self._waiting[study_uid] <= 0 or self._thread is None, timeout)
-            self._waiting.pop(study_uid, None)
+            self._settling[study_uid] += 1
+            self._changed.notify_all()
+            try:
+                self._changed.wait_for(lambda: self._waiting[study_uid] <= 0 or not self._running(), timeout)
+            finally:
+                self._settling[study_uid] -= 1
+                if self._settling[study_uid] <= 0:
+                    del self._settling[study_uid]
+                if self._waiting[study_uid] <= 0:
+                    self._waiting.pop(study_uid, None)
 
     def close(self) -> None:
-        """Write what is left into the inbox and delete the segments."""
+        """Write what is left into the inbox (appends still in flight first) and delete the segments."""
         if self._thread is None:
             return
         with self._lock:
             self._closing = True
             self._changed.notify_all()
+            self._changed.wait_for(lambda: self._appending == 0, timeout=60)
         self._thread.join()
         with self._lock:
             self._thread = None
+            self._current = self._spare = None
             for segment in list(self._open):  # one with records not written stays, for the next start
                 self._drop(segment, delete=segment.pending == 0)
-            self._current = self._spare = None
             self._changed.notify_all()
 
-    def _make(self) -> Segment:
+    def _running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _make(self) -> Segment:  # under the lock
         path = self.folder / f"{self._next:012d}.wal"
         self._next += 1
         segment = make_segment(path, self.segment_bytes)
@@ -236,52 +254,69 @@ class Journal:
 
     def _rotate(self) -> None:  # under the lock
         assert self._current is not None
-        old = self._current
+        new = self._spare or self._make()  # first: if this fails, the current segment stays as it was
+        old, self._current, self._spare, self._offset = self._current, new, None, 0
         old.retired = True
-        self._current, self._spare = self._spare or self._make(), None
-        self._offset = 0
-        if old.pending == 0:
-            self._drop(old)
+        self._release(old, written=0)
+
+    def _release(self, segment: Segment, written: int = 1) -> None:  # under the lock
+        """`written` of a segment's records are no longer pending; a full one with none pending goes."""
+        segment.pending -= written
+        if segment.retired and segment.pending == 0:
+            self._drop(segment)
 
     def _drop(self, segment: Segment, delete: bool = True) -> None:  # under the lock
+        if segment.fd < 0 or (not self._closing and segment in (self._current, self._spare)):
+            return
         self._open.discard(segment)
         os.close(segment.fd)
+        segment.fd = -1
         if delete:
             segment.path.unlink(missing_ok=True)
 
     def _due(self) -> bool:  # under the lock
-        return self._closing or (bool(self._todo) and (
-            self._urgent or len(self._todo) >= BACKLOG or time.monotonic() - self._last_append >= QUIET))
+        if not self._todo:
+            return self._closing and self._appending == 0
+        return (self._closing or bool(self._settling) or len(self._todo) >= BACKLOG
+                or time.monotonic() - self._last_append >= QUIET)
 
     def _run(self) -> None:
         while True:
-            with self._changed:
-                self._changed.wait_for(self._due, timeout=QUIET)
-                batch, self._todo = (self._todo, []) if self._due() else ([], self._todo)
-                if batch:
-                    self._urgent = False
-                closing = self._closing and not batch
-            if batch:
-                self._write(batch)
-            elif closing:
-                return
-            else:
-                self._prepare_spare()
+            try:
+                if not self._step():
+                    return
+            except Exception:  # never die silently: hand-overs wait on this thread
+                log.exception("the inbox's journal thread failed; trying again in a second")
+                time.sleep(1)
+
+    def _step(self) -> bool:
+        """One turn: write what is due, or make a spare segment. False once closed and empty."""
+        with self._changed:
+            self._changed.wait_for(self._due, timeout=QUIET)
+            batch, self._todo = (self._todo, []) if self._due() else ([], self._todo)
+            finished = self._closing and not batch and not self._todo and self._appending == 0
+        if batch:
+            self._write(batch)
+        elif finished:
+            return False
+        else:
+            self._prepare_spare()
+        return True
 
     def _write(self, batch: list[_Work]) -> None:
         """Write a batch into the inbox, sync once, then count it written."""
         written: list[_Work] = []
         for work in batch:
-            record = next(records(os.pread(work.segment.fd, work.length, work.offset)))
             try:
+                record = next(records(os.pread(work.segment.fd, work.length, work.offset)))
                 self.write(record.study_uid, record.sop_uid, [record.data], sync=False)
                 written.append(work)
-            except OSError as exc:  # its segment stays: the record is written at the next start
-                log.error("instance %s stays in the journal until the next start, not written into the inbox: %s",
+            except Exception as exc:  # its segment stays: the record is written at the next start
+                log.error("instance %s stays in the journal until the next start, not written into the inbox: %r",
                           work.sop_uid, exc)
         try:
             self.sync()
-        except OSError as exc:
+        except Exception as exc:
             log.error("the inbox could not be synced; %d instances stay in the journal until the next start: %s",
                       len(written), exc)
             written = []
@@ -289,16 +324,14 @@ class Journal:
             for work in batch:  # a hand-over of the study need not wait for it either way
                 self._waiting[work.study_uid] -= 1
             for work in written:
-                work.segment.pending -= 1
-                if work.segment.retired and work.segment.pending == 0:
-                    self._drop(work.segment)
+                self._release(work.segment)
             self._changed.notify_all()
 
     def _prepare_spare(self) -> None:
         """Make the next segment while nothing arrives, or once the current one is half full (else a
         rotation makes it, holding appends meanwhile)."""
         with self._lock:
-            if self._spare is not None or self._current is None:
+            if self._spare is not None or self._current is None or self._closing:
                 return
             if time.monotonic() - self._last_append < QUIET and self._offset < self.segment_bytes // 2:
                 return
@@ -307,7 +340,8 @@ class Journal:
         spare = make_segment(path, self.segment_bytes)  # outside the lock: appends go on meanwhile
         with self._lock:
             self._open.add(spare)
-            if self._spare is None and self._current is not None:
+            # kept only if it comes after the current one: replay's order is the order of acknowledgement
+            if self._spare is None and self._current is not None and spare.path.name > self._current.path.name:
                 self._spare = spare
             else:
                 self._drop(spare)

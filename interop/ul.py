@@ -20,6 +20,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,9 +28,11 @@ log = logging.getLogger(__name__)
 
 # PDU types (PS3.8 9.3.1)
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
-C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
+C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATA_SET = 0x0101
 UNRECOGNIZED_OPERATION = 0x0211
+CANNOT_UNDERSTAND = 0xC000
+MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes
 _HEADER = struct.Struct(">BxI")  # type, reserved, length
 _PDV = struct.Struct(">IBB")  # item length, presentation context id, message control header
 _ELEMENT = struct.Struct("<HHI")  # group, element, value length (implicit VR little endian)
@@ -66,7 +69,7 @@ class Store:
     sop_class: str
     sop_instance: str
     transfer_syntax: str
-    data_set: bytes | None
+    data_set: bytes | bytearray | None
     size: int
 
 
@@ -90,10 +93,17 @@ class Limits:
         return 2 * self.max_associations + 16
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytearray:
+def _read_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytearray:
+    """`n` bytes; with a `deadline` (monotonic seconds) the whole read must end by then, so that a peer
+    trickling a byte at a time cannot hold its connection past it."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the deadline passed")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
             raise ConnectionError("the peer closed the connection")
@@ -101,12 +111,12 @@ def _read_exact(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
-def read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
+def read_pdu(sock: socket.socket, limit: int, deadline: float | None = None) -> tuple[int, bytearray]:
     """One PDU: (type, variable field). A PDU longer than `limit` ends the association."""
-    kind, length = _HEADER.unpack(_read_exact(sock, _HEADER.size))
+    kind, length = _HEADER.unpack(_read_exact(sock, _HEADER.size, deadline))
     if length > limit:
         raise Abort(0x06, f"a PDU of {length} bytes, more than the {limit} announced")
-    return kind, _read_exact(sock, length)
+    return kind, _read_exact(sock, length, deadline)
 
 
 def _uid(value: bytes | bytearray | memoryview) -> str:
@@ -166,7 +176,7 @@ class _Message:
     context_id: int
     command: bytearray
     fields: dict[int, bytes] | None = None
-    fragments: list[memoryview] | None = None
+    data: bytearray | None = None  # the data set as it comes (None: not begun, or no data set)
     size: int = 0
 
 
@@ -181,8 +191,7 @@ class Association:
 
     def run(self) -> None:
         limits = self.acceptor.limits
-        self.sock.settimeout(limits.artim)
-        kind, body = read_pdu(self.sock, _MAX_ASSOCIATE_RQ)
+        kind, body = read_pdu(self.sock, _MAX_ASSOCIATE_RQ, deadline=time.monotonic() + limits.artim)
         if kind != ASSOCIATE_RQ:
             raise Abort(0x02, f"PDU type {kind} before an A-ASSOCIATE-RQ")
         if not self.acceptor.negotiate(self, body):
@@ -199,8 +208,10 @@ class Association:
                 elif kind == ABORT:
                     log.info("%s aborted the association", self.peer)
                     return
-                else:
+                elif kind in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RP):
                     raise Abort(0x02, f"an unexpected PDU (type {kind})")
+                else:
+                    raise Abort(0x01, f"an unrecognised PDU (type {kind})")
         finally:
             self.acceptor.leave()
 
@@ -221,23 +232,25 @@ class Association:
         if is_command:
             if message is None:
                 message = self.message = _Message(context_id, bytearray())
-            elif message.fields is not None:
-                raise Abort(0x02, "a command fragment inside a data set")
+            elif message.fields is not None or message.context_id != context_id:
+                raise Abort(0x02, "a command fragment inside a data set, or on another context")
             message.command += data
+            if len(message.command) > MAX_COMMAND:
+                raise Abort(0x06, f"a command set of more than {MAX_COMMAND} bytes")
             if last:
                 message.fields = decode_command(message.command)
                 if _us_value(message.fields.get(0x0800)) == NO_DATA_SET:
                     self.dispatch(message)
                 else:
-                    message.fragments = []
+                    message.data = bytearray()
             return
-        if message is None or message.fragments is None or message.context_id != context_id:
+        if message is None or message.data is None or message.context_id != context_id:
             raise Abort(0x02, "a data set fragment without its command")
         message.size += len(data)
         if message.size <= self.acceptor.limits.max_data_set_bytes:
-            message.fragments.append(data)  # a view into its PDU: joined once, when whole
-        elif message.fragments:
-            message.fragments.clear()  # too large: count the rest, keep nothing
+            message.data += data  # copied: a view would pin its whole PDU (tiny PDVs, a PDU each)
+        elif message.data:
+            message.data = bytearray()  # too large: count the rest, keep nothing
         if last:
             self.dispatch(message)
 
@@ -246,15 +259,21 @@ class Association:
         fields = message.fields or {}
         command = _us_value(fields.get(0x0100))
         message_id = _us_value(fields.get(0x0110))
+        if command < 0 or (message_id < 0 and command != C_CANCEL_RQ):
+            raise Abort(0x06, "a command set without its Command Field or Message ID")
         sop_class = _uid(fields.get(0x0002, b""))
         sop_instance = _uid(fields.get(0x1000, b""))
+        if command == C_CANCEL_RQ:
+            return  # answered by nothing (PS3.7 9.3.2.3); nothing here runs long enough to cancel
         if command == C_ECHO_RQ:
             status, instance = 0x0000, None
+        elif command == C_STORE_RQ and message.data is None:
+            log.warning("%s sent a C-STORE without a data set", self.peer)
+            status, instance = CANNOT_UNDERSTAND, sop_instance
         elif command == C_STORE_RQ:
-            whole = message.size <= self.acceptor.limits.max_data_set_bytes and message.fragments is not None
-            data_set = b"".join(message.fragments) if whole and message.fragments is not None else None
+            whole = message.size <= self.acceptor.limits.max_data_set_bytes
             request = Store(self.peer, sop_class, sop_instance, self.contexts[message.context_id][1],
-                            data_set, message.size)
+                            message.data if whole else None, message.size)
             status, instance = self.acceptor.services.store(request), sop_instance
         else:
             log.warning("%s asked for command 0x%04X, which xrq does not provide", self.peer, command)
@@ -322,23 +341,37 @@ class Acceptor:
                 sock, (host, _) = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:  # EMFILE, ENOBUFS, ECONNABORTED: the listener goes on
                 if self._stopping.is_set():
                     return
-                raise
-            with self._lock:
-                crowded = len(self._threads) >= self.limits.max_connections
-            if crowded:  # connections that never associate would each hold a thread until their ARTIM
-                log.warning("closed a connection from %s: %d connections open already", host, len(self._threads))
-                sock.close()
+                log.error("could not accept a connection: %s", exc)
+                time.sleep(0.1)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a response is one small write
-            thread = threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association",
-                                      daemon=True)
-            with self._lock:
-                self._sockets.add(sock)
-                self._threads.add(thread)
+            try:
+                self._serve_in_thread(sock, host)
+            except (OSError, RuntimeError) as exc:  # no thread to be had: this connection only is lost
+                log.error("could not serve a connection from %s: %s", host, exc)
+                sock.close()
+
+    def _serve_in_thread(self, sock: socket.socket, host: str) -> None:
+        with self._lock:
+            crowded = len(self._threads) >= self.limits.max_connections
+        if crowded:  # connections that never associate would each hold a thread until their ARTIM
+            log.warning("closed a connection from %s: %d connections open already", host, len(self._threads))
+            sock.close()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a response is one small write
+        thread = threading.Thread(target=self._serve, args=(sock, host), name="xrq-scp-association", daemon=True)
+        with self._lock:
+            self._sockets.add(sock)
+            self._threads.add(thread)
+        try:
             thread.start()
+        except RuntimeError:
+            with self._lock:
+                self._sockets.discard(sock)
+                self._threads.discard(thread)
+            raise
 
     def _serve(self, sock: socket.socket, host: str) -> None:
         association = Association(self, sock, host)
@@ -346,12 +379,10 @@ class Acceptor:
             association.run()
         except Abort as abort:
             log.warning("aborted the association with %s: %s", association.peer, abort)
-            with contextlib.suppress(OSError):
-                sock.sendall(abort_pdu(abort.reason))
+            _last_word(sock, abort_pdu(abort.reason))
         except TimeoutError:
             log.warning("aborted the association with %s: silent past its timeout", association.peer)
-            with contextlib.suppress(OSError):
-                sock.sendall(abort_pdu(0))
+            _last_word(sock, abort_pdu(0))
         except (ConnectionError, OSError) as exc:
             if not self._stopping.is_set():
                 log.info("the connection from %s ended: %s", association.peer, exc)
@@ -430,6 +461,21 @@ class Acceptor:
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(answer)
         return pdu.encode(), accepted
+
+
+def _last_word(sock: socket.socket, pdu: bytes) -> None:
+    """Send an A-ABORT and close so that the peer can read it: a close with unread bytes waiting would
+    reset the connection, and the peer could lose the abort. What the peer still sends is read and
+    dropped for up to a second (a megabyte at most)."""
+    with contextlib.suppress(OSError):
+        sock.sendall(pdu)
+        sock.shutdown(socket.SHUT_WR)
+        deadline, drained = time.monotonic() + 1.0, 0
+        while drained < 1 << 20 and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (chunk := sock.recv(65536)):
+                break
+            drained += len(chunk)
 
 
 def _reject_pdu(result: int, source: int, diagnostic: int) -> bytes:

@@ -3,9 +3,12 @@ crash too; a torn record hides nothing after it; segments go once written; large
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
+
+import pytest
 
 from interop.inbox import Inbox
 from interop.journal import encode, records
@@ -124,3 +127,107 @@ def test_a_file_torn_in_incoming_is_written_again_from_its_record(tmp_path: Path
         assert not (journal / "000000000007.wal").exists() and (journal / "000000000008.wal").exists()
     finally:
         inbox.close()
+
+
+def test_a_rotation_that_cannot_make_a_segment_refuses_and_leaves_the_journal_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk is full when a segment must be made: that instance is refused (OSError: 0xA700), the
+    current segment stays open and in use, and every instance acknowledged before or after is written."""
+    import interop.journal as journal_module
+
+    inbox = Inbox(tmp_path, segment_bytes=16 * 1024).open()
+    journal = inbox.journal
+    assert journal is not None
+    try:
+        inbox.store(STUDY, sop(0), [blob(0)])
+        with journal._lock:  # no spare ready: the rotation must make one
+            if journal._spare is not None:
+                journal._drop(journal._spare)
+                journal._spare = None
+
+        def disk_full(path: Path, size: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(journal_module, "make_segment", disk_full)
+        refused = 0
+        for i in range(1, 40):
+            try:
+                inbox.store(STUDY, sop(i), [blob(i)])
+            except OSError:
+                refused += 1
+        assert refused > 0
+        inbox.settle(STUDY)  # the thread has written all it could: a retired current segment would go now
+        assert journal._current is not None and not journal._current.retired
+        os.fstat(journal._current.fd)  # still open, still its own
+        monkeypatch.undo()
+        inbox.store(STUDY, sop(99), [blob(99)])
+        inbox.settle(STUDY)
+        written = names(inbox.incoming / STUDY)
+        assert f"{sop(0)}.dcm" in written and f"{sop(99)}.dcm" in written and len(written) == 41 - refused
+        for name in written:  # each holds its own bytes: nothing went into another file
+            i = int(name.removesuffix(".dcm").rsplit(".", 1)[1])
+            assert (inbox.incoming / STUDY / name).read_bytes() == blob(i)
+    finally:
+        inbox.close()
+
+
+@pytest.mark.parametrize("in_studies", [b"", b"version-1"], ids=["torn", "an earlier version"])
+def test_a_handed_over_file_that_differs_from_its_record_is_written_again(tmp_path: Path, in_studies: bytes) -> None:
+    """Only a file in studies/ equal to the record counts as handed over: a torn one (a crash before
+    its sync), or an earlier version of an instance sent again, gives the record back to incoming/."""
+    journal = tmp_path / "inbox" / "journal"
+    journal.mkdir(parents=True)
+    (journal / "000000000000.wal").write_bytes(record(STUDY, sop(1), blob(1)))
+    handed = tmp_path / "inbox" / "studies" / STUDY
+    handed.mkdir(parents=True)
+    (handed / f"{sop(1)}.dcm").write_bytes(in_studies)
+    inbox = Inbox(tmp_path / "inbox").open()
+    try:
+        assert (inbox.incoming / STUDY / f"{sop(1)}.dcm").read_bytes() == blob(1)
+    finally:
+        inbox.close()
+
+
+def test_the_journal_thread_outlives_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spare segment that cannot be made (disk full) and a write that raises something unexpected are
+    logged; the thread goes on, and a study still settles."""
+    import interop.journal as journal_module
+
+    inbox = Inbox(tmp_path, segment_bytes=16 * 1024).open()
+    journal = inbox.journal
+    assert journal is not None
+    try:
+        real_make = journal_module.make_segment
+        def disk_full(path: Path, size: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(journal_module, "make_segment", disk_full)
+        with journal._lock:
+            if journal._spare is not None:
+                journal._drop(journal._spare)
+                journal._spare = None
+            journal._last_append = 0.0  # quiet: the thread tries to make a spare now
+        calls: list[str] = []
+        real_write = inbox.write
+
+        def flaky(*args: object, **kwargs: object) -> Path:
+            calls.append(str(args[1]))
+            if len(calls) == 1:
+                raise RuntimeError("something unexpected")
+            return real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+        journal.write = flaky
+        inbox.store(STUDY, sop(1), [blob(1)])
+        inbox.settle(STUDY)  # returns: the failed record counts as handled (it stays in its segment)
+        monkeypatch.setattr(journal_module, "make_segment", real_make)
+        inbox.store(STUDY, sop(2), [blob(2)])
+        inbox.settle(STUDY)
+        assert journal._thread is not None and journal._thread.is_alive()
+        assert names(inbox.incoming / STUDY) == {f"{sop(2)}.dcm"}
+    finally:
+        inbox.close()
+    reopened = Inbox(tmp_path).open()  # the record that failed is still in the journal: written now
+    try:
+        assert names(reopened.incoming / STUDY) == {f"{sop(1)}.dcm", f"{sop(2)}.dcm"}
+    finally:
+        reopened.close()

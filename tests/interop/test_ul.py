@@ -3,6 +3,7 @@ many PDUs, stored as sent; timeouts; a PDU larger than announced; the file meta 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import Iterator
@@ -144,3 +145,104 @@ def test_connections_that_never_associate_are_bounded(scp: StorageSCP) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def associate(port: int) -> socket.socket:
+    """A raw connection with an accepted association proposing Verification and CR storage (context
+    ids 1 and 3, explicit VR little endian), for the tests that send what no real SCU would."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "MODALITY", "XRQ"
+    contexts = [build_context(Verification, "1.2.840.10008.1.2.1"),
+                build_context("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1")]
+    for i, context in enumerate(contexts):
+        context.context_id = 2 * i + 1
+    primitive.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(pdu.encode())
+    kind, length_ = struct.unpack(">BxI", sock.recv(6, socket.MSG_WAITALL))
+    assert kind == 2, kind
+    sock.recv(length_, socket.MSG_WAITALL)
+    return sock
+
+
+def pdata(context_id: int, header: int, data: bytes) -> bytes:
+    pdv = struct.pack(">IBB", len(data) + 2, context_id, header) + data
+    return struct.pack(">BxI", 4, len(pdv)) + pdv
+
+
+def element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, tag, len(value)) + value
+
+
+def test_a_command_set_without_end_is_aborted(scp: StorageSCP) -> None:
+    with associate(scp.port) as sock:
+        for _ in range(20):  # 20 x 4 KiB command fragments, none the last: past the 64 KiB a command may take
+            with contextlib.suppress(OSError):
+                sock.sendall(pdata(1, 0x01, bytes(4096)))
+        assert receive_all(sock).endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06")
+
+
+def test_a_command_without_its_message_id_is_aborted_not_a_crash(scp: StorageSCP) -> None:
+    with associate(scp.port) as sock:
+        sock.sendall(pdata(1, 0x03, element(0x0100, struct.pack("<H", 0x0030)) + element(0x0800, b"\x01\x01")))
+        assert receive_all(sock).endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06")
+
+
+def test_a_c_store_without_a_data_set_cannot_be_understood(scp: StorageSCP) -> None:
+    with associate(scp.port) as sock:
+        command = (element(0x0002, b"1.2.840.10008.5.1.4.1.1.1\0") + element(0x0100, struct.pack("<H", 1))
+                   + element(0x0110, struct.pack("<H", 7)) + element(0x0800, b"\x01\x01")
+                   + element(0x1000, b"1.2.3.4\0"))
+        sock.sendall(pdata(3, 0x03, command))
+        answer = sock.recv(4096)
+        assert answer[0] == 4 and struct.pack("<HHIH", 0, 0x0900, 2, 0xC000) in answer
+
+
+@pytest.mark.parametrize("scp", [{"artim_timeout": 0.5}], indirect=True)
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_its_deadline(scp: StorageSCP) -> None:
+    """The ARTIM timer is a deadline for the whole A-ASSOCIATE-RQ, not a pause between bytes."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=30) as sock:
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in b"\x01\x00\x00\x00\x01\x00" + bytes(250):
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+                if time.monotonic() - started > 5:
+                    break
+        assert receive_all(sock).endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
+        assert time.monotonic() - started < 3
+
+
+def test_a_deflated_data_set_is_read_without_inflating_it_all() -> None:
+    """Four kilobytes that inflate to 200 MB: the UIDs come from the first MiB, and nothing more is made."""
+    import resource
+    import zlib
+
+    from interop.scp import identify
+
+    def explicit(group: int, el: int, vr: bytes, value: bytes) -> bytes:
+        if vr in (b"OB", b"UN"):
+            return struct.pack("<HH", group, el) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        return struct.pack("<HH", group, el) + vr + struct.pack("<H", len(value)) + value
+
+    data = (explicit(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1\0")
+            + explicit(0x0008, 0x0018, b"UI", b"1.2.3.4\0") + explicit(0x0020, 0x000D, b"UI", b"1.2.3.5\0"))
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = squeeze.compress(data + explicit(0x0029, 0x0010, b"UN", bytes(200_000_000))) + squeeze.flush()
+    assert len(bomb) < 300_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert identify(bomb, "1.2.840.10008.1.2.1.99", "1.2.840.10008.5.1.4.1.1.1", "1.2.3.4") == ("1.2.3.5", True)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: far under the 200 MB
