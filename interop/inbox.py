@@ -24,7 +24,6 @@ peer sent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -32,9 +31,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
+from interop.disk import fsync_dir, sync_file_system
 from interop.journal import SEGMENT_BYTES, Journal, Record
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -43,34 +42,6 @@ PENDING = ".pending"
 
 def valid_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and bool(_UID.match(uid))
-
-
-def sync_file_system(path: Path) -> None:
-    """syncfs(2) on the file system holding `path` (Linux); os.sync() elsewhere."""
-    syncfs = getattr(_libc(), "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if syncfs(fd) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-    finally:
-        os.close(fd)
-
-
-@cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Inbox:

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from interop.disk import fsync_dir
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"XRQJ"
@@ -98,20 +100,12 @@ def make_segment(path: Path, size: int) -> Segment:
             os.pwrite(fd, _ZEROS[:min(len(_ZEROS), size - offset)], offset)
         os.fsync(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     return Segment(path, fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -165,7 +159,7 @@ class Journal:
                     written += 1
             path.unlink()
         if segments:
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             self._next = int(segments[-1].stem) + 1
         if written:
             log.info("wrote %d acknowledged instances from the journal into the inbox", written)
