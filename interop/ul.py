@@ -6,8 +6,8 @@ association, and on one association its Storage SCP, writing nothing durable, re
 storescp's rate here (bench/listen.py); no durable write can then reach half. Here a thread reads a
 PDU with blocking reads and answers the moment the data set is whole. What is protocol knowledge stays
 pynetdicom's: decoding the A-ASSOCIATE-RQ, negotiating the presentation contexts (and SCP/SCU roles),
-encoding the A-ASSOCIATE-AC and -RJ. What is left is framing, a few lines each: P-DATA-TF and its PDVs
-(PS3.8 9.3.5), the command set in implicit VR little endian (PS3.7 9.3, E), release and abort.
+encoding the A-ASSOCIATE-AC and -RJ. What is left is framing, a few lines each (interop/wire.py):
+P-DATA-TF and its PDVs, the command set in implicit VR little endian, release and abort.
 
 `Acceptor` knows nothing of inboxes: it asks `Services` whether a peer may associate and what status a
 stored instance gets (interop/scp.py).
@@ -18,38 +18,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from interop.wire import (
+    ABORT,
+    ASSOCIATE_AC,
+    ASSOCIATE_RJ,
+    ASSOCIATE_RQ,
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    CANNOT_UNDERSTAND,
+    HEADER,
+    MAX_ASSOCIATE_RQ,
+    MAX_COMMAND,
+    NO_DATA_SET,
+    P_DATA,
+    PDV,
+    RELEASE_RP,
+    RELEASE_RP_PDU,
+    RELEASE_RQ,
+    UNRECOGNIZED_OPERATION,
+    Abort,
+    abort_pdu,
+    decode_command,
+    encode_response,
+    p_data,
+    read_pdu,
+    reject_pdu,
+    uid_text,
+    us_value,
+)
+
 log = logging.getLogger(__name__)
-
-# PDU types (PS3.8 9.3.1)
-ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
-C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
-NO_DATA_SET = 0x0101
-UNRECOGNIZED_OPERATION = 0x0211
-CANNOT_UNDERSTAND = 0xC000
-MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes
-_HEADER = struct.Struct(">BxI")  # type, reserved, length
-_PDV = struct.Struct(">IBB")  # item length, presentation context id, message control header
-_ELEMENT = struct.Struct("<HHI")  # group, element, value length (implicit VR little endian)
-_MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage class proposed is ~30 kB
-
-
-class Rejection(Exception):
-    """Raised inside an association to reject it: (result, source, diagnostic) of the A-ASSOCIATE-RJ."""
-
-
-class Abort(Exception):
-    """Raised inside an association that must end with an A-P-ABORT (reason, PS3.8 9.3.8)."""
-
-    def __init__(self, reason: int, why: str) -> None:
-        super().__init__(why)
-        self.reason = reason
-
 
 @dataclass(frozen=True)
 class Requestor:
@@ -93,83 +97,6 @@ class Limits:
         return 2 * self.max_associations + 16
 
 
-def _read_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytearray:
-    """`n` bytes; with a `deadline` (monotonic seconds) the whole read must end by then, so that a peer
-    trickling a byte at a time cannot hold its connection past it."""
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the deadline passed")
-            sock.settimeout(left)
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("the peer closed the connection")
-        got += k
-    return buf
-
-
-def read_pdu(sock: socket.socket, limit: int, deadline: float | None = None) -> tuple[int, bytearray]:
-    """One PDU: (type, variable field). A PDU longer than `limit` ends the association."""
-    kind, length = _HEADER.unpack(_read_exact(sock, _HEADER.size, deadline))
-    if length > limit:
-        raise Abort(0x06, f"a PDU of {length} bytes, more than the {limit} announced")
-    return kind, _read_exact(sock, length, deadline)
-
-
-def _uid(value: bytes | bytearray | memoryview) -> str:
-    return bytes(value).rstrip(b"\0 ").decode("ascii", "replace")
-
-
-def decode_command(command: bytes | bytearray) -> dict[int, bytes]:
-    """A command set (group 0000, implicit VR little endian) as {element: value bytes}."""
-    found: dict[int, bytes] = {}
-    offset = 0
-    while offset + _ELEMENT.size <= len(command):
-        group, element, length = _ELEMENT.unpack_from(command, offset)
-        offset += _ELEMENT.size
-        if group != 0 or offset + length > len(command):
-            raise Abort(0x06, "a command set that is not group 0000")
-        found[element] = bytes(command[offset:offset + length])
-        offset += length
-    return found
-
-
-def _us(value: int) -> bytes:
-    return struct.pack("<H", value)
-
-
-def _even(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw
-
-
-def encode_response(command_field: int, message_id: int, status: int, sop_class: str,
-                    sop_instance: str | None) -> bytes:
-    """The response command set (PS3.7 9.3.1.2, 9.3.5.2), elements in tag order, group length first."""
-    elements = [(0x0002, _even(sop_class)), (0x0100, _us(command_field | 0x8000)), (0x0120, _us(message_id)),
-                (0x0800, _us(NO_DATA_SET)), (0x0900, _us(status))]
-    if sop_instance is not None:
-        elements.append((0x1000, _even(sop_instance)))
-    body = b"".join(_ELEMENT.pack(0, element, len(value)) + value for element, value in elements)
-    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
-
-
-def p_data(context_id: int, command: bytes) -> bytes:
-    """A P-DATA-TF with the whole command in one last-fragment PDV (a response is ~150 bytes)."""
-    pdv = _PDV.pack(len(command) + 2, context_id, 0x03) + command
-    return _HEADER.pack(P_DATA, len(pdv)) + pdv
-
-
-def abort_pdu(reason: int = 0) -> bytes:
-    return _HEADER.pack(ABORT, 4) + bytes((0, 0, 2, reason))  # source 2: the service provider
-
-
-RELEASE_RP_PDU = _HEADER.pack(RELEASE_RP, 4) + bytes(4)
-
-
 @dataclass
 class _Message:
     """A DIMSE request being received over one presentation context."""
@@ -191,7 +118,7 @@ class Association:
 
     def run(self) -> None:
         limits = self.acceptor.limits
-        kind, body = read_pdu(self.sock, _MAX_ASSOCIATE_RQ, deadline=time.monotonic() + limits.artim)
+        kind, body = read_pdu(self.sock, MAX_ASSOCIATE_RQ, deadline=time.monotonic() + limits.artim)
         if kind != ASSOCIATE_RQ:
             raise Abort(0x02, f"PDU type {kind} before an A-ASSOCIATE-RQ")
         if not self.acceptor.negotiate(self, body):
@@ -217,9 +144,9 @@ class Association:
 
     def on_p_data(self, body: bytearray) -> None:
         view, offset = memoryview(body), 0
-        while offset + _PDV.size <= len(body):
-            length, context_id, header = _PDV.unpack_from(body, offset)
-            start, offset = offset + _PDV.size, offset + 4 + length
+        while offset + PDV.size <= len(body):
+            length, context_id, header = PDV.unpack_from(body, offset)
+            start, offset = offset + PDV.size, offset + 4 + length
             if length < 2 or offset > len(body):
                 raise Abort(0x06, "a PDV that runs past its PDU")
             if context_id not in self.contexts:
@@ -239,7 +166,7 @@ class Association:
                 raise Abort(0x06, f"a command set of more than {MAX_COMMAND} bytes")
             if last:
                 message.fields = decode_command(message.command)
-                if _us_value(message.fields.get(0x0800)) == NO_DATA_SET:
+                if us_value(message.fields.get(0x0800)) == NO_DATA_SET:
                     self.dispatch(message)
                 else:
                     message.data = bytearray()
@@ -257,12 +184,12 @@ class Association:
     def dispatch(self, message: _Message) -> None:
         self.message = None
         fields = message.fields or {}
-        command = _us_value(fields.get(0x0100))
-        message_id = _us_value(fields.get(0x0110))
+        command = us_value(fields.get(0x0100))
+        message_id = us_value(fields.get(0x0110))
         if command < 0 or (message_id < 0 and command != C_CANCEL_RQ):
             raise Abort(0x06, "a command set without its Command Field or Message ID")
-        sop_class = _uid(fields.get(0x0002, b""))
-        sop_instance = _uid(fields.get(0x1000, b""))
+        sop_class = uid_text(fields.get(0x0002, b""))
+        sop_instance = uid_text(fields.get(0x1000, b""))
         if command == C_CANCEL_RQ:
             return  # answered by nothing (PS3.7 9.3.2.3); nothing here runs long enough to cancel
         if command == C_ECHO_RQ:
@@ -280,10 +207,6 @@ class Association:
             status, instance = UNRECOGNIZED_OPERATION, None
         response = encode_response(command, message_id, status, sop_class, instance)
         self.sock.sendall(p_data(message.context_id, response))
-
-
-def _us_value(raw: bytes | None) -> int:
-    return struct.unpack("<H", raw[:2])[0] if raw and len(raw) >= 2 else -1
 
 
 class Acceptor:
@@ -402,13 +325,13 @@ class Acceptor:
 
         pdu = A_ASSOCIATE_RQ()
         try:
-            pdu.decode(_HEADER.pack(ASSOCIATE_RQ, len(body)) + bytes(body))
+            pdu.decode(HEADER.pack(ASSOCIATE_RQ, len(body)) + bytes(body))
         except Exception as exc:  # a malformed request: pynetdicom's decoder raises several types
             raise Abort(0x06, f"an A-ASSOCIATE-RQ that cannot be decoded ({exc})") from exc
         request = pdu.to_primitive()
         association.peer = peer = Requestor(str(request.calling_ae_title).strip(), association.host)
         if not self.services.admit(peer):
-            association.sock.sendall(_reject_pdu(0x01, 0x01, 0x03))  # permanent, user, calling AE not recognised
+            association.sock.sendall(reject_pdu(0x01, 0x01, 0x03))  # permanent, user, calling AE not recognised
             return False
         with self._lock:
             full = self._active >= self.limits.max_associations
@@ -417,7 +340,7 @@ class Acceptor:
         if full:
             log.warning("rejected an association from %s: %d associations at once already",
                         peer, self.limits.max_associations)
-            association.sock.sendall(_reject_pdu(0x02, 0x03, 0x02))  # transient, provider, local limit exceeded
+            association.sock.sendall(reject_pdu(0x02, 0x03, 0x02))  # transient, provider, local limit exceeded
             return False
         try:
             accept, contexts = self._accept_pdu(request)
@@ -476,15 +399,3 @@ def _last_word(sock: socket.socket, pdu: bytes) -> None:
             if not (chunk := sock.recv(65536)):
                 break
             drained += len(chunk)
-
-
-def _reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
-    from pynetdicom.pdu import A_ASSOCIATE_RJ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE
-
-    primitive = A_ASSOCIATE()
-    primitive.result, primitive.result_source, primitive.diagnostic = result, source, diagnostic
-    pdu = A_ASSOCIATE_RJ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
-
