@@ -83,6 +83,13 @@ def records(data: bytes) -> Iterator[Record]:
         position = end
 
 
+def _file_bytes(record: bytes) -> bytes:
+    """The file in a record this process appended (its checksum was taken then; replay checks it)."""
+    length = _HEADER.unpack_from(record)[1]
+    study_length, sop_length = _UIDS.unpack_from(record, _HEADER.size)
+    return record[_HEADER.size + _UIDS.size + study_length + sop_length:_HEADER.size + length]
+
+
 @dataclass(eq=False)
 class Segment:
     path: Path
@@ -239,10 +246,13 @@ class Journal:
     def _running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _make(self) -> Segment:  # under the lock
+    def _next_path(self) -> Path:  # under the lock
         path = self.folder / f"{self._next:012d}.wal"
         self._next += 1
-        segment = make_segment(path, self.segment_bytes)
+        return path
+
+    def _make(self) -> Segment:  # under the lock
+        segment = make_segment(self._next_path(), self.segment_bytes)
         self._open.add(segment)
         return segment
 
@@ -302,8 +312,8 @@ class Journal:
         written: list[_Work] = []
         for work in batch:
             try:
-                record = next(records(os.pread(work.segment.fd, work.length, work.offset)))
-                self.write(record.study_uid, record.sop_uid, [record.data], sync=False)
+                data = _file_bytes(os.pread(work.segment.fd, work.length, work.offset))
+                self.write(work.study_uid, work.sop_uid, [data], sync=False)
                 written.append(work)
             except Exception as exc:  # its segment stays: the record is written at the next start
                 log.error("instance %s stays in the journal until the next start, not written into the inbox: %r",
@@ -329,8 +339,7 @@ class Journal:
                 return
             if time.monotonic() - self._last_append < QUIET and self._offset < self.segment_bytes // 2:
                 return
-            path = self.folder / f"{self._next:012d}.wal"
-            self._next += 1
+            path = self._next_path()
         spare = make_segment(path, self.segment_bytes)  # outside the lock: appends go on meanwhile
         with self._lock:
             self._open.add(spare)

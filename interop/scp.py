@@ -26,6 +26,7 @@ from interop.errors import ListenerError
 from interop.inbox import Inbox, valid_uid
 from interop.uids import derived_uid
 from interop.ul import Acceptor, Limits, Requestor, Store
+from interop.wire import even
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,6 @@ class StorageSCP:
                                 self.config.min_free_bytes)
         if not valid_uid(sop_uid):
             return self._refuse(DOES_NOT_MATCH, "instance %r: not a UID", request, sop_uid[:80])
-        head = file_head(request)
         try:
             study_uid, same = identify(request.data_set, request.transfer_syntax, sop_class, sop_uid)
         except Exception:  # a data set pydicom cannot read
@@ -187,7 +187,7 @@ class StorageSCP:
         if not same or not valid_uid(study_uid):
             return self._refuse(DOES_NOT_MATCH, "instance %s: its UIDs do not match the request", request, sop_uid)
         try:
-            self.inbox.store(study_uid, sop_uid, [head, request.data_set])
+            self.inbox.store(study_uid, sop_uid, [file_head(request), request.data_set])
         except OSError as exc:
             return self._refuse(OUT_OF_RESOURCES, "instance %s could not be written: %s", request, sop_uid,
                                 exc.strerror or exc)
@@ -204,19 +204,14 @@ def file_head(request: Store) -> bytes:
     a test holds it byte for byte to pydicom's encoding."""
     elements = b"".join((
         _short(0x0001, b"OB", b"\0\1"),
-        _short(0x0002, b"UI", _even(request.sop_class, b"\0")),
-        _short(0x0003, b"UI", _even(request.sop_instance, b"\0")),
-        _short(0x0010, b"UI", _even(request.transfer_syntax, b"\0")),
-        _short(0x0012, b"UI", _even(IMPLEMENTATION[0], b"\0")),
-        _short(0x0013, b"SH", _even(IMPLEMENTATION[1], b" ")),
-        _short(0x0016, b"AE", _even(request.peer.aet, b" ")),
+        _short(0x0002, b"UI", even(request.sop_class, b"\0")),
+        _short(0x0003, b"UI", even(request.sop_instance, b"\0")),
+        _short(0x0010, b"UI", even(request.transfer_syntax, b"\0")),
+        _short(0x0012, b"UI", even(IMPLEMENTATION[0], b"\0")),
+        _short(0x0013, b"SH", even(IMPLEMENTATION[1], b" ")),
+        _short(0x0016, b"AE", even(request.peer.aet, b" ")),
     ))
     return b"".join((b"\0" * 128, b"DICM", _short(0x0000, b"UL", struct.pack("<I", len(elements))), elements))
-
-
-def _even(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii", "replace")
-    return raw + pad if len(raw) % 2 else raw
 
 
 def _short(element: int, vr: bytes, value: bytes) -> bytes:

@@ -78,18 +78,19 @@ def _us(value: int) -> bytes:
     return struct.pack("<H", value)
 
 
-def _even(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw
+def even(text: str, pad: bytes = b"\0") -> bytes:
+    """A value padded to even length (PS3.5 7.1.1): UIDs with NUL, text with a space."""
+    raw = text.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
 
 
 def encode_response(command_field: int, message_id: int, status: int, sop_class: str,
                     sop_instance: str | None) -> bytes:
     """The response command set (PS3.7 9.3.1.2, 9.3.5.2), elements in tag order, group length first."""
-    elements = [(0x0002, _even(sop_class)), (0x0100, _us(command_field | 0x8000)), (0x0120, _us(message_id)),
+    elements = [(0x0002, even(sop_class)), (0x0100, _us(command_field | 0x8000)), (0x0120, _us(message_id)),
                 (0x0800, _us(NO_DATA_SET)), (0x0900, _us(status))]
     if sop_instance is not None:
-        elements.append((0x1000, _even(sop_instance)))
+        elements.append((0x1000, even(sop_instance)))
     body = b"".join(_ELEMENT.pack(0, element, len(value)) + value for element, value in elements)
     return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
 
